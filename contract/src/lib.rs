@@ -1,0 +1,348 @@
+//! The wire contract between the planes.
+//!
+//! The filter (wasm32), the control server, the management API and the local runtime are separate
+//! processes; this crate is the one place that names the headers, internal endpoints and JSON bodies
+//! they exchange, so that a change to any of them is a compile error on both sides.
+//!
+//! ```text
+//!  client ──► Envoy ─┬─ wasm filter ── GET  /internal/v1/resolve ─────────► management-api
+//!                    │                 POST /internal/v1/activations ────► management-api
+//!                    │                 POST /v1/containers (cold start) ─► xds-server
+//!                    └─ router ──► container (POST /run, pinned by x-whisk-container)
+//!  xds-server ── GET /internal/v1/actions/{ns}/{name} (code for /init) ──► management-api
+//! ```
+//!
+//! Only serde-level dependencies: it builds for the host and for wasm32-wasip1.
+
+use serde::{Deserialize, Serialize};
+
+/// Header names shared by the data plane, the control plane and the runtime.
+pub mod headers {
+    /// The exact container (`ip:port`) the filter claimed; read by Envoy's `override_host`
+    /// load-balancing policy on the containers cluster.
+    pub const CONTAINER_ADDRESS: &str = "x-whisk-container";
+    /// The id of the container the filter claimed; our runtime refuses a `/run` whose id is not its
+    /// own, so a request that Envoy's fallback policy sent elsewhere is never executed.
+    pub const CONTAINER_ID: &str = "x-whisk-container-id";
+    /// Set by the filter to `container` to select the route to the containers cluster.
+    pub const ROUTE: &str = "x-whisk-route";
+    /// Value of [`ROUTE`] selecting the containers cluster.
+    pub const ROUTE_CONTAINER: &str = "container";
+    /// Shared secret of the internal endpoints (filter, control server, management API).
+    pub const INTERNAL_TOKEN: &str = "x-whisk-internal-token";
+    /// Activation id chosen by the caller of an internal (non-blocking) invoke.
+    pub const INTERNAL_ACTIVATION_ID: &str = "x-whisk-activation-id";
+    /// OpenWhisk's response header carrying the activation id.
+    pub const ACTIVATION_ID: &str = "x-openwhisk-activation-id";
+    /// Logs of one activation, returned by our runtime on `/run`: base64 (standard alphabet) of a
+    /// JSON array of log lines, each `"<ISO-8601 time> <stdout|stderr>: <text>"`.
+    pub const RUNTIME_LOGS: &str = "x-whisk-logs";
+
+    /// Every header with this prefix is internal: the filter strips them from client requests.
+    pub const INTERNAL_PREFIX: &str = "x-whisk-";
+}
+
+/// Paths of the internal endpoints.
+pub mod paths {
+    /// Management API: `GET ?namespace=&action=` with the client's `authorization` header:
+    /// authenticates the key and resolves the action. 200 [`super::ResolvedAction`], or an
+    /// OpenWhisk error body with 401/403/404.
+    pub const RESOLVE: &str = "/internal/v1/resolve";
+    /// Management API: `GET /internal/v1/actions/{namespace}/{name or pkg/name}` returns
+    /// [`super::ActionCode`] (the control server needs the code to `/init` a container).
+    pub const ACTION_CODE: &str = "/internal/v1/actions";
+    /// Management API: `POST` a JSON array of [`super::ActivationRecord`]; 204 once stored.
+    pub const ACTIVATIONS: &str = "/internal/v1/activations";
+    /// Control server: `POST` a [`super::ColdStartRequest`]; 200 [`super::ColdStartResponse`]
+    /// once the container is initialised and Envoy has acknowledged the endpoint, or an
+    /// OpenWhisk error body.
+    pub const COLD_START: &str = "/v1/containers";
+    /// Every path with this prefix is internal: the filter refuses it at the ingress.
+    pub const INTERNAL_PREFIX: &str = "/internal/";
+}
+
+/// OpenWhisk's error messages, shared so the filter and the API say the same thing.
+pub mod messages {
+    pub const UNAUTHENTICATED: &str = "The supplied authentication is invalid.";
+    pub const NOT_AUTHORIZED: &str = "The supplied authentication is not authorized to access '{0}'.";
+    pub const RESOURCE_DOES_NOT_EXIST: &str = "The requested resource does not exist.";
+    pub const MALFORMED_CONTENT: &str = "The request content was malformed:";
+    pub const ENTITY_TOO_BIG: &str = "The request content exceeds the maximum allowed size.";
+    pub const INTERNAL_ERROR: &str = "Internal server error.";
+    pub const ABNORMAL_RUN: &str = "The action did not produce a valid response and exited unexpectedly.";
+    pub const NOT_A_JSON_OBJECT: &str = "The action did not return a dictionary.";
+    pub const NO_CAPACITY: &str = "No container could be started for the action; try again later.";
+}
+
+/// A `{"key": …, "value": …}` pair, OpenWhisk's shape for parameters and annotations.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct KeyValue {
+    pub key: String,
+    pub value: serde_json::Value,
+}
+
+/// An action's limits, in OpenWhisk's units (milliseconds, megabytes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ActionLimits {
+    pub timeout: u64,
+    pub memory: u64,
+    pub logs: u64,
+    pub concurrency: u64,
+}
+
+impl Default for ActionLimits {
+    /// OpenWhisk's defaults: 60 s, 256 MB, 10 MB of logs, one activation at a time.
+    fn default() -> Self {
+        Self { timeout: 60_000, memory: 256, logs: 10, concurrency: 1 }
+    }
+}
+
+/// What the filter needs to invoke an action: the answer of [`paths::RESOLVE`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ResolvedAction {
+    /// The namespace that owns the action (`_` already resolved).
+    pub namespace: String,
+    /// The package, for `pkg/name` actions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub package: Option<String>,
+    pub name: String,
+    /// The semantic version shown to users (`0.0.1`, bumped on every update).
+    pub version: String,
+    /// Opaque and unique per update: containers are keyed by it, so new code never meets an old
+    /// container.
+    pub revision: String,
+    /// The runtime kind (`nodejs:20`, `python:3`, …).
+    pub kind: String,
+    pub limits: ActionLimits,
+    /// Default parameters, merged under the invoke's parameters.
+    #[serde(default)]
+    pub parameters: Vec<KeyValue>,
+    #[serde(default)]
+    pub annotations: Vec<KeyValue>,
+    /// The namespace of the key that invoked (the activation's `subject` and record namespace).
+    pub subject: String,
+}
+
+impl ResolvedAction {
+    /// `namespace/name` or `namespace/package/name`, OpenWhisk's `path` annotation.
+    pub fn path(&self) -> String {
+        match &self.package {
+            Some(package) => format!("{}/{}/{}", self.namespace, package, self.name),
+            None => format!("{}/{}", self.namespace, self.name),
+        }
+    }
+
+    /// `/namespace/name` or `/namespace/package/name`, the `/run` envelope's `action_name`.
+    pub fn fully_qualified_name(&self) -> String {
+        format!("/{}", self.path())
+    }
+}
+
+/// The code of one action revision: the answer of [`paths::ACTION_CODE`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ActionCode {
+    pub namespace: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub package: Option<String>,
+    pub name: String,
+    pub revision: String,
+    pub kind: String,
+    /// Entry point; `main` when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub main: Option<String>,
+    /// Source text, or base64 when `binary`.
+    pub code: String,
+    #[serde(default)]
+    pub binary: bool,
+}
+
+/// A request to the control plane for a new container of one action revision.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ColdStartRequest {
+    pub namespace: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub package: Option<String>,
+    pub name: String,
+    pub revision: String,
+    pub kind: String,
+    pub memory_mb: u64,
+    /// The Envoy node (`node.id`) that will route to the container: the control plane answers only
+    /// once that node has acknowledged the endpoint.
+    pub node_id: String,
+}
+
+/// A container ready for its first activation, already claimed by the caller.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ColdStartResponse {
+    pub container_id: String,
+    /// `ip:port`, the value for [`headers::CONTAINER_ADDRESS`].
+    pub address: String,
+    /// The container's slot among the containers of its action revision, unique while the
+    /// container lives: the filter writes the container into its shared-data table at this slot,
+    /// so no two writers ever create the same key (creating a shared-data key is not atomic).
+    pub slot: u32,
+    /// Milliseconds spent in `/init`: the activation's `initTime` annotation.
+    pub init_ms: u64,
+}
+
+/// Names of the Envoy clusters the control server publishes and the filter calls.
+pub mod clusters {
+    /// EDS cluster whose endpoints are the action containers (override-host load balancing).
+    pub const CONTAINERS: &str = "whisk_containers";
+    /// The management API (resolve, action code, activation records).
+    pub const MANAGEMENT_API: &str = "whisk_management_api";
+    /// The control server's HTTP API (cold starts).
+    pub const CONTROL_PLANE: &str = "whisk_control_plane";
+    /// This Envoy's own ingress listener: non-blocking invokes run through it as internal blocking ones.
+    pub const INGRESS: &str = "whisk_ingress";
+}
+
+/// The filter's plugin configuration, written by the control server into the listener it pushes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FilterConfig {
+    /// Shared secret of the internal endpoints.
+    pub internal_token: String,
+    /// `api_host` passed to actions in the `/run` envelope.
+    pub api_host: String,
+    /// Largest invoke payload accepted, in bytes (OpenWhisk: 1 MB).
+    #[serde(default = "FilterConfig::default_max_payload_bytes")]
+    pub max_payload_bytes: usize,
+    /// Bound on the resolve call to the management API.
+    #[serde(default = "FilterConfig::default_resolve_timeout_ms")]
+    pub resolve_timeout_ms: u64,
+    /// Bound on a cold start (process start, `/init`, EDS acknowledgement).
+    #[serde(default = "FilterConfig::default_cold_start_timeout_ms")]
+    pub cold_start_timeout_ms: u64,
+    /// How often each worker flushes activation records and starts queued non-blocking invokes.
+    #[serde(default = "FilterConfig::default_flush_period_ms")]
+    pub flush_period_ms: u64,
+}
+
+impl FilterConfig {
+    fn default_max_payload_bytes() -> usize {
+        1_048_576
+    }
+    fn default_resolve_timeout_ms() -> u64 {
+        5_000
+    }
+    fn default_cold_start_timeout_ms() -> u64 {
+        70_000
+    }
+    fn default_flush_period_ms() -> u64 {
+        10
+    }
+}
+
+/// OpenWhisk's error body: `{"error": "...", "code": "..."}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: String,
+    #[serde(default)]
+    pub code: String,
+}
+
+/// `response.status` of an activation, with OpenWhisk's `statusCode` numbers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ActivationStatus {
+    #[serde(rename = "success")]
+    Success,
+    #[serde(rename = "application error")]
+    ApplicationError,
+    #[serde(rename = "action developer error")]
+    DeveloperError,
+    #[serde(rename = "whisk internal error")]
+    WhiskError,
+}
+
+impl ActivationStatus {
+    /// OpenWhisk's numeric `statusCode`.
+    pub fn code(self) -> u8 {
+        match self {
+            Self::Success => 0,
+            Self::ApplicationError => 1,
+            Self::DeveloperError => 2,
+            Self::WhiskError => 3,
+        }
+    }
+
+    /// The HTTP status of a blocking invoke that ended this way.
+    pub fn http_status(self) -> u16 {
+        match self {
+            Self::Success => 200,
+            Self::ApplicationError | Self::DeveloperError => 502,
+            Self::WhiskError => 500,
+        }
+    }
+}
+
+/// The `response` of an activation record.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ActivationResponse {
+    pub status: ActivationStatus,
+    pub status_code: u8,
+    pub success: bool,
+    pub result: serde_json::Value,
+}
+
+impl ActivationResponse {
+    pub fn new(status: ActivationStatus, result: serde_json::Value) -> Self {
+        Self { status, status_code: status.code(), success: status == ActivationStatus::Success, result }
+    }
+}
+
+/// An activation record in OpenWhisk's shape.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ActivationRecord {
+    pub activation_id: String,
+    /// The invoking subject's namespace.
+    pub namespace: String,
+    /// The action's name (without package; the `path` annotation has the full path).
+    pub name: String,
+    pub version: String,
+    pub subject: String,
+    pub publish: bool,
+    /// Epoch milliseconds.
+    pub start: u64,
+    pub end: u64,
+    pub duration: u64,
+    pub response: ActivationResponse,
+    pub logs: Vec<String>,
+    pub annotations: Vec<KeyValue>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_serialises_with_openwhisk_names_and_codes() {
+        let response =
+            ActivationResponse::new(ActivationStatus::DeveloperError, serde_json::json!({"error": "x"}));
+        let json = serde_json::to_value(&response).unwrap_or_default();
+        assert_eq!(json["status"], "action developer error");
+        assert_eq!(json["statusCode"], 2);
+        assert_eq!(json["success"], false);
+    }
+
+    #[test]
+    fn paths_include_the_package_when_there_is_one() {
+        let mut action = ResolvedAction {
+            namespace: "guest".into(),
+            package: None,
+            name: "hello".into(),
+            version: "0.0.1".into(),
+            revision: "r1".into(),
+            kind: "nodejs:20".into(),
+            limits: ActionLimits::default(),
+            parameters: vec![],
+            annotations: vec![],
+            subject: "guest".into(),
+        };
+        assert_eq!(action.fully_qualified_name(), "/guest/hello");
+        action.package = Some("utils".into());
+        assert_eq!(action.path(), "guest/utils/hello");
+    }
+}

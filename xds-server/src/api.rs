@@ -1,0 +1,71 @@
+//! The control server's HTTP API: cold starts for the filter, Prometheus metrics, health.
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use prometheus_client::registry::Registry;
+use whisk_contract::{ColdStartRequest, ErrorBody, headers, messages, paths};
+
+use crate::cluster::ClusterManager;
+use crate::plane::{ColdStartError, ControlPlane};
+
+/// Shared state of the handlers.
+pub struct ApiState<C> {
+    pub plane: Arc<ControlPlane<C>>,
+    pub registry: Registry,
+    pub internal_token: String,
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    let body = ErrorBody { error: message.into(), code: uuid::Uuid::new_v4().simple().to_string() };
+    (status, Json(body)).into_response()
+}
+
+pub fn router<C: ClusterManager>(state: Arc<ApiState<C>>) -> Router {
+    Router::new()
+        .route(paths::COLD_START, post(cold_start::<C>))
+        .route("/metrics", get(metrics::<C>))
+        .route("/health", get(|| async { "ok" }))
+        .with_state(state)
+}
+
+async fn cold_start<C: ClusterManager>(
+    State(state): State<Arc<ApiState<C>>>,
+    request_headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let token = request_headers.get(headers::INTERNAL_TOKEN).and_then(|v| v.to_str().ok());
+    if token != Some(state.internal_token.as_str()) {
+        return error(StatusCode::UNAUTHORIZED, messages::UNAUTHENTICATED);
+    }
+    let request: ColdStartRequest = match serde_json::from_slice(&body) {
+        Ok(request) => request,
+        Err(parse) => {
+            return error(StatusCode::BAD_REQUEST, format!("{} {parse}", messages::MALFORMED_CONTENT));
+        }
+    };
+    match state.plane.cold_start(request).await {
+        Ok(response) => Json(response).into_response(),
+        // The filter turns a 502 into an "action developer error" activation with this message.
+        Err(failure @ ColdStartError::Init { .. }) => error(StatusCode::BAD_GATEWAY, failure.to_string()),
+        Err(ColdStartError::StaleRevision { .. }) => {
+            error(StatusCode::CONFLICT, "The action was updated; retry.")
+        }
+        Err(failure) => {
+            error(StatusCode::SERVICE_UNAVAILABLE, format!("{} ({failure})", messages::NO_CAPACITY))
+        }
+    }
+}
+
+async fn metrics<C: ClusterManager>(State(state): State<Arc<ApiState<C>>>) -> Response {
+    let mut text = String::new();
+    match prometheus_client::encoding::text::encode(&mut text, &state.registry) {
+        Ok(()) => ([("content-type", "application/openmetrics-text; version=1.0.0; charset=utf-8")], text)
+            .into_response(),
+        Err(_) => error(StatusCode::INTERNAL_SERVER_ERROR, messages::INTERNAL_ERROR),
+    }
+}

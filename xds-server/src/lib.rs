@@ -1,0 +1,149 @@
+//! The xDS control server and control plane of the platform.
+//!
+//! It serves Envoy its whole configuration by ADS ([`ads`], built by [`snapshot`]), starts action
+//! containers through a cluster manager ([`cluster`]) when the filter asks for a cold start
+//! ([`api`], [`plane`]), and keeps the container table ([`table`]) that every Envoy's endpoints
+//! are derived from.
+
+pub mod ads;
+pub mod api;
+pub mod cluster;
+pub mod metrics;
+pub mod plane;
+pub mod snapshot;
+pub mod table;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+use tracing::info;
+use whisk_contract::FilterConfig;
+
+use crate::ads::Ads;
+use crate::cluster::local::LocalProcesses;
+use crate::plane::{ControlPlane, PlaneConfig};
+use crate::snapshot::Topology;
+
+/// The server's configuration, from flags and environment.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(name = "xds-server", about = "xDS control server and control plane")]
+pub struct Config {
+    /// gRPC address Envoy connects to for ADS.
+    #[arg(long, env = "WHISK_XDS_LISTEN", default_value = "127.0.0.1:3236")]
+    pub xds_listen: SocketAddr,
+    /// HTTP address of the control API (cold starts, metrics).
+    #[arg(long, env = "WHISK_CONTROL_LISTEN", default_value = "127.0.0.1:3235")]
+    pub control_listen: SocketAddr,
+    /// Envoy's ingress listener address (a node's `ingress_address` metadata overrides it).
+    #[arg(long, env = "WHISK_INGRESS", default_value = "127.0.0.1:3233")]
+    pub ingress: SocketAddr,
+    /// The management API's address.
+    #[arg(long, env = "WHISK_MANAGEMENT_API", default_value = "127.0.0.1:3234")]
+    pub management_api: SocketAddr,
+    /// The compiled filter module Envoy loads.
+    #[arg(long, env = "WHISK_FILTER_WASM")]
+    pub filter_wasm: PathBuf,
+    /// The local runtime binary (`action-runtime`).
+    #[arg(long, env = "WHISK_RUNTIME_BIN")]
+    pub runtime_bin: PathBuf,
+    /// Shared secret of the internal endpoints.
+    #[arg(long, env = "WHISK_INTERNAL_TOKEN", hide_env_values = true)]
+    pub internal_token: String,
+    /// `api_host` given to actions (the public ingress URL).
+    #[arg(long, env = "WHISK_API_HOST", default_value = "http://127.0.0.1:3233")]
+    pub api_host: String,
+    /// How long a cold start waits for Envoy to acknowledge the new endpoint, in milliseconds.
+    #[arg(long, env = "WHISK_ACK_TIMEOUT_MS", default_value_t = 5_000)]
+    pub ack_timeout_ms: u64,
+}
+
+/// Runs the server until SIGTERM or SIGINT, then stops every container it started.
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let filter_wasm = std::fs::canonicalize(&config.filter_wasm)
+        .with_context(|| format!("filter module {}", config.filter_wasm.display()))?;
+    let runtime_bin = std::fs::canonicalize(&config.runtime_bin)
+        .with_context(|| format!("runtime binary {}", config.runtime_bin.display()))?;
+    let topology = Arc::new(Topology {
+        ingress: config.ingress,
+        management_api: config.management_api,
+        control_api: config.control_listen,
+        filter_wasm,
+        filter_config: FilterConfig {
+            internal_token: config.internal_token.clone(),
+            api_host: config.api_host.clone(),
+            max_payload_bytes: 1_048_576,
+            resolve_timeout_ms: 5_000,
+            cold_start_timeout_ms: 70_000,
+            flush_period_ms: 10,
+        },
+    });
+
+    let metrics = Arc::new(metrics::Metrics::default());
+    let mut registry = Registry::with_prefix("xds");
+    metrics.register(&mut registry);
+    let plane = Arc::new(ControlPlane::new(
+        LocalProcesses::new(runtime_bin),
+        PlaneConfig {
+            management_url: format!("http://{}", config.management_api),
+            internal_token: config.internal_token.clone(),
+            ack_timeout: Duration::from_millis(config.ack_timeout_ms),
+        },
+        metrics.clone(),
+    ));
+
+    let ads = Ads::new(topology, plane.subscribe(), plane.acks(), metrics).into_service();
+    let xds_listener = TcpListener::bind(config.xds_listen).await.context("xDS listen address")?;
+    let control_listener =
+        TcpListener::bind(config.control_listen).await.context("control listen address")?;
+    info!(xds = %config.xds_listen, control = %config.control_listen, "xds-server listening");
+
+    let (stop_sender, stop) = tokio::sync::watch::channel(false);
+    let grpc = {
+        let mut stop = stop.clone();
+        tonic::transport::Server::builder().add_service(ads).serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(xds_listener),
+            async move {
+                let _ = stop.wait_for(|stopped| *stopped).await;
+            },
+        )
+    };
+    let api_state =
+        Arc::new(api::ApiState { plane: plane.clone(), registry, internal_token: config.internal_token });
+    let http = {
+        let mut stop = stop.clone();
+        axum::serve(control_listener, api::router(api_state)).with_graceful_shutdown(async move {
+            let _ = stop.wait_for(|stopped| *stopped).await;
+        })
+    };
+    let signal = async {
+        shutdown_signal().await;
+        info!("shutting down: stopping containers");
+        let _ = stop_sender.send(true);
+    };
+    let (grpc, http, ()) = tokio::join!(grpc, http, signal);
+    plane.shutdown().await;
+    grpc.context("xDS server")?;
+    http.context("control API")?;
+    Ok(())
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {},
+                _ = int.recv() => {},
+            }
+        }
+        _ => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

@@ -1,0 +1,294 @@
+//! The control plane: owns the container table, starts containers through a cluster manager, runs
+//! `/init`, publishes each change to the data plane and answers a cold start only once the asking
+//! Envoy acknowledged the new endpoint.
+//!
+//! ```text
+//!  cold start ─► fetch code ─► reserve slot ─► cluster.start ─► POST /init ─► set ready
+//!             ─► publish (version v) ─► wait for node's EDS ACK ≥ v ─► answer {id, address, slot}
+//! ```
+
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use tokio::sync::watch;
+use tracing::{info, warn};
+use whisk_contract::{ActionCode, ColdStartRequest, ColdStartResponse, headers, paths};
+
+use crate::ads::{AckTracker, Published};
+use crate::cluster::{ClusterError, ClusterManager, ContainerSpec};
+use crate::metrics::{Metrics, OutcomeLabel};
+use crate::table::{ActionKey, ContainerState, Table};
+
+/// How long `/init` is retried while the runtime is not listening yet.
+const LISTEN_WAIT: Duration = Duration::from_secs(10);
+
+/// Why a cold start failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ColdStartError {
+    #[error("could not read the action's code from the management API: {0}")]
+    Code(String),
+    #[error("the action was updated meanwhile (asked for revision {asked}, current is {current})")]
+    StaleRevision { asked: String, current: String },
+    #[error(transparent)]
+    Cluster(#[from] ClusterError),
+    /// The runtime refused the code: the action developer's error, shown in the activation.
+    #[error("{message}")]
+    Init { message: String },
+    #[error("the container did not become reachable: {0}")]
+    Unreachable(String),
+    #[error("Envoy node {node} did not acknowledge the new endpoint in time")]
+    NotAcknowledged { node: String },
+}
+
+impl ColdStartError {
+    /// True when the action's code, not the platform, is at fault.
+    pub fn is_developer_error(&self) -> bool {
+        matches!(self, Self::Init { .. })
+    }
+}
+
+/// The table and its published version, changed together under one lock.
+#[derive(Debug, Default)]
+struct TableState {
+    table: Table,
+    version: u64,
+}
+
+/// Settings of the control plane.
+#[derive(Debug, Clone)]
+pub struct PlaneConfig {
+    /// Base URL of the management API (for action code).
+    pub management_url: String,
+    pub internal_token: String,
+    /// How long a cold start waits for the node's EDS acknowledgement.
+    pub ack_timeout: Duration,
+}
+
+/// The control plane.
+pub struct ControlPlane<C> {
+    state: Mutex<TableState>,
+    published: watch::Sender<Arc<Published>>,
+    acks: AckTracker,
+    cluster: C,
+    http: reqwest::Client,
+    config: PlaneConfig,
+    metrics: Arc<Metrics>,
+}
+
+impl<C: ClusterManager> ControlPlane<C> {
+    pub fn new(cluster: C, config: PlaneConfig, metrics: Arc<Metrics>) -> Self {
+        Self {
+            state: Mutex::new(TableState::default()),
+            published: watch::channel(Arc::new(Published::default())).0,
+            acks: AckTracker::default(),
+            cluster,
+            http: reqwest::Client::new(),
+            config,
+            metrics,
+        }
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<Arc<Published>> {
+        self.published.subscribe()
+    }
+
+    pub fn acks(&self) -> AckTracker {
+        self.acks.clone()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, TableState> {
+        // A panic while holding the lock cannot leave the table half-changed (every mutation is a
+        // single call), so a poisoned lock is still consistent.
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Publishes the table as a new version; call with the lock held so versions follow changes.
+    fn publish(&self, state: &mut TableState) -> u64 {
+        state.version += 1;
+        self.metrics.containers_ready.set(state.table.count_in(ContainerState::Ready) as i64);
+        self.metrics.containers_starting.set(state.table.count_in(ContainerState::Starting) as i64);
+        let published = Published { version: state.version, table: state.table.clone() };
+        self.published.send_replace(Arc::new(published));
+        state.version
+    }
+
+    /// Starts, initialises and publishes a container for the request's action revision.
+    pub async fn cold_start(&self, request: ColdStartRequest) -> Result<ColdStartResponse, ColdStartError> {
+        let started = Instant::now();
+        let outcome = self.try_cold_start(&request).await;
+        let label = match &outcome {
+            Ok(_) => "started",
+            Err(error) if error.is_developer_error() => "init_failed",
+            Err(_) => "failed",
+        };
+        self.metrics.cold_starts.get_or_create(&OutcomeLabel { outcome: label }).inc();
+        match &outcome {
+            Ok(response) => info!(
+                container = %response.container_id, action = %request.name, node = %request.node_id,
+                elapsed_ms = started.elapsed().as_millis() as u64, init_ms = response.init_ms, "cold start"
+            ),
+            Err(error) => warn!(action = %request.name, node = %request.node_id, %error, "cold start failed"),
+        }
+        outcome
+    }
+
+    async fn try_cold_start(&self, request: &ColdStartRequest) -> Result<ColdStartResponse, ColdStartError> {
+        let code = self.fetch_code(request).await?;
+        if code.revision != request.revision {
+            return Err(ColdStartError::StaleRevision {
+                asked: request.revision.clone(),
+                current: code.revision,
+            });
+        }
+        let action = ActionKey {
+            namespace: request.namespace.clone(),
+            package: request.package.clone(),
+            name: request.name.clone(),
+            revision: request.revision.clone(),
+        };
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        let slot = {
+            let mut state = self.lock();
+            let slot = state.table.reserve(
+                id.clone(),
+                action.clone(),
+                request.kind.clone(),
+                request.node_id.clone(),
+            );
+            self.publish(&mut state);
+            slot
+        };
+        let spec = ContainerSpec {
+            id: id.clone(),
+            action,
+            kind: request.kind.clone(),
+            memory_mb: request.memory_mb,
+        };
+        match self.start_and_init(&spec, &code).await {
+            Ok((address, init_ms)) => {
+                let version = {
+                    let mut state = self.lock();
+                    state.table.set_ready(&id, address.clone());
+                    self.publish(&mut state)
+                };
+                if !self.acks.wait_for(&request.node_id, version, self.config.ack_timeout).await {
+                    self.discard(&id).await;
+                    return Err(ColdStartError::NotAcknowledged { node: request.node_id.clone() });
+                }
+                Ok(ColdStartResponse { container_id: id, address, slot, init_ms })
+            }
+            Err(error) => {
+                self.discard(&id).await;
+                Err(error)
+            }
+        }
+    }
+
+    /// Removes a container from the table (and so from xDS) first, then stops it.
+    async fn discard(&self, id: &str) {
+        {
+            let mut state = self.lock();
+            if state.table.remove(id).is_some() {
+                self.publish(&mut state);
+            }
+        }
+        if let Err(error) = self.cluster.stop(id).await {
+            warn!(container = id, %error, "could not stop a discarded container");
+        }
+    }
+
+    async fn start_and_init(
+        &self,
+        spec: &ContainerSpec,
+        code: &ActionCode,
+    ) -> Result<(String, u64), ColdStartError> {
+        let started = self.cluster.start(spec).await?;
+        let body = json!({"value": {
+            "name": code.name,
+            "main": code.main.as_deref().unwrap_or("main"),
+            "code": code.code,
+            "binary": code.binary,
+            "env": {},
+        }});
+        let url = format!("http://{}/init", started.address);
+        let deadline = Instant::now() + LISTEN_WAIT;
+        let mut pause = Duration::from_millis(2);
+        loop {
+            let attempt = Instant::now();
+            match self.http.post(&url).json(&body).send().await {
+                Ok(response) => {
+                    let init_ms = attempt.elapsed().as_millis() as u64;
+                    if response.status().is_success() {
+                        return Ok((started.address, init_ms));
+                    }
+                    let text = response.text().await.unwrap_or_default();
+                    return Err(ColdStartError::Init { message: init_error_message(&text) });
+                }
+                // /init may be retried until the runtime listens (the protocol allows it).
+                Err(error) if error.is_connect() && Instant::now() < deadline => {
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_millis(50));
+                }
+                Err(error) => return Err(ColdStartError::Unreachable(error.to_string())),
+            }
+        }
+    }
+
+    async fn fetch_code(&self, request: &ColdStartRequest) -> Result<ActionCode, ColdStartError> {
+        let path = match &request.package {
+            Some(package) => format!("{}/{}/{}", request.namespace, package, request.name),
+            None => format!("{}/{}", request.namespace, request.name),
+        };
+        let url = format!("{}{}/{}", self.config.management_url, paths::ACTION_CODE, path);
+        let response = self
+            .http
+            .get(url)
+            .header(headers::INTERNAL_TOKEN, &self.config.internal_token)
+            .send()
+            .await
+            .map_err(|error| ColdStartError::Code(error.to_string()))?;
+        if !response.status().is_success() {
+            return Err(ColdStartError::Code(format!("status {}", response.status())));
+        }
+        response.json().await.map_err(|error| ColdStartError::Code(error.to_string()))
+    }
+
+    /// Stops every container (server shutdown): out of xDS first, then the processes.
+    pub async fn shutdown(&self) {
+        {
+            let mut state = self.lock();
+            for id in state.table.ids() {
+                state.table.remove(&id);
+            }
+            self.publish(&mut state);
+        }
+        self.cluster.stop_all().await;
+    }
+}
+
+/// The runtime's `{"error": …}` as text for the activation record.
+fn init_error_message(body: &str) -> String {
+    match serde_json::from_str::<serde_json::Value>(body) {
+        Ok(serde_json::Value::Object(fields)) => match fields.get("error") {
+            Some(serde_json::Value::String(text)) => text.clone(),
+            Some(other) => other.to_string(),
+            None => body.to_owned(),
+        },
+        _ if body.trim().is_empty() => "The action failed to initialise.".to_owned(),
+        _ => body.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn init_errors_surface_the_runtime_message() {
+        assert_eq!(init_error_message(r#"{"error":"SyntaxError: x"}"#), "SyntaxError: x");
+        assert_eq!(init_error_message(r#"{"error":{"a":1}}"#), r#"{"a":1}"#);
+        assert_eq!(init_error_message(""), "The action failed to initialise.");
+        assert_eq!(init_error_message("boom"), "boom");
+    }
+}

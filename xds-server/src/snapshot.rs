@@ -1,0 +1,384 @@
+//! Snapshot building: from the platform's topology and the container table to the Envoy resources
+//! each node receives. Pure functions, no I/O; the ADS module only streams what these build.
+//!
+//! ```text
+//!  listener "ingress" ── HCM ── wasm filter (whisk) ── router
+//!      route: header x-whisk-route=container ──► cluster whisk_containers (EDS, override_host)
+//!      route: everything else ─────────────────► cluster whisk_management_api
+//!  clusters whisk_control_plane (cold starts), whisk_ingress (self, for non-blocking invokes)
+//! ```
+//!
+//! Clusters stay static for the life of the server; only endpoints churn (Envoy pauses EDS and
+//! warms clusters on every CDS change, so busy/free state never goes into xDS).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use envoy_types::pb::envoy::config::cluster::v3::{
+    Cluster, LoadBalancingPolicy, cluster, load_balancing_policy,
+};
+use envoy_types::pb::envoy::config::core::v3::Address;
+use envoy_types::pb::envoy::config::core::v3::{
+    AggregatedConfigSource, ApiVersion, AsyncDataSource, ConfigSource, DataSource, SocketAddress,
+    TypedExtensionConfig, address, async_data_source, config_source, data_source, socket_address,
+};
+use envoy_types::pb::envoy::config::endpoint::v3::{
+    ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints, lb_endpoint,
+};
+use envoy_types::pb::envoy::config::listener::v3::{Filter, FilterChain, Listener, filter};
+use envoy_types::pb::envoy::config::route::v3::{
+    HeaderMatcher, Route, RouteAction, RouteConfiguration, RouteMatch, VirtualHost, header_matcher, route,
+    route_action, route_match,
+};
+use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
+use envoy_types::pb::envoy::extensions::filters::http::wasm::v3::Wasm;
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
+    HttpConnectionManager, HttpFilter, http_connection_manager, http_filter,
+};
+use envoy_types::pb::envoy::extensions::load_balancing_policies::override_host::v3::{
+    OverrideHost, override_host,
+};
+use envoy_types::pb::envoy::extensions::load_balancing_policies::random::v3::Random;
+use envoy_types::pb::envoy::extensions::wasm::v3::{PluginConfig, VmConfig, plugin_config};
+use envoy_types::pb::envoy::r#type::matcher::v3::{StringMatcher, string_matcher};
+use envoy_types::pb::google::protobuf::{Any, BoolValue, Duration, StringValue, UInt32Value};
+use prost::{Message, Name};
+use whisk_contract::{FilterConfig, clusters, headers};
+
+use crate::table::Table;
+
+/// Listener resource type.
+pub const LISTENER_TYPE: &str = "type.googleapis.com/envoy.config.listener.v3.Listener";
+/// Cluster resource type.
+pub const CLUSTER_TYPE: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
+/// Endpoint resource type.
+pub const ENDPOINT_TYPE: &str = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
+
+/// Envoy buffers whole invoke bodies (the filter rewrites them) and whole replies (it turns them
+/// into activation records): room for 1 MB payloads and results, with their JSON envelopes, and for
+/// 48 MB action code streamed to the management API.
+const BUFFER_LIMIT_BYTES: u32 = 8 * 1024 * 1024;
+
+/// Longest action timeout OpenWhisk allows (300 s) plus room for the reply.
+const CONTAINER_ROUTE_TIMEOUT_SECONDS: i64 = 310;
+
+/// What every node's static part is built from.
+#[derive(Debug, Clone)]
+pub struct Topology {
+    /// The ingress listener address, unless the node's metadata says otherwise.
+    pub ingress: SocketAddr,
+    pub management_api: SocketAddr,
+    pub control_api: SocketAddr,
+    /// The compiled filter (`whisk_filter.wasm`), loaded by Envoy from this path.
+    pub filter_wasm: PathBuf,
+    pub filter_config: FilterConfig,
+}
+
+/// Packs a message as `Any`.
+pub fn any<M: Message + Name>(message: &M) -> Any {
+    Any { type_url: M::type_url(), value: message.encode_to_vec() }
+}
+
+fn socket_address(address: SocketAddr) -> Address {
+    Address {
+        address: Some(address::Address::SocketAddress(SocketAddress {
+            address: address.ip().to_string(),
+            port_specifier: Some(socket_address::PortSpecifier::PortValue(u32::from(address.port()))),
+            ..Default::default()
+        })),
+    }
+}
+
+fn ads() -> ConfigSource {
+    ConfigSource {
+        resource_api_version: ApiVersion::V3 as i32,
+        config_source_specifier: Some(config_source::ConfigSourceSpecifier::Ads(AggregatedConfigSource {})),
+        ..Default::default()
+    }
+}
+
+fn typed_extension<M: Message + Name>(name: &str, message: &M) -> TypedExtensionConfig {
+    TypedExtensionConfig { name: name.into(), typed_config: Some(any(message)) }
+}
+
+fn wasm_filter(topology: &Topology) -> HttpFilter {
+    // The configuration is JSON the filter parses once into an immutable plan.
+    let configuration = serde_json::to_string(&topology.filter_config).unwrap_or_default();
+    let plugin = PluginConfig {
+        name: "whisk".into(),
+        root_id: "whisk".into(),
+        configuration: Some(any(&StringValue { value: configuration })),
+        // The filter holds request headers while it reads the body and decides the container.
+        allow_on_headers_stop_iteration: Some(BoolValue { value: true }),
+        vm: Some(plugin_config::Vm::VmConfig(VmConfig {
+            vm_id: "whisk".into(),
+            runtime: "envoy.wasm.runtime.v8".into(),
+            code: Some(AsyncDataSource {
+                specifier: Some(async_data_source::Specifier::Local(DataSource {
+                    specifier: Some(data_source::Specifier::Filename(
+                        topology.filter_wasm.to_string_lossy().into_owned(),
+                    )),
+                    ..Default::default()
+                })),
+            }),
+            ..Default::default()
+        })),
+        ..Default::default()
+    };
+    HttpFilter {
+        name: "envoy.filters.http.wasm".into(),
+        config_type: Some(http_filter::ConfigType::TypedConfig(any(&Wasm { config: Some(plugin) }))),
+        ..Default::default()
+    }
+}
+
+fn route_to(cluster_name: &str, timeout_seconds: i64) -> route::Action {
+    route::Action::Route(RouteAction {
+        cluster_specifier: Some(route_action::ClusterSpecifier::Cluster(cluster_name.into())),
+        timeout: Some(Duration { seconds: timeout_seconds, nanos: 0 }),
+        ..Default::default()
+    })
+}
+
+fn route_config() -> RouteConfiguration {
+    let to_containers = Route {
+        name: "invoke".into(),
+        r#match: Some(RouteMatch {
+            path_specifier: Some(route_match::PathSpecifier::Prefix("/".into())),
+            headers: vec![HeaderMatcher {
+                name: headers::ROUTE.into(),
+                header_match_specifier: Some(header_matcher::HeaderMatchSpecifier::StringMatch(
+                    StringMatcher {
+                        match_pattern: Some(string_matcher::MatchPattern::Exact(
+                            headers::ROUTE_CONTAINER.into(),
+                        )),
+                        ..Default::default()
+                    },
+                )),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }),
+        action: Some(route_to(clusters::CONTAINERS, CONTAINER_ROUTE_TIMEOUT_SECONDS)),
+        ..Default::default()
+    };
+    let to_management = Route {
+        name: "management".into(),
+        r#match: Some(RouteMatch {
+            path_specifier: Some(route_match::PathSpecifier::Prefix("/".into())),
+            ..Default::default()
+        }),
+        action: Some(route_to(clusters::MANAGEMENT_API, 120)),
+        ..Default::default()
+    };
+    RouteConfiguration {
+        name: "ingress".into(),
+        virtual_hosts: vec![VirtualHost {
+            name: "whisk".into(),
+            domains: vec!["*".into()],
+            routes: vec![to_containers, to_management],
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
+/// The ingress listener of a node listening on `ingress`.
+pub fn listener(topology: &Topology, ingress: SocketAddr) -> Listener {
+    let manager = HttpConnectionManager {
+        stat_prefix: "ingress".into(),
+        codec_type: http_connection_manager::CodecType::Auto as i32,
+        route_specifier: Some(http_connection_manager::RouteSpecifier::RouteConfig(route_config())),
+        http_filters: vec![
+            wasm_filter(topology),
+            HttpFilter {
+                name: "envoy.filters.http.router".into(),
+                config_type: Some(http_filter::ConfigType::TypedConfig(any(&Router::default()))),
+                ..Default::default()
+            },
+        ],
+        ..Default::default()
+    };
+    Listener {
+        name: "ingress".into(),
+        address: Some(socket_address(ingress)),
+        per_connection_buffer_limit_bytes: Some(UInt32Value { value: BUFFER_LIMIT_BYTES }),
+        filter_chains: vec![FilterChain {
+            filters: vec![Filter {
+                name: "envoy.filters.network.http_connection_manager".into(),
+                config_type: Some(filter::ConfigType::TypedConfig(any(&manager))),
+            }],
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
+fn static_cluster(name: &str, address: SocketAddr) -> Cluster {
+    Cluster {
+        name: name.into(),
+        connect_timeout: Some(Duration { seconds: 1, nanos: 0 }),
+        cluster_discovery_type: Some(cluster::ClusterDiscoveryType::Type(
+            cluster::DiscoveryType::Static as i32,
+        )),
+        per_connection_buffer_limit_bytes: Some(UInt32Value { value: BUFFER_LIMIT_BYTES }),
+        load_assignment: Some(ClusterLoadAssignment {
+            cluster_name: name.into(),
+            endpoints: vec![LocalityLbEndpoints {
+                lb_endpoints: vec![lb_endpoint_at(address)],
+                ..Default::default()
+            }],
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn lb_endpoint_at(address: SocketAddr) -> LbEndpoint {
+    LbEndpoint {
+        host_identifier: Some(lb_endpoint::HostIdentifier::Endpoint(Endpoint {
+            address: Some(socket_address(address)),
+            ..Default::default()
+        })),
+        ..Default::default()
+    }
+}
+
+/// The containers cluster: endpoints by EDS, the exact host chosen by the filter's header.
+fn containers_cluster() -> Cluster {
+    // The fallback only runs when the stamped host is not in this node's endpoint set, which the
+    // cold-start handshake (answer only after the node ACKed the endpoint) rules out for new
+    // containers; our runtime also refuses a /run stamped for another container id.
+    let fallback = LoadBalancingPolicy {
+        policies: vec![load_balancing_policy::Policy {
+            typed_extension_config: Some(typed_extension(
+                "envoy.load_balancing_policies.random",
+                &Random::default(),
+            )),
+        }],
+    };
+    let override_host = OverrideHost {
+        override_host_sources: vec![override_host::OverrideHostSource {
+            header: headers::CONTAINER_ADDRESS.into(),
+            ..Default::default()
+        }],
+        fallback_policy: Some(fallback),
+        ..Default::default()
+    };
+    Cluster {
+        name: clusters::CONTAINERS.into(),
+        connect_timeout: Some(Duration { seconds: 1, nanos: 0 }),
+        cluster_discovery_type: Some(cluster::ClusterDiscoveryType::Type(cluster::DiscoveryType::Eds as i32)),
+        eds_cluster_config: Some(cluster::EdsClusterConfig { eds_config: Some(ads()), ..Default::default() }),
+        per_connection_buffer_limit_bytes: Some(UInt32Value { value: BUFFER_LIMIT_BYTES }),
+        load_balancing_policy: Some(LoadBalancingPolicy {
+            policies: vec![load_balancing_policy::Policy {
+                typed_extension_config: Some(typed_extension(
+                    "envoy.load_balancing_policies.override_host",
+                    &override_host,
+                )),
+            }],
+        }),
+        ..Default::default()
+    }
+}
+
+/// The clusters of a node whose ingress listens on `ingress`.
+pub fn clusters(topology: &Topology, ingress: SocketAddr) -> Vec<Cluster> {
+    vec![
+        containers_cluster(),
+        static_cluster(clusters::MANAGEMENT_API, topology.management_api),
+        static_cluster(clusters::CONTROL_PLANE, topology.control_api),
+        static_cluster(clusters::INGRESS, ingress),
+    ]
+}
+
+/// The containers given to `node`, as the containers cluster's endpoints.
+pub fn endpoints(table: &Table, node: &str) -> ClusterLoadAssignment {
+    let lb_endpoints = table
+        .ready_on(node)
+        .filter_map(|container| container.address.as_deref()?.parse::<SocketAddr>().ok())
+        .map(lb_endpoint_at)
+        .collect();
+    ClusterLoadAssignment {
+        cluster_name: clusters::CONTAINERS.into(),
+        endpoints: vec![LocalityLbEndpoints { lb_endpoints, ..Default::default() }],
+        ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn topology() -> Topology {
+        Topology {
+            ingress: "127.0.0.1:3233".parse().unwrap(),
+            management_api: "127.0.0.1:3234".parse().unwrap(),
+            control_api: "127.0.0.1:3235".parse().unwrap(),
+            filter_wasm: "/tmp/whisk_filter.wasm".into(),
+            filter_config: FilterConfig {
+                internal_token: "t".into(),
+                api_host: "http://127.0.0.1:3233".into(),
+                max_payload_bytes: 1,
+                resolve_timeout_ms: 1,
+                cold_start_timeout_ms: 1,
+                flush_period_ms: 1,
+            },
+        }
+    }
+
+    #[test]
+    fn endpoints_hold_only_the_nodes_ready_containers() {
+        let table = Table::test().with_ready("a", "hello", "envoy-1", "127.0.0.1:4001").with_ready(
+            "b",
+            "hello",
+            "envoy-2",
+            "127.0.0.1:4002",
+        );
+        let assignment = endpoints(&table, "envoy-1");
+        assert_eq!(assignment.cluster_name, clusters::CONTAINERS);
+        let hosts: Vec<_> = assignment.endpoints[0]
+            .lb_endpoints
+            .iter()
+            .filter_map(|e| match &e.host_identifier {
+                Some(lb_endpoint::HostIdentifier::Endpoint(endpoint)) => endpoint.address.clone(),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(hosts, vec![socket_address("127.0.0.1:4001".parse().unwrap())]);
+    }
+
+    #[test]
+    fn the_listener_carries_the_filter_config_and_both_routes() {
+        let listener = listener(&topology(), "127.0.0.1:9999".parse().unwrap());
+        let Some(filter::ConfigType::TypedConfig(hcm)) = &listener.filter_chains[0].filters[0].config_type
+        else {
+            panic!("no typed config")
+        };
+        let manager = HttpConnectionManager::decode(hcm.value.as_slice()).unwrap();
+        assert_eq!(manager.http_filters.len(), 2);
+        let Some(http_connection_manager::RouteSpecifier::RouteConfig(routes)) = manager.route_specifier
+        else {
+            panic!("no inline routes")
+        };
+        assert_eq!(routes.virtual_hosts[0].routes.len(), 2);
+        let Some(http_filter::ConfigType::TypedConfig(wasm)) = &manager.http_filters[0].config_type else {
+            panic!("no wasm config")
+        };
+        let wasm = Wasm::decode(wasm.value.as_slice()).unwrap();
+        let configuration = wasm.config.unwrap().configuration.unwrap();
+        let text = StringValue::decode(configuration.value.as_slice()).unwrap().value;
+        let parsed: FilterConfig = serde_json::from_str(&text).unwrap();
+        assert_eq!(parsed, topology().filter_config);
+    }
+
+    #[test]
+    fn clusters_are_the_four_fixed_ones() {
+        let names: Vec<_> = clusters(&topology(), topology().ingress).into_iter().map(|c| c.name).collect();
+        assert_eq!(
+            names,
+            [clusters::CONTAINERS, clusters::MANAGEMENT_API, clusters::CONTROL_PLANE, clusters::INGRESS]
+        );
+    }
+}

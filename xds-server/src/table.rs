@@ -1,0 +1,182 @@
+//! The container table: every container the control plane owns, the action revision it serves, its
+//! slot, the Envoy node it is given to and its address. Pure data, no I/O: the control plane
+//! mutates it and the snapshot builder derives endpoints from it.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+/// One action revision: containers are never shared between revisions, so an update never runs
+/// new parameters against old code.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ActionKey {
+    pub namespace: String,
+    pub package: Option<String>,
+    pub name: String,
+    pub revision: String,
+}
+
+impl fmt::Display for ActionKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.package {
+            Some(package) => write!(f, "{}/{}/{}@{}", self.namespace, package, self.name, self.revision),
+            None => write!(f, "{}/{}@{}", self.namespace, self.name, self.revision),
+        }
+    }
+}
+
+/// Where a container is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ContainerState {
+    /// Reserved: the process is starting or `/init` is running; not routable.
+    Starting,
+    /// Initialised and published to its node's endpoints.
+    Ready,
+}
+
+/// One container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Container {
+    pub id: String,
+    pub action: ActionKey,
+    pub kind: String,
+    /// Unique among the live containers of `action`; the filter's shared-data key.
+    pub slot: u32,
+    /// The Envoy node (`node.id`) that routes to this container, and only that one.
+    pub node: String,
+    /// `ip:port`, known once the cluster manager started it.
+    pub address: Option<String>,
+    pub state: ContainerState,
+}
+
+/// The table, ordered by id so that snapshots built from it are deterministic.
+#[derive(Debug, Default, Clone)]
+pub struct Table {
+    containers: BTreeMap<String, Container>,
+}
+
+impl Table {
+    /// Reserves a container id for `action` on `node` at the lowest free slot of that action.
+    pub fn reserve(&mut self, id: String, action: ActionKey, kind: String, node: String) -> u32 {
+        let taken: BTreeSet<u32> =
+            self.containers.values().filter(|c| c.action == action).map(|c| c.slot).collect();
+        let slot = (0..).find(|slot| !taken.contains(slot)).unwrap_or(0);
+        self.containers.insert(
+            id.clone(),
+            Container { id, action, kind, slot, node, address: None, state: ContainerState::Starting },
+        );
+        slot
+    }
+
+    /// Marks a reserved container as initialised at `address`; false when the id is unknown.
+    pub fn set_ready(&mut self, id: &str, address: String) -> bool {
+        match self.containers.get_mut(id) {
+            Some(container) => {
+                container.address = Some(address);
+                container.state = ContainerState::Ready;
+                true
+            }
+            None => false,
+        }
+    }
+
+    pub fn remove(&mut self, id: &str) -> Option<Container> {
+        self.containers.remove(id)
+    }
+
+    pub fn get(&self, id: &str) -> Option<&Container> {
+        self.containers.get(id)
+    }
+
+    pub fn len(&self) -> usize {
+        self.containers.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.containers.is_empty()
+    }
+
+    /// Routable containers given to `node`, in id order.
+    pub fn ready_on<'a>(&'a self, node: &'a str) -> impl Iterator<Item = &'a Container> + 'a {
+        self.containers.values().filter(move |c| c.state == ContainerState::Ready && c.node == node)
+    }
+
+    pub fn count_in(&self, state: ContainerState) -> usize {
+        self.containers.values().filter(|c| c.state == state).count()
+    }
+
+    pub fn ids(&self) -> Vec<String> {
+        self.containers.keys().cloned().collect()
+    }
+}
+
+#[cfg(test)]
+impl Table {
+    /// Test fixture: a table with one ready container of `name` on `node`.
+    pub fn test() -> Self {
+        Self::default()
+    }
+
+    pub fn with_ready(mut self, id: &str, name: &str, node: &str, address: &str) -> Self {
+        self.reserve(id.into(), action(name), "nodejs:20".into(), node.into());
+        self.set_ready(id, address.into());
+        self
+    }
+}
+
+#[cfg(test)]
+pub(crate) fn action(name: &str) -> ActionKey {
+    ActionKey { namespace: "guest".into(), package: None, name: name.into(), revision: "r1".into() }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn slots_start_at_zero_per_action_and_reuse_the_lowest_free() {
+        let mut table = Table::default();
+        assert_eq!(table.reserve("a".into(), action("x"), "k".into(), "n".into()), 0);
+        assert_eq!(table.reserve("b".into(), action("x"), "k".into(), "n".into()), 1);
+        assert_eq!(table.reserve("c".into(), action("y"), "k".into(), "n".into()), 0);
+        table.remove("a");
+        assert_eq!(table.reserve("d".into(), action("x"), "k".into(), "n".into()), 0);
+        assert_eq!(table.reserve("e".into(), action("x"), "k".into(), "n".into()), 2);
+    }
+
+    #[test]
+    fn only_ready_containers_of_the_node_are_routable() {
+        let mut table = Table::test().with_ready("a", "x", "envoy-1", "127.0.0.1:1").with_ready(
+            "b",
+            "x",
+            "envoy-2",
+            "127.0.0.1:2",
+        );
+        table.reserve("c".into(), action("x"), "k".into(), "envoy-1".into());
+        let ids: Vec<_> = table.ready_on("envoy-1").map(|c| c.id.as_str()).collect();
+        assert_eq!(ids, ["a"]);
+        assert_eq!(table.count_in(ContainerState::Starting), 1);
+    }
+
+    proptest! {
+        /// Whatever the order of starts and removals, two live containers of one action never share
+        /// a slot: the filter's shared-data keys stay single-writer.
+        #[test]
+        fn live_slots_are_unique_per_action(ops in proptest::collection::vec((0u8..3, any::<bool>(), 0usize..8), 1..200)) {
+            let mut table = Table::default();
+            let mut next = 0u32;
+            for (action_index, add, victim) in ops {
+                if add {
+                    next += 1;
+                    table.reserve(format!("c{next}"), action(&format!("a{action_index}")), "k".into(), "n".into());
+                } else if let Some(id) = table.ids().get(victim % table.len().max(1)).cloned() {
+                    table.remove(&id);
+                }
+                let mut seen = BTreeSet::new();
+                for container in table.containers.values() {
+                    prop_assert!(seen.insert((container.action.clone(), container.slot)));
+                }
+            }
+        }
+    }
+}
