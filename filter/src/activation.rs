@@ -1,0 +1,157 @@
+//! From the container's answer to OpenWhisk's activation record, and from the record to the reply a
+//! blocking invoke gets (the record, or the bare result with `result=true`).
+
+use base64::Engine;
+use serde_json::{Value, json};
+use whisk_contract::{
+    ActivationRecord, ActivationResponse, ActivationStatus, KeyValue, ResolvedAction, messages,
+};
+
+/// Classifies a `/run` answer the way OpenWhisk's invoker does: a JSON object from a 200 is the
+/// result (an `error` field in it makes an application error); an object with `error` from any
+/// other status is a developer error; anything that is not a JSON object is a developer error.
+pub fn classify(status: u16, body: &[u8]) -> ActivationResponse {
+    let parsed = serde_json::from_slice::<Value>(body);
+    match parsed {
+        Ok(Value::Object(fields)) if status == 200 => match fields.get("error") {
+            Some(error) => {
+                ActivationResponse::new(ActivationStatus::ApplicationError, json!({"error": error}))
+            }
+            None => ActivationResponse::new(ActivationStatus::Success, Value::Object(fields)),
+        },
+        Ok(Value::Object(fields)) if fields.contains_key("error") => {
+            let error = fields.get("error").cloned().unwrap_or(Value::Null);
+            ActivationResponse::new(ActivationStatus::DeveloperError, json!({"error": error}))
+        }
+        Ok(Value::Object(_)) | Ok(_) if status == 200 => ActivationResponse::new(
+            ActivationStatus::DeveloperError,
+            json!({"error": messages::NOT_A_JSON_OBJECT}),
+        ),
+        _ => ActivationResponse::new(
+            ActivationStatus::DeveloperError,
+            json!({"error": messages::ABNORMAL_RUN}),
+        ),
+    }
+}
+
+/// Decodes the runtime's logs header; a missing or damaged header means no logs, not a failure.
+pub fn decode_logs(header: Option<&str>) -> Vec<String> {
+    header
+        .and_then(|value| base64::engine::general_purpose::STANDARD.decode(value.trim()).ok())
+        .and_then(|bytes| serde_json::from_slice::<Vec<String>>(&bytes).ok())
+        .unwrap_or_default()
+}
+
+/// Timing of one activation, epoch milliseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timing {
+    /// When the request reached the filter.
+    pub arrived: u64,
+    /// When the request was sent to the container (after a cold start, if any).
+    pub forwarded: u64,
+    pub end: u64,
+    /// `/init` time on a cold start.
+    pub init_ms: Option<u64>,
+}
+
+/// Builds the record. On a cold start the activation's `start` includes `/init`, as in OpenWhisk.
+pub fn record(
+    action: &ResolvedAction,
+    activation_id: &str,
+    response: ActivationResponse,
+    logs: Vec<String>,
+    timing: Timing,
+) -> ActivationRecord {
+    let start = timing.forwarded.saturating_sub(timing.init_ms.unwrap_or(0)).max(timing.arrived);
+    let mut annotations = vec![
+        KeyValue { key: "path".into(), value: json!(action.path()) },
+        KeyValue { key: "kind".into(), value: json!(action.kind) },
+        KeyValue { key: "limits".into(), value: serde_json::to_value(action.limits).unwrap_or(Value::Null) },
+        KeyValue { key: "timeout".into(), value: json!(false) },
+        KeyValue { key: "waitTime".into(), value: json!(start.saturating_sub(timing.arrived)) },
+    ];
+    if let Some(init_ms) = timing.init_ms {
+        annotations.push(KeyValue { key: "initTime".into(), value: json!(init_ms) });
+    }
+    ActivationRecord {
+        activation_id: activation_id.to_owned(),
+        namespace: action.subject.clone(),
+        name: action.name.clone(),
+        version: action.version.clone(),
+        subject: action.subject.clone(),
+        publish: false,
+        start,
+        end: timing.end.max(start),
+        duration: timing.end.saturating_sub(start),
+        response,
+        logs,
+        annotations,
+    }
+}
+
+/// The status and body of a blocking invoke's reply.
+pub fn reply(record: &ActivationRecord, result_only: bool) -> (u16, Vec<u8>) {
+    let status = record.response.status.http_status();
+    let body =
+        if result_only { serde_json::to_vec(&record.response.result) } else { serde_json::to_vec(record) };
+    (status, body.unwrap_or_default())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::envelope::action;
+
+    #[test]
+    fn run_answers_are_classified_like_openwhisk() {
+        assert_eq!(classify(200, br#"{"a":1}"#).status, ActivationStatus::Success);
+        let app = classify(200, br#"{"error":"no"}"#);
+        assert_eq!(
+            (app.status, app.result.clone()),
+            (ActivationStatus::ApplicationError, json!({"error":"no"}))
+        );
+        let thrown = classify(502, br#"{"error":"An error has occurred: Error: boom"}"#);
+        assert_eq!(thrown.status, ActivationStatus::DeveloperError);
+        assert_eq!(thrown.result["error"], "An error has occurred: Error: boom");
+        assert_eq!(classify(200, b"[1,2]").result["error"], messages::NOT_A_JSON_OBJECT);
+        assert_eq!(classify(500, b"garbage").result["error"], messages::ABNORMAL_RUN);
+        assert_eq!(classify(502, br#"{"nope":1}"#).status, ActivationStatus::DeveloperError);
+    }
+
+    #[test]
+    fn logs_come_from_base64_json_and_damage_means_none() {
+        let encoded =
+            base64::engine::general_purpose::STANDARD.encode(br#"["2026-11-29T00:00:00.000Z stdout: hi"]"#);
+        assert_eq!(decode_logs(Some(&encoded)), vec!["2026-11-29T00:00:00.000Z stdout: hi".to_owned()]);
+        assert!(decode_logs(Some("%%%")).is_empty());
+        assert!(decode_logs(None).is_empty());
+    }
+
+    #[test]
+    fn cold_records_carry_init_time_and_start_before_the_init() {
+        let timing = Timing { arrived: 1000, forwarded: 1300, end: 1350, init_ms: Some(200) };
+        let cold = record(&action(), "id", classify(200, b"{}"), vec![], timing);
+        assert_eq!((cold.start, cold.end, cold.duration), (1100, 1350, 250));
+        let annotation = |record: &ActivationRecord, key: &str| {
+            record.annotations.iter().find(|kv| kv.key == key).map(|kv| kv.value.clone())
+        };
+        assert_eq!(annotation(&cold, "initTime"), Some(json!(200)));
+        assert_eq!(annotation(&cold, "waitTime"), Some(json!(100)));
+        assert_eq!(annotation(&cold, "path"), Some(json!("guest/hello")));
+        let warm = record(&action(), "id", classify(200, b"{}"), vec![], Timing { init_ms: None, ..timing });
+        assert_eq!(annotation(&warm, "initTime"), None);
+    }
+
+    #[test]
+    fn replies_are_the_record_or_the_bare_result() {
+        let timing = Timing { arrived: 1, forwarded: 2, end: 3, init_ms: None };
+        let failed = record(&action(), "id", classify(502, br#"{"error":"x"}"#), vec![], timing);
+        let (status, body) = reply(&failed, false);
+        assert_eq!(status, 502);
+        let parsed: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(parsed["response"]["status"], "action developer error");
+        assert_eq!(parsed["activationId"], "id");
+        let ok = record(&action(), "id", classify(200, br#"{"a":1}"#), vec![], timing);
+        assert_eq!(reply(&ok, true), (200, br#"{"a":1}"#.to_vec()));
+    }
+}

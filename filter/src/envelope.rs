@@ -1,0 +1,116 @@
+//! The invoke → `/run` rewrite: parameters parsed and merged with the action's defaults, wrapped in
+//! the runtime protocol's envelope with the activation context.
+
+use serde_json::{Map, Value, json};
+use whisk_contract::{KeyValue, ResolvedAction, messages};
+
+/// Why an invoke body was refused (answered 400 with OpenWhisk's message).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MalformedBody(pub String);
+
+/// Parses the invoke body: empty means no parameters; anything else must be a JSON object.
+pub fn parse_parameters(body: &[u8]) -> Result<Map<String, Value>, MalformedBody> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(Map::new());
+    }
+    match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Object(parameters)) => Ok(parameters),
+        Ok(_) => Err(MalformedBody(format!(
+            "{}\nThe parameters must be a JSON object.",
+            messages::MALFORMED_CONTENT
+        ))),
+        Err(error) => Err(MalformedBody(format!("{}\n{error}", messages::MALFORMED_CONTENT))),
+    }
+}
+
+/// Defaults first, then the invoke's parameters on top (the invoke wins).
+pub fn merge_parameters(defaults: &[KeyValue], invoke: Map<String, Value>) -> Map<String, Value> {
+    let mut merged: Map<String, Value> =
+        defaults.iter().map(|kv| (kv.key.clone(), kv.value.clone())).collect();
+    merged.extend(invoke);
+    merged
+}
+
+/// The context of one activation.
+#[derive(Debug, Clone)]
+pub struct RunContext<'a> {
+    pub activation_id: &'a str,
+    pub transaction_id: &'a str,
+    pub api_host: &'a str,
+    /// Epoch milliseconds by which the action must have answered.
+    pub deadline_ms: u64,
+}
+
+/// The `/run` body.
+pub fn run_body(
+    action: &ResolvedAction,
+    parameters: Map<String, Value>,
+    context: &RunContext<'_>,
+) -> Vec<u8> {
+    let envelope = json!({
+        "value": parameters,
+        "namespace": action.subject,
+        "action_name": action.fully_qualified_name(),
+        "action_version": action.version,
+        "activation_id": context.activation_id,
+        "transaction_id": context.transaction_id,
+        "api_host": context.api_host,
+        // The protocol carries the deadline as a string of epoch milliseconds.
+        "deadline": context.deadline_ms.to_string(),
+    });
+    serde_json::to_vec(&envelope).unwrap_or_default()
+}
+
+#[cfg(test)]
+pub(crate) fn action() -> ResolvedAction {
+    ResolvedAction {
+        namespace: "guest".into(),
+        package: None,
+        name: "hello".into(),
+        version: "0.0.2".into(),
+        revision: "r2".into(),
+        kind: "nodejs:20".into(),
+        limits: whisk_contract::ActionLimits::default(),
+        parameters: vec![KeyValue { key: "greeting".into(), value: json!("hi") }],
+        annotations: vec![],
+        subject: "guest".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bodies_must_be_objects_or_empty() {
+        assert_eq!(parse_parameters(b"").unwrap().len(), 0);
+        assert_eq!(parse_parameters(b" \n").unwrap().len(), 0);
+        assert_eq!(parse_parameters(br#"{"a":1}"#).unwrap()["a"], 1);
+        assert!(parse_parameters(b"[1]").unwrap_err().0.starts_with(messages::MALFORMED_CONTENT));
+        assert!(parse_parameters(b"{nope").is_err());
+    }
+
+    #[test]
+    fn invoke_parameters_override_defaults() {
+        let merged = merge_parameters(
+            &action().parameters,
+            parse_parameters(br#"{"greeting":"yo","name":"x"}"#).unwrap(),
+        );
+        assert_eq!(merged["greeting"], "yo");
+        assert_eq!(merged["name"], "x");
+        let defaults_only = merge_parameters(&action().parameters, Map::new());
+        assert_eq!(defaults_only["greeting"], "hi");
+    }
+
+    #[test]
+    fn the_envelope_has_the_protocol_fields() {
+        let context =
+            RunContext { activation_id: "a1", transaction_id: "t1", api_host: "http://h", deadline_ms: 1234 };
+        let body: Value = serde_json::from_slice(&run_body(&action(), Map::new(), &context)).unwrap();
+        assert_eq!(body["action_name"], "/guest/hello");
+        assert_eq!(body["deadline"], "1234");
+        assert_eq!(body["activation_id"], "a1");
+        assert_eq!(body["namespace"], "guest");
+        assert!(body["value"].is_object());
+    }
+}

@@ -1,0 +1,324 @@
+//! The warm pool in Envoy's shared data: one key per container slot of an action revision, holding
+//! the container's state, id and address. Claims and releases are compare-and-swap on that key, so
+//! two workers (two Wasm VMs) can never both own one container.
+//!
+//! ```text
+//!  whisk/pool/{namespace}/{pkg/}{name}@{revision}/{slot}  =  "F <id> <ip:port>"   free
+//!                                                            "B <id> <ip:port>"   busy (claimed)
+//!                                                            "X <id> <ip:port>"   retired, never reused
+//! ```
+//!
+//! Envoy's shared data has no atomic create (a write to a missing key ignores `cas`), so a key is
+//! only ever created by the one request that the control plane gave that slot to; everything else
+//! is a CAS on an existing key. Slots are handed out lowest-free, so a scan from slot 0 finds them;
+//! it tolerates short gaps (cold starts finishing out of order).
+
+use std::fmt;
+
+/// Consecutive missing slots after which a scan stops.
+const GAP_TOLERANCE: u32 = 8;
+/// Hard bound on slots scanned per claim.
+const MAX_SLOTS: u32 = 4096;
+/// Bound on CAS retries of one release.
+const RELEASE_ATTEMPTS: usize = 64;
+
+/// The subset of Envoy's shared-data API the pool needs.
+pub trait SharedData {
+    /// The value and its CAS token, or `None` when the key does not exist.
+    fn get(&self, key: &str) -> Option<(Vec<u8>, u32)>;
+    /// Writes `value` if `cas` matches the key's current token (`None`: unconditionally).
+    fn set(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), CasMismatch>;
+}
+
+/// Another writer changed the key since it was read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CasMismatch;
+
+/// A slot's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SlotState {
+    Free,
+    Busy,
+    Retired,
+}
+
+impl SlotState {
+    fn tag(self) -> char {
+        match self {
+            Self::Free => 'F',
+            Self::Busy => 'B',
+            Self::Retired => 'X',
+        }
+    }
+}
+
+/// One slot's value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Slot {
+    pub state: SlotState,
+    pub container_id: String,
+    pub address: String,
+}
+
+impl Slot {
+    fn encode(&self) -> Vec<u8> {
+        format!("{} {} {}", self.state.tag(), self.container_id, self.address).into_bytes()
+    }
+
+    fn decode(bytes: &[u8]) -> Option<Self> {
+        let text = std::str::from_utf8(bytes).ok()?;
+        let mut parts = text.splitn(3, ' ');
+        let state = match parts.next()? {
+            "F" => SlotState::Free,
+            "B" => SlotState::Busy,
+            "X" => SlotState::Retired,
+            _ => return None,
+        };
+        Some(Self { state, container_id: parts.next()?.to_owned(), address: parts.next()?.to_owned() })
+    }
+}
+
+/// A container this request owns until it releases it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claim {
+    pub key: String,
+    pub container_id: String,
+    pub address: String,
+}
+
+impl fmt::Display for Claim {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}@{}", self.container_id, self.address)
+    }
+}
+
+/// The key prefix of one action revision's slots.
+pub fn action_prefix(namespace: &str, action_path: &str, revision: &str) -> String {
+    format!("whisk/pool/{namespace}/{action_path}@{revision}")
+}
+
+fn slot_key(prefix: &str, slot: u32) -> String {
+    format!("{prefix}/{slot}")
+}
+
+/// Claims the lowest free container of the action revision, if any. Preferring low slots keeps
+/// traffic on few containers, so the others go idle and can be collected.
+pub fn claim(store: &impl SharedData, prefix: &str) -> Option<Claim> {
+    let mut missing_run = 0;
+    for slot in 0..MAX_SLOTS {
+        let key = slot_key(prefix, slot);
+        let Some((bytes, cas)) = store.get(&key) else {
+            missing_run += 1;
+            if missing_run >= GAP_TOLERANCE {
+                return None;
+            }
+            continue;
+        };
+        missing_run = 0;
+        let Some(current) = Slot::decode(&bytes) else { continue };
+        if current.state != SlotState::Free {
+            continue;
+        }
+        let busy = Slot { state: SlotState::Busy, ..current };
+        if store.set(&key, &busy.encode(), Some(cas)).is_ok() {
+            return Some(Claim { key, container_id: busy.container_id, address: busy.address });
+        }
+        // Lost the race for this one: another worker took it; try the next slot.
+    }
+    None
+}
+
+/// Records a container the control plane just started for this request, already claimed by it.
+pub fn insert_claimed(
+    store: &impl SharedData,
+    prefix: &str,
+    slot: u32,
+    container_id: &str,
+    address: &str,
+) -> Claim {
+    let key = slot_key(prefix, slot);
+    let busy =
+        Slot { state: SlotState::Busy, container_id: container_id.to_owned(), address: address.to_owned() };
+    // The slot is ours alone (the control plane gives it to one container at a time), so an
+    // unconditional write is safe; it also replaces a retired predecessor's tombstone.
+    let _ = store.set(&key, &busy.encode(), None);
+    Claim { key, container_id: busy.container_id, address: busy.address }
+}
+
+/// Ends a claim: the container becomes free again, or retired when it may still be running the
+/// activation (reset, timeout) or is unusable. False when the slot no longer holds this container.
+pub fn release(store: &impl SharedData, claim: &Claim, next: SlotState) -> bool {
+    for _ in 0..RELEASE_ATTEMPTS {
+        let Some((bytes, cas)) = store.get(&claim.key) else { return false };
+        let Some(current) = Slot::decode(&bytes) else { return false };
+        if current.container_id != claim.container_id {
+            return false;
+        }
+        let updated = Slot { state: next, ..current };
+        if store.set(&claim.key, &updated.encode(), Some(cas)).is_ok() {
+            return true;
+        }
+    }
+    false
+}
+
+#[cfg(test)]
+pub(crate) mod memory {
+    //! An in-memory [`SharedData`] with Envoy's semantics, for tests.
+    use super::*;
+    use std::cell::RefCell;
+    use std::collections::HashMap;
+
+    #[derive(Debug, Default)]
+    pub struct MemoryData {
+        entries: RefCell<HashMap<String, (Vec<u8>, u32)>>,
+        next_cas: RefCell<u32>,
+    }
+
+    impl SharedData for MemoryData {
+        fn get(&self, key: &str) -> Option<(Vec<u8>, u32)> {
+            self.entries.borrow().get(key).cloned()
+        }
+
+        fn set(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), CasMismatch> {
+            let mut entries = self.entries.borrow_mut();
+            // As in Envoy: a stale cas fails, but a missing key is written whatever the cas.
+            if let (Some(expected), Some((_, current))) = (cas, entries.get(key))
+                && expected != 0
+                && expected != *current
+            {
+                return Err(CasMismatch);
+            }
+            let mut next = self.next_cas.borrow_mut();
+            *next += 1;
+            entries.insert(key.to_owned(), (value.to_vec(), *next));
+            Ok(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::memory::MemoryData;
+    use super::*;
+    use proptest::prelude::*;
+
+    const PREFIX: &str = "whisk/pool/guest/hello@r1";
+
+    #[test]
+    fn a_cold_started_container_is_busy_then_free_then_claimable() {
+        let store = MemoryData::default();
+        let claim = insert_claimed(&store, PREFIX, 0, "c0", "127.0.0.1:4000");
+        assert_eq!(super::claim(&store, PREFIX), None, "busy containers are not claimable");
+        assert!(release(&store, &claim, SlotState::Free));
+        let again = super::claim(&store, PREFIX).unwrap();
+        assert_eq!((again.container_id.as_str(), again.address.as_str()), ("c0", "127.0.0.1:4000"));
+    }
+
+    #[test]
+    fn retired_containers_are_never_claimed_and_their_slot_can_be_reused() {
+        let store = MemoryData::default();
+        let claim = insert_claimed(&store, PREFIX, 0, "c0", "127.0.0.1:4000");
+        assert!(release(&store, &claim, SlotState::Retired));
+        assert_eq!(super::claim(&store, PREFIX), None);
+        let successor = insert_claimed(&store, PREFIX, 0, "c1", "127.0.0.1:4001");
+        assert!(!release(&store, &claim, SlotState::Free), "a stale claim cannot free the successor");
+        assert!(release(&store, &successor, SlotState::Free));
+        assert_eq!(super::claim(&store, PREFIX).unwrap().container_id, "c1");
+    }
+
+    #[test]
+    fn the_lowest_free_slot_wins_and_short_gaps_are_crossed() {
+        let store = MemoryData::default();
+        for (slot, id) in [(0, "a"), (3, "d")] {
+            let claim = insert_claimed(&store, PREFIX, slot, id, "127.0.0.1:1");
+            release(&store, &claim, SlotState::Free);
+        }
+        assert_eq!(super::claim(&store, PREFIX).unwrap().container_id, "a");
+        assert_eq!(super::claim(&store, PREFIX).unwrap().container_id, "d");
+        assert_eq!(super::claim(&store, PREFIX), None);
+    }
+
+    #[test]
+    fn a_stale_cas_loses() {
+        let store = MemoryData::default();
+        let claim = insert_claimed(&store, PREFIX, 0, "c0", "127.0.0.1:4000");
+        release(&store, &claim, SlotState::Free);
+        let (bytes, cas) = store.get(&claim.key).unwrap();
+        // Someone else claims between our read and our write.
+        assert!(super::claim(&store, PREFIX).is_some());
+        assert_eq!(store.set(&claim.key, &bytes, Some(cas)), Err(CasMismatch));
+    }
+
+    #[test]
+    fn garbage_values_are_skipped_not_trusted() {
+        let store = MemoryData::default();
+        store.set(&format!("{PREFIX}/0"), b"nonsense", None).unwrap();
+        assert_eq!(super::claim(&store, PREFIX), None);
+        assert_eq!(Slot::decode(b"F id"), None);
+    }
+
+    /// A step of an interleaving: a worker reads a slot, later writes it with what it read.
+    #[derive(Debug, Clone)]
+    enum Step {
+        Claim(usize),
+        Release(usize),
+        Read(usize, u32),
+        WriteBusy(usize),
+    }
+
+    proptest! {
+        /// Workers whose reads and writes interleave arbitrarily (as Envoy worker threads do) never
+        /// hold one container at the same time: a write based on a stale read fails its CAS.
+        #[test]
+        fn no_container_is_ever_claimed_twice(steps in proptest::collection::vec(
+            prop_oneof![
+                (0usize..4).prop_map(Step::Claim),
+                (0usize..4).prop_map(Step::Release),
+                (0usize..4, 0u32..3).prop_map(|(w, s)| Step::Read(w, s)),
+                (0usize..4).prop_map(Step::WriteBusy),
+            ],
+            1..300,
+        )) {
+            let store = MemoryData::default();
+            for slot in 0..3 {
+                let claim = insert_claimed(&store, PREFIX, slot, &format!("c{slot}"), "127.0.0.1:1");
+                release(&store, &claim, SlotState::Free);
+            }
+            let mut held: Vec<Option<Claim>> = vec![None; 4];
+            let mut reads: Vec<Option<(String, Vec<u8>, u32)>> = vec![None; 4];
+            for step in steps {
+                match step {
+                    Step::Claim(worker) if held[worker].is_none() => held[worker] = claim(&store, PREFIX),
+                    Step::Release(worker) => {
+                        if let Some(claim) = held[worker].take() {
+                            prop_assert!(release(&store, &claim, SlotState::Free));
+                        }
+                    }
+                    Step::Read(worker, slot) => {
+                        let key = slot_key(PREFIX, slot);
+                        reads[worker] = store.get(&key).map(|(bytes, cas)| (key, bytes, cas));
+                    }
+                    Step::WriteBusy(worker) if held[worker].is_none() => {
+                        // The claim protocol split in two: CAS from what this worker read earlier.
+                        if let Some((key, bytes, cas)) = reads[worker].take()
+                            && let Some(slot) = Slot::decode(&bytes)
+                            && slot.state == SlotState::Free
+                        {
+                            let busy = Slot { state: SlotState::Busy, ..slot };
+                            if store.set(&key, &busy.encode(), Some(cas)).is_ok() {
+                                held[worker] = Some(Claim { key, container_id: busy.container_id, address: busy.address });
+                            }
+                        }
+                    }
+                    _ => {}
+                }
+                let mut owned: Vec<&str> = held.iter().flatten().map(|c| c.container_id.as_str()).collect();
+                let before = owned.len();
+                owned.sort_unstable();
+                owned.dedup();
+                prop_assert_eq!(before, owned.len(), "a container is held twice");
+            }
+        }
+    }
+}

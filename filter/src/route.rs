@@ -1,0 +1,141 @@
+//! Which requests the filter handles: invokes of actions (turned into `/run` on a container),
+//! internal paths (refused at the ingress), and everything else (passed to the management API).
+
+/// An action invoke, parsed from `POST /api/v1/namespaces/{ns}/actions/{pkg/}{name}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Invocation {
+    /// As given: `_` means the key's own namespace (the management API resolves it).
+    pub namespace: String,
+    pub package: Option<String>,
+    pub name: String,
+    /// Wait for the result (`blocking=true`, implied by `result=true`).
+    pub blocking: bool,
+    /// Answer with the bare result instead of the activation record.
+    pub result_only: bool,
+}
+
+impl Invocation {
+    /// `name` or `pkg/name`, as the resolve endpoint takes it.
+    pub fn action_path(&self) -> String {
+        match &self.package {
+            Some(package) => format!("{package}/{}", self.name),
+            None => self.name.clone(),
+        }
+    }
+}
+
+/// What to do with a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    Invoke(Invocation),
+    /// A platform-internal path: never reachable from the ingress.
+    Internal,
+    /// Anything else goes to the management API untouched.
+    PassThrough,
+}
+
+/// Classifies a request by method and `:path` (with query).
+pub fn classify(method: &str, path_and_query: &str) -> Route {
+    let (path, query) = path_and_query.split_once('?').unwrap_or((path_and_query, ""));
+    if path.starts_with(whisk_contract::paths::INTERNAL_PREFIX) {
+        return Route::Internal;
+    }
+    if method != "POST" {
+        return Route::PassThrough;
+    }
+    let Some(rest) = path.strip_prefix("/api/v1/namespaces/") else { return Route::PassThrough };
+    let segments: Option<Vec<String>> =
+        rest.split('/').filter(|s| !s.is_empty()).map(percent_decode).collect();
+    let Some(segments) = segments else { return Route::PassThrough };
+    // A name may arrive encoded as one segment (`pkg%2Fname`): split after decoding.
+    let segments: Vec<&str> = segments.iter().flat_map(|s| s.split('/')).collect();
+    let (namespace, package, name) = match segments.as_slice() {
+        [namespace, "actions", name] => (*namespace, None, *name),
+        [namespace, "actions", package, name] => (*namespace, Some(*package), *name),
+        _ => return Route::PassThrough,
+    };
+    let flag = |wanted: &str| {
+        query
+            .split('&')
+            .filter_map(|pair| pair.split_once('='))
+            .any(|(key, value)| key == wanted && value.eq_ignore_ascii_case("true"))
+    };
+    let result_only = flag("result");
+    Route::Invoke(Invocation {
+        namespace: namespace.to_owned(),
+        package: package.map(str::to_owned),
+        name: name.to_owned(),
+        blocking: result_only || flag("blocking"),
+        result_only,
+    })
+}
+
+/// Percent-decodes one path segment; `None` when the escapes are not valid UTF-8.
+fn percent_decode(segment: &str) -> Option<String> {
+    let bytes = segment.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut index = 0;
+    while index < bytes.len() {
+        match bytes[index] {
+            b'%' => {
+                let hex = segment.get(index + 1..index + 3)?;
+                if !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    return None;
+                }
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                index += 3;
+            }
+            byte => {
+                out.push(byte);
+                index += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn invoke(path: &str) -> Invocation {
+        match classify("POST", path) {
+            Route::Invoke(invocation) => invocation,
+            other => panic!("{path} is {other:?}"),
+        }
+    }
+
+    #[test]
+    fn invokes_are_recognised_with_and_without_package() {
+        let plain = invoke("/api/v1/namespaces/_/actions/hello?blocking=true");
+        assert_eq!((plain.namespace.as_str(), plain.package, plain.name.as_str()), ("_", None, "hello"));
+        assert!(plain.blocking && !plain.result_only);
+        let packaged = invoke("/api/v1/namespaces/guest/actions/utils/echo");
+        assert_eq!(packaged.package.as_deref(), Some("utils"));
+        assert_eq!(packaged.action_path(), "utils/echo");
+        assert!(!packaged.blocking);
+        let encoded = invoke("/api/v1/namespaces/guest/actions/utils%2Fecho?result=true");
+        assert_eq!((encoded.package.as_deref(), encoded.name.as_str()), (Some("utils"), "echo"));
+        assert!(encoded.blocking && encoded.result_only, "result=true implies blocking");
+        assert_eq!(invoke("/api/v1/namespaces/_/actions/h%C3%A9llo%20x").name, "héllo x");
+    }
+
+    #[test]
+    fn everything_else_passes_through_or_is_refused() {
+        assert_eq!(classify("GET", "/api/v1/namespaces/_/actions/hello"), Route::PassThrough);
+        assert_eq!(classify("PUT", "/api/v1/namespaces/_/actions/hello"), Route::PassThrough);
+        assert_eq!(classify("POST", "/api/v1/namespaces/_/triggers/t"), Route::PassThrough);
+        assert_eq!(classify("POST", "/api/v1/namespaces/_/actions"), Route::PassThrough);
+        assert_eq!(classify("POST", "/api/v1/namespaces/_/actions/a/b/c"), Route::PassThrough);
+        assert_eq!(classify("POST", "/api/v1/namespaces/_/actions/%zz"), Route::PassThrough);
+        assert_eq!(classify("GET", "/internal/v1/resolve"), Route::Internal);
+        assert_eq!(classify("POST", "/internal/v1/activations"), Route::Internal);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn classify_never_panics(method in "[A-Z]{0,7}", path in "\\PC{0,80}") {
+            let _ = classify(&method, &path);
+        }
+    }
+}

@@ -1,0 +1,83 @@
+//! The internal endpoints the platform calls (never users; the ingress refuses `/internal/`):
+//!
+//! ```text
+//! filter     ── GET  /internal/v1/resolve?namespace=&action=  (+ client's authorization) ─► ResolvedAction
+//! filter     ── POST /internal/v1/activations  [ActivationRecord, …] ─────────────────────► 204
+//! xds-server ── GET  /internal/v1/actions/{ns}/{name} ─────────────────────────────────────► ActionCode
+//! ```
+//!
+//! Every call carries the shared token in `x-whisk-internal-token`; [`require_token`] refuses the
+//! rest with 401 before any handler runs.
+
+use axum::Json;
+use axum::extract::{Request, State};
+use axum::http::HeaderMap;
+use axum::http::StatusCode;
+use axum::http::header::AUTHORIZATION;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use whisk_contract::{ActionCode, ActivationRecord, ResolvedAction, headers};
+
+use crate::actions::check_action_name;
+use crate::error::{ApiError, ApiJson, ApiPath, ApiQuery};
+use crate::namespaces::authorize;
+use crate::state::{AppState, Subject};
+
+/// Middleware: only callers holding the internal token get through.
+pub async fn require_token(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let token = request.headers().get(headers::INTERNAL_TOKEN).map(|value| value.as_bytes());
+    match token {
+        Some(token) if state.is_internal_token(token) => next.run(request).await,
+        _ => ApiError::Unauthenticated.into_response(),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ResolveQuery {
+    namespace: Option<String>,
+    action: Option<String>,
+}
+
+/// `GET /internal/v1/resolve`: the hot path of every invoke. Authenticates the forwarded key
+/// (cached), checks the namespace, and reads the action without its code.
+pub async fn resolve(
+    State(state): State<AppState>,
+    request_headers: HeaderMap,
+    ApiQuery(query): ApiQuery<ResolveQuery>,
+) -> Result<Json<ResolvedAction>, ApiError> {
+    let authorization = request_headers.get(AUTHORIZATION).and_then(|value| value.to_str().ok());
+    let subject = Subject { namespace: state.authenticate(authorization).await? };
+    let namespace = query.namespace.ok_or_else(|| missing("namespace"))?;
+    let name = query.action.ok_or_else(|| missing("action"))?;
+    let namespace = authorize(&subject, &namespace)?;
+    check_action_name(&name)?;
+    let action = state.db(move |store| store.get_action(&namespace, &name, false)).await?;
+    Ok(Json(action.ok_or(ApiError::NotFound)?.resolved(subject.namespace)))
+}
+
+fn missing(parameter: &str) -> ApiError {
+    ApiError::BadRequest(format!("The query parameter '{parameter}' is required."))
+}
+
+/// `GET /internal/v1/actions/{ns}/{name}`: the code of the current revision.
+pub async fn action_code(
+    State(state): State<AppState>,
+    ApiPath((namespace, name)): ApiPath<(String, String)>,
+) -> Result<Json<ActionCode>, ApiError> {
+    check_action_name(&name)?;
+    let action = state.db(move |store| store.get_action(&namespace, &name, true)).await?;
+    Ok(Json(action.ok_or(ApiError::NotFound)?.code()))
+}
+
+/// `POST /internal/v1/activations`: stores a batch of records; a resent batch replaces, never
+/// duplicates.
+pub async fn store_activations(
+    State(state): State<AppState>,
+    ApiJson(records): ApiJson<Vec<ActivationRecord>>,
+) -> Result<StatusCode, ApiError> {
+    let stored = records.len();
+    state.db(move |store| store.put_activations(&records)).await?;
+    tracing::debug!(stored, "activation records stored");
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,214 @@
+//! The management API: OpenWhisk's REST API v1 (what `wsk` talks to) for actions, activations and
+//! namespaces, plus the internal endpoints the data and control planes call.
+//!
+//! ```text
+//!  wsk ──► Envoy ──► /api/v1/...        ─┐
+//!  filter ─────────► /internal/v1/...   ─┼─► router ─► handlers ─► Store (SQLite, blocking thread)
+//!  xds-server ─────► /internal/v1/...   ─┘
+//! ```
+//!
+//! Invokes never come here: the Envoy data plane serves them, asking [`contract::paths::RESOLVE`]
+//! which action a key may run and posting the records back to [`contract::paths::ACTIVATIONS`].
+//!
+//! [`contract::paths::RESOLVE`]: whisk_contract::paths::RESOLVE
+//! [`contract::paths::ACTIVATIONS`]: whisk_contract::paths::ACTIVATIONS
+
+pub mod actions;
+pub mod activations;
+pub mod auth;
+pub mod error;
+pub mod internal;
+pub mod metrics;
+pub mod names;
+pub mod namespaces;
+pub mod paging;
+pub mod state;
+pub mod store;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::middleware;
+use axum::routing::{get, post};
+use whisk_contract::paths;
+
+pub use crate::auth::Key;
+pub use crate::state::AppState;
+pub use crate::store::{Store, StoreError};
+
+/// Requests above this size get 413 before their body is read (code can be 48 MB, plus JSON).
+pub const MAX_BODY_BYTES: usize = 50 * 1024 * 1024;
+/// The namespace `--seed-guest` creates, with [`auth::GUEST_KEY`].
+pub const GUEST_NAMESPACE: &str = "guest";
+
+/// How the server runs: flags, each with an environment variable.
+#[derive(Clone, clap::Args)]
+pub struct Config {
+    /// Address to listen on.
+    #[arg(long, env = "WHISK_API_LISTEN", default_value = "127.0.0.1:3234")]
+    pub listen: SocketAddr,
+    /// Directory of the SQLite database (created if missing).
+    #[arg(long, env = "WHISK_DATA_DIR", default_value = ".data")]
+    pub data_dir: PathBuf,
+    /// Shared secret of the internal endpoints (`x-whisk-internal-token`).
+    #[arg(long, env = "WHISK_INTERNAL_TOKEN", hide_env_values = true, value_parser = non_empty)]
+    pub internal_token: String,
+    /// Make sure namespace `guest` exists with OpenWhisk's well-known standalone key.
+    #[arg(long, env = "WHISK_SEED_GUEST", default_value_t = true, action = clap::ArgAction::Set)]
+    pub seed_guest: bool,
+}
+
+impl std::fmt::Debug for Config {
+    /// Leaves the token out, so the config can be logged.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("listen", &self.listen)
+            .field("data_dir", &self.data_dir)
+            .field("seed_guest", &self.seed_guest)
+            .finish_non_exhaustive()
+    }
+}
+
+fn non_empty(value: &str) -> Result<String, String> {
+    if value.is_empty() { Err("must not be empty".into()) } else { Ok(value.to_owned()) }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("invalid namespace '{namespace}': {source}")]
+    InvalidNamespace { namespace: String, source: names::NameError },
+    #[error("namespace '{0}' does not exist")]
+    NoSuchNamespace(String),
+    #[error("cannot listen on {address}: {source}")]
+    Bind { address: SocketAddr, source: std::io::Error },
+    #[error("server failed: {0}")]
+    Serve(std::io::Error),
+}
+
+/// Every route; `state` carries the store, the key cache, the internal token and the metrics.
+pub fn router(state: AppState) -> Router {
+    let internal = Router::new()
+        .route(paths::RESOLVE, get(internal::resolve))
+        .route(&format!("{}/{{namespace}}/{{name}}", paths::ACTION_CODE), get(internal::action_code))
+        .route(paths::ACTIVATIONS, post(internal::store_activations))
+        .route_layer(middleware::from_fn_with_state(state.clone(), internal::require_token));
+    Router::new()
+        .route("/health", get(health))
+        .route("/metrics", get(metrics::render))
+        .route("/api/v1/namespaces", get(namespaces::list))
+        .route("/api/v1/namespaces/{namespace}/actions", get(actions::list))
+        .route(
+            "/api/v1/namespaces/{namespace}/actions/{name}",
+            get(actions::get).put(actions::put).delete(actions::delete).post(actions::invoke),
+        )
+        .route("/api/v1/namespaces/{namespace}/activations", get(activations::list))
+        .route("/api/v1/namespaces/{namespace}/activations/{id}", get(activations::get))
+        .route("/api/v1/namespaces/{namespace}/activations/{id}/logs", get(activations::logs))
+        .route("/api/v1/namespaces/{namespace}/activations/{id}/result", get(activations::result))
+        .merge(internal)
+        .fallback(error::not_found)
+        // After every route: it applies to the method routers registered so far.
+        .method_not_allowed_fallback(error::method_not_allowed)
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(middleware::from_fn_with_state(state.clone(), metrics::track))
+        .with_state(state)
+}
+
+async fn health() -> &'static str {
+    "ok"
+}
+
+/// Opens the store in `config.data_dir` (migrating it) and seeds `guest` if asked.
+pub fn open_state(config: &Config) -> Result<AppState, Error> {
+    let store = Store::open(&config.data_dir)?;
+    if config.seed_guest {
+        seed_guest(&store)?;
+    }
+    Ok(AppState::new(store, config.internal_token.clone()))
+}
+
+/// Makes sure `guest` exists and accepts OpenWhisk's well-known standalone key.
+pub fn seed_guest(store: &Store) -> Result<(), StoreError> {
+    match Key::parse(auth::GUEST_KEY) {
+        Some(key) => store.ensure_namespace_key(GUEST_NAMESPACE, &key, state::epoch_millis()),
+        None => Ok(()),
+    }
+}
+
+/// Binds `config.listen` and serves until SIGTERM or SIGINT, then drains in-flight requests.
+pub async fn run(config: Config) -> Result<(), Error> {
+    tracing::info!(?config, "starting the management API");
+    let state = open_state(&config)?;
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| Error::Bind { address: config.listen, source })?;
+    serve(listener, state, shutdown_signal()).await
+}
+
+/// Serves on an already bound listener until `shutdown` completes (what tests and e2e use to pick
+/// port 0 and stop the server at will).
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), Error> {
+    if let Ok(address) = listener.local_addr() {
+        tracing::info!(%address, "management API listening");
+    }
+    axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await.map_err(Error::Serve)?;
+    tracing::info!("management API stopped");
+    Ok(())
+}
+
+/// Completes on SIGINT or SIGTERM. A signal that cannot be watched is logged and ignored, leaving
+/// the other one.
+async fn shutdown_signal() {
+    let interrupt = async {
+        if let Err(error) = tokio::signal::ctrl_c().await {
+            tracing::warn!(%error, "cannot watch SIGINT");
+            std::future::pending::<()>().await;
+        }
+    };
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot watch SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        () = interrupt => tracing::info!("SIGINT received, shutting down"),
+        () = terminate => tracing::info!("SIGTERM received, shutting down"),
+    }
+}
+
+/// `management-api user create`: a new namespace with a fresh key, which is returned (and shown
+/// once: only its hash is stored).
+pub fn create_user(data_dir: &Path, namespace: &str) -> Result<Key, Error> {
+    names::validate_entity_name(namespace)
+        .map_err(|source| Error::InvalidNamespace { namespace: namespace.to_owned(), source })?;
+    let store = Store::open(data_dir)?;
+    let key = Key::generate();
+    store.create_namespace(namespace, &key, state::epoch_millis())?;
+    Ok(key)
+}
+
+/// `management-api user delete`: removes the namespace and its keys. A running server stops
+/// accepting them within [`state::AUTH_CACHE_TTL`].
+pub fn delete_user(data_dir: &Path, namespace: &str) -> Result<(), Error> {
+    let store = Store::open(data_dir)?;
+    if store.delete_namespace(namespace)? {
+        Ok(())
+    } else {
+        Err(Error::NoSuchNamespace(namespace.to_owned()))
+    }
+}
