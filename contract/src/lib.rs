@@ -201,6 +201,10 @@ pub mod clusters {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FilterConfig {
+    /// The Envoy node this configuration was built for: cold starts name it so the control plane
+    /// answers once this node acknowledged the new endpoint.
+    #[serde(default)]
+    pub node_id: String,
     /// Shared secret of the internal endpoints.
     pub internal_token: String,
     /// `api_host` passed to actions in the `/run` envelope.

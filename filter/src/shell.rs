@@ -91,7 +91,6 @@ enum Outgoing {
 /// The per-worker plan shared by the root context and its HTTP contexts.
 struct Shared {
     config: FilterConfig,
-    node_id: String,
     outbox: RefCell<VecDeque<Outgoing>>,
 }
 
@@ -123,13 +122,8 @@ impl RootContext for Root {
                 return false;
             }
         };
-        let node_id = hostcalls::get_property(vec!["node", "id"])
-            .ok()
-            .flatten()
-            .and_then(|bytes| String::from_utf8(bytes).ok())
-            .unwrap_or_default();
         let _ = hostcalls::set_tick_period(Duration::from_millis(config.flush_period_ms.max(1)));
-        self.shared = Some(Rc::new(Shared { config, node_id, outbox: RefCell::new(VecDeque::new()) }));
+        self.shared = Some(Rc::new(Shared { config, outbox: RefCell::new(VecDeque::new()) }));
         true
     }
 
@@ -398,7 +392,7 @@ impl Request {
             revision: action.revision.clone(),
             kind: action.kind.clone(),
             memory_mb: action.limits.memory,
-            node_id: self.shared.node_id.clone(),
+            node_id: self.shared.config.node_id.clone(),
         };
         let body = serde_json::to_vec(&request).unwrap_or_default();
         let call = self.dispatch_http_call(

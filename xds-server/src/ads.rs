@@ -137,7 +137,7 @@ impl Ads {
         match type_url {
             LISTENER_TYPE => Some((
                 STATIC_VERSION.into(),
-                vec![snapshot::any(&snapshot::listener(&self.topology, peer.ingress))],
+                vec![snapshot::any(&snapshot::listener(&self.topology, &peer.id, peer.ingress))],
             )),
             CLUSTER_TYPE => Some((
                 STATIC_VERSION.into(),

@@ -74,6 +74,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         control_api: config.control_listen,
         filter_wasm,
         filter_config: FilterConfig {
+            node_id: String::new(),
             internal_token: config.internal_token.clone(),
             api_host: config.api_host.clone(),
             max_payload_bytes: 1_048_576,

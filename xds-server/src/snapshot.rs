@@ -101,9 +101,11 @@ fn typed_extension<M: Message + Name>(name: &str, message: &M) -> TypedExtension
     TypedExtensionConfig { name: name.into(), typed_config: Some(any(message)) }
 }
 
-fn wasm_filter(topology: &Topology) -> HttpFilter {
-    // The configuration is JSON the filter parses once into an immutable plan.
-    let configuration = serde_json::to_string(&topology.filter_config).unwrap_or_default();
+fn wasm_filter(topology: &Topology, node_id: &str) -> HttpFilter {
+    // The configuration is JSON the filter parses once into an immutable plan; it names the node
+    // because the filter cannot read its node id from Envoy's attributes reliably across versions.
+    let config = FilterConfig { node_id: node_id.to_owned(), ..topology.filter_config.clone() };
+    let configuration = serde_json::to_string(&config).unwrap_or_default();
     let plugin = PluginConfig {
         name: "whisk".into(),
         root_id: "whisk".into(),
@@ -183,14 +185,14 @@ fn route_config() -> RouteConfiguration {
     }
 }
 
-/// The ingress listener of a node listening on `ingress`.
-pub fn listener(topology: &Topology, ingress: SocketAddr) -> Listener {
+/// The ingress listener of node `node_id`, listening on `ingress`.
+pub fn listener(topology: &Topology, node_id: &str, ingress: SocketAddr) -> Listener {
     let manager = HttpConnectionManager {
         stat_prefix: "ingress".into(),
         codec_type: http_connection_manager::CodecType::Auto as i32,
         route_specifier: Some(http_connection_manager::RouteSpecifier::RouteConfig(route_config())),
         http_filters: vec![
-            wasm_filter(topology),
+            wasm_filter(topology, node_id),
             HttpFilter {
                 name: "envoy.filters.http.router".into(),
                 config_type: Some(http_filter::ConfigType::TypedConfig(any(&Router::default()))),
@@ -318,6 +320,7 @@ mod tests {
             control_api: "127.0.0.1:3235".parse().unwrap(),
             filter_wasm: "/tmp/whisk_filter.wasm".into(),
             filter_config: FilterConfig {
+                node_id: String::new(),
                 internal_token: "t".into(),
                 api_host: "http://127.0.0.1:3233".into(),
                 max_payload_bytes: 1,
@@ -351,7 +354,7 @@ mod tests {
 
     #[test]
     fn the_listener_carries_the_filter_config_and_both_routes() {
-        let listener = listener(&topology(), "127.0.0.1:9999".parse().unwrap());
+        let listener = listener(&topology(), "envoy-7", "127.0.0.1:9999".parse().unwrap());
         let Some(filter::ConfigType::TypedConfig(hcm)) = &listener.filter_chains[0].filters[0].config_type
         else {
             panic!("no typed config")
@@ -370,7 +373,7 @@ mod tests {
         let configuration = wasm.config.unwrap().configuration.unwrap();
         let text = StringValue::decode(configuration.value.as_slice()).unwrap().value;
         let parsed: FilterConfig = serde_json::from_str(&text).unwrap();
-        assert_eq!(parsed, topology().filter_config);
+        assert_eq!(parsed, FilterConfig { node_id: "envoy-7".into(), ..topology().filter_config });
     }
 
     #[test]
