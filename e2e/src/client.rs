@@ -1,0 +1,114 @@
+//! A thin HTTP client speaking the OpenWhisk REST API the way `wsk` does (Basic auth with the
+//! namespace key, JSON bodies), for the tests and benchmarks.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use serde_json::Value;
+
+/// The answer to one call.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub status: u16,
+    pub body: Value,
+    pub activation_id: Option<String>,
+}
+
+/// A client for one API host and key.
+#[derive(Debug, Clone)]
+pub struct Client {
+    http: reqwest::Client,
+    api_host: String,
+    user: String,
+    password: String,
+}
+
+impl Client {
+    pub fn new(api_host: &str, key: &str) -> Self {
+        let (user, password) = key.split_once(':').unwrap_or((key, ""));
+        Self {
+            http: reqwest::Client::builder().timeout(Duration::from_secs(120)).build().unwrap_or_default(),
+            api_host: api_host.trim_end_matches('/').to_owned(),
+            user: user.to_owned(),
+            password: password.to_owned(),
+        }
+    }
+
+    /// Any call; `path` starts with `/api/v1/...`.
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> anyhow::Result<Reply> {
+        let mut request = self
+            .http
+            .request(method, format!("{}{path}", self.api_host))
+            .basic_auth(&self.user, Some(&self.password));
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        let response = request.send().await.with_context(|| format!("calling {path}"))?;
+        let status = response.status().as_u16();
+        let activation_id = response
+            .headers()
+            .get("x-openwhisk-activation-id")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let text = response.text().await?;
+        let body = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or(Value::String(text))
+        };
+        Ok(Reply { status, body, activation_id })
+    }
+
+    pub async fn get(&self, path: &str) -> anyhow::Result<Reply> {
+        self.call(reqwest::Method::GET, path, None).await
+    }
+
+    pub async fn put(&self, path: &str, body: &Value) -> anyhow::Result<Reply> {
+        self.call(reqwest::Method::PUT, path, Some(body)).await
+    }
+
+    pub async fn post(&self, path: &str, body: &Value) -> anyhow::Result<Reply> {
+        self.call(reqwest::Method::POST, path, Some(body)).await
+    }
+
+    pub async fn delete(&self, path: &str) -> anyhow::Result<Reply> {
+        self.call(reqwest::Method::DELETE, path, None).await
+    }
+
+    /// Creates or replaces an action from its kind and code.
+    pub async fn create_action(&self, name: &str, kind: &str, code: &str) -> anyhow::Result<Reply> {
+        let body = serde_json::json!({"exec": {"kind": kind, "code": code}});
+        self.put(&format!("/api/v1/namespaces/_/actions/{name}?overwrite=true"), &body).await
+    }
+
+    /// A blocking invoke returning the record (or the result with `result_only`).
+    pub async fn invoke(&self, name: &str, params: &Value, result_only: bool) -> anyhow::Result<Reply> {
+        let query = if result_only { "blocking=true&result=true" } else { "blocking=true" };
+        self.post(&format!("/api/v1/namespaces/_/actions/{name}?{query}"), params).await
+    }
+
+    /// Polls an activation until it is stored (records are written off the reply path).
+    pub async fn wait_for_activation(&self, id: &str, timeout: Duration) -> anyhow::Result<Reply> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let reply = self.get(&format!("/api/v1/namespaces/_/activations/{id}")).await?;
+            if reply.status == 200 || Instant::now() > deadline {
+                return Ok(reply);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// Reads one counter's value from a Prometheus text page (sum over label sets matching `filter`).
+pub fn metric(page: &str, name: &str, filter: &str) -> f64 {
+    page.lines()
+        .filter(|line| line.starts_with(name) && line.contains(filter))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}

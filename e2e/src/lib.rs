@@ -1,0 +1,379 @@
+//! The end-to-end harness: starts the whole platform (management API, xDS control server, real
+//! Envoy with the wasm filter) as real processes, waits until an invoke can pass, and stops every
+//! process it started by pid when dropped, also when a test panics. `make up` runs the same code.
+
+pub mod client;
+
+use std::fs::{self, File};
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+/// OpenWhisk standalone's well-known guest key.
+pub const GUEST_KEY: &str =
+    "23bc46b1-71f6-4ed5-8c54-816aa4f8c502:123zO3xZCLrMN6v2BKK1dXYFpXlPkccOFqm12CdAsMgRU4VrNZ9lyGVCGuMDGIwP";
+
+/// How long the platform gets to become ready.
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a process gets to stop on SIGTERM before SIGKILL.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+
+/// Where the ports go.
+#[derive(Debug, Clone)]
+pub struct Ports {
+    pub ingress: u16,
+    pub management: u16,
+    pub control: u16,
+    pub xds: u16,
+    pub admin: u16,
+}
+
+impl Ports {
+    /// OpenWhisk standalone's API port (3233) and its neighbours: what `make up` uses.
+    pub fn standard() -> Self {
+        Self { ingress: 3233, management: 3234, control: 3235, xds: 3236, admin: 9901 }
+    }
+
+    /// Free loopback ports, for tests that run beside anything else.
+    pub fn free() -> anyhow::Result<Self> {
+        Ok(Self {
+            ingress: free_port()?,
+            management: free_port()?,
+            control: free_port()?,
+            xds: free_port()?,
+            admin: free_port()?,
+        })
+    }
+}
+
+/// A port the kernel reports free now.
+pub fn free_port() -> anyhow::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// What to start.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub ports: Ports,
+    /// SQLite lives here; reuse it to keep actions and activations across restarts.
+    pub data_dir: PathBuf,
+    /// Process logs and the rendered bootstrap go here.
+    pub work_dir: PathBuf,
+    /// Envoy worker threads.
+    pub envoy_concurrency: u32,
+    /// Node id of the Envoy.
+    pub node_id: String,
+}
+
+/// Paths to the binaries and assets the platform is made of.
+#[derive(Debug, Clone)]
+pub struct Artifacts {
+    pub management_api: PathBuf,
+    pub xds_server: PathBuf,
+    pub runtime: PathBuf,
+    pub filter_wasm: PathBuf,
+    pub bootstrap_template: PathBuf,
+    pub envoy: PathBuf,
+}
+
+impl Artifacts {
+    /// The workspace's own build output (the profile this harness was built with) and the Envoy
+    /// from `ENVOY_BIN` or the PATH.
+    pub fn from_workspace() -> anyhow::Result<Self> {
+        let root = workspace_root();
+        let target =
+            std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root.join("target"));
+        let profile = if cfg!(debug_assertions) { "debug" } else { "release" };
+        let bin = |name: &str| target.join(profile).join(name);
+        let envoy =
+            std::env::var_os("ENVOY_BIN").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("envoy"));
+        let artifacts = Self {
+            management_api: bin("management-api"),
+            xds_server: bin("xds-server"),
+            runtime: bin("action-runtime"),
+            filter_wasm: target.join("wasm32-wasip1/release/whisk_filter.wasm"),
+            bootstrap_template: root.join("envoy/bootstrap.yaml"),
+            envoy,
+        };
+        for path in
+            [&artifacts.management_api, &artifacts.xds_server, &artifacts.runtime, &artifacts.filter_wasm]
+        {
+            if !path.exists() {
+                bail!("{} is missing: build the workspace first (make build)", path.display());
+            }
+        }
+        Ok(artifacts)
+    }
+}
+
+/// The workspace root (this crate's parent).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+/// One started process.
+#[derive(Debug)]
+struct Process {
+    name: &'static str,
+    child: Child,
+    log: PathBuf,
+}
+
+impl Process {
+    fn stop(&mut self) {
+        if let Ok(Some(_)) = self.child.try_wait() {
+            return;
+        }
+        if let Ok(pid) = i32::try_from(self.child.id()) {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
+        }
+        let deadline = Instant::now() + STOP_GRACE;
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    fn tail(&self, lines: usize) -> String {
+        let Ok(file) = File::open(&self.log) else { return String::new() };
+        let all: Vec<String> = BufReader::new(file).lines().map_while(Result::ok).collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+}
+
+/// The running platform.
+#[derive(Debug)]
+pub struct Platform {
+    pub options: Options,
+    pub artifacts: Artifacts,
+    pub internal_token: String,
+    management: Option<Process>,
+    xds: Option<Process>,
+    envoy: Option<Process>,
+}
+
+impl Platform {
+    /// Starts everything and waits until the ingress answers through the filter.
+    pub fn start(options: Options, artifacts: Artifacts) -> anyhow::Result<Self> {
+        fs::create_dir_all(&options.data_dir)?;
+        fs::create_dir_all(&options.work_dir)?;
+        let internal_token = format!("{:032x}", rand_u128());
+        let mut platform =
+            Self { options, artifacts, internal_token, management: None, xds: None, envoy: None };
+        platform.start_management()?;
+        platform.start_xds()?;
+        platform.start_envoy()?;
+        platform.wait_ready()?;
+        Ok(platform)
+    }
+
+    pub fn api_host(&self) -> String {
+        format!("http://127.0.0.1:{}", self.options.ports.ingress)
+    }
+
+    pub fn management_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.options.ports.management)
+    }
+
+    pub fn control_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.options.ports.control)
+    }
+
+    pub fn admin_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.options.ports.admin)
+    }
+
+    fn spawn(&self, name: &'static str, command: &mut Command) -> anyhow::Result<Process> {
+        let log = self.options.work_dir.join(format!("{name}.log"));
+        let out = File::create(&log)?;
+        let child = command
+            .stdin(Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            .spawn()
+            .with_context(|| format!("starting {name}"))?;
+        Ok(Process { name, child, log })
+    }
+
+    fn start_management(&mut self) -> anyhow::Result<()> {
+        let ports = &self.options.ports;
+        let process = self.spawn(
+            "management-api",
+            Command::new(&self.artifacts.management_api)
+                .arg("serve")
+                .arg("--listen")
+                .arg(format!("127.0.0.1:{}", ports.management))
+                .arg("--data-dir")
+                .arg(&self.options.data_dir)
+                .env("WHISK_INTERNAL_TOKEN", &self.internal_token),
+        )?;
+        self.management = Some(process);
+        wait_http_ok(&format!("{}/health", self.management_url()), READY_TIMEOUT)
+    }
+
+    fn start_xds(&mut self) -> anyhow::Result<()> {
+        let ports = &self.options.ports;
+        let process = self.spawn(
+            "xds-server",
+            Command::new(&self.artifacts.xds_server)
+                .arg("--xds-listen")
+                .arg(format!("127.0.0.1:{}", ports.xds))
+                .arg("--control-listen")
+                .arg(format!("127.0.0.1:{}", ports.control))
+                .arg("--ingress")
+                .arg(format!("127.0.0.1:{}", ports.ingress))
+                .arg("--management-api")
+                .arg(format!("127.0.0.1:{}", ports.management))
+                .arg("--filter-wasm")
+                .arg(&self.artifacts.filter_wasm)
+                .arg("--runtime-bin")
+                .arg(&self.artifacts.runtime)
+                .arg("--api-host")
+                .arg(format!("http://127.0.0.1:{}", ports.ingress))
+                .env("WHISK_INTERNAL_TOKEN", &self.internal_token),
+        )?;
+        self.xds = Some(process);
+        wait_http_ok(&format!("{}/health", self.control_url()), READY_TIMEOUT)
+    }
+
+    fn start_envoy(&mut self) -> anyhow::Result<()> {
+        let ports = &self.options.ports;
+        let template = fs::read_to_string(&self.artifacts.bootstrap_template)?;
+        let bootstrap = template
+            .replace("${NODE_ID}", &self.options.node_id)
+            .replace("${INGRESS_ADDRESS}", &format!("127.0.0.1:{}", ports.ingress))
+            .replace("${ADMIN_PORT}", &ports.admin.to_string())
+            .replace("${XDS_HOST}", "127.0.0.1")
+            .replace("${XDS_PORT}", &ports.xds.to_string());
+        let path = self.options.work_dir.join("envoy.yaml");
+        fs::write(&path, bootstrap)?;
+        let process = self.spawn(
+            "envoy",
+            Command::new(&self.artifacts.envoy)
+                .arg("-c")
+                .arg(&path)
+                .arg("--concurrency")
+                .arg(self.options.envoy_concurrency.to_string())
+                // Several platforms (tests) may run on one machine at once.
+                .arg("--base-id")
+                .arg(ports.admin.to_string())
+                .arg("--log-level")
+                .arg("warn")
+                .arg("--component-log-level")
+                .arg("wasm:info"),
+        )?;
+        self.envoy = Some(process);
+        Ok(())
+    }
+
+    /// Ready when an unauthenticated API call through Envoy reaches the management API (401).
+    fn wait_ready(&mut self) -> anyhow::Result<()> {
+        let url = format!("{}/api/v1/namespaces", self.api_host());
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            if http_status(&url) == Some(401) {
+                return Ok(());
+            }
+            for process in [&mut self.management, &mut self.xds, &mut self.envoy].into_iter().flatten() {
+                if let Ok(Some(status)) = process.child.try_wait() {
+                    bail!("{} exited with {status}:\n{}", process.name, process.tail(40));
+                }
+            }
+            if Instant::now() > deadline {
+                bail!("the platform did not become ready in {READY_TIMEOUT:?}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Stops and starts the management API on the same data dir (records must survive).
+    pub fn restart_management(&mut self) -> anyhow::Result<()> {
+        if let Some(mut process) = self.management.take() {
+            process.stop();
+        }
+        self.start_management()
+    }
+
+    /// Process logs, for failure reports.
+    pub fn logs(&self, lines: usize) -> String {
+        [&self.management, &self.xds, &self.envoy]
+            .into_iter()
+            .flatten()
+            .map(|p| format!("----- {} ({})\n{}", p.name, p.log.display(), p.tail(lines)))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// Stops Envoy, then the control server (which stops its containers), then the API.
+    pub fn stop(&mut self) {
+        for process in [self.envoy.take(), self.xds.take(), self.management.take()].into_iter().flatten() {
+            let mut process = process;
+            process.stop();
+        }
+    }
+
+    /// True while every process is still running.
+    pub fn is_running(&mut self) -> bool {
+        [&mut self.management, &mut self.xds, &mut self.envoy]
+            .into_iter()
+            .all(|p| p.as_mut().is_some_and(|p| matches!(p.child.try_wait(), Ok(None))))
+    }
+}
+
+impl Drop for Platform {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("{}", self.logs(60));
+        }
+        self.stop();
+    }
+}
+
+/// Plain blocking HTTP/1.1 GET status, for readiness checks without an async runtime.
+fn http_status(url: &str) -> Option<u16> {
+    use std::io::{Read, Write};
+    let rest = url.strip_prefix("http://")?;
+    let (authority, path) =
+        rest.split_once('/').map(|(a, p)| (a, format!("/{p}"))).unwrap_or((rest, "/".into()));
+    let address: SocketAddr = authority.parse().ok()?;
+    let mut stream = std::net::TcpStream::connect_timeout(&address, Duration::from_millis(500)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n").ok()?;
+    let mut head = [0u8; 12];
+    stream.read_exact(&mut head).ok()?;
+    std::str::from_utf8(&head[9..12]).ok()?.parse().ok()
+}
+
+fn wait_http_ok(url: &str, timeout: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if http_status(url) == Some(200) {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    bail!("{url} did not answer 200 within {timeout:?}")
+}
+
+/// Randomness for the internal token, without another dependency: the kernel's.
+fn rand_u128() -> u128 {
+    use std::io::Read;
+    let mut bytes = [0u8; 16];
+    if let Ok(mut random) = File::open("/dev/urandom") {
+        let _ = random.read_exact(&mut bytes);
+    }
+    u128::from_le_bytes(bytes)
+}
