@@ -267,9 +267,8 @@ impl Platform {
                 .arg(&path)
                 .arg("--concurrency")
                 .arg(self.options.envoy_concurrency.to_string())
-                // Several platforms (tests) may run on one machine at once.
-                .arg("--base-id")
-                .arg(ports.admin.to_string())
+                // Several platforms (tests) may run on one machine at once: no shared memory.
+                .arg("--disable-hot-restart")
                 .arg("--log-level")
                 .arg("warn")
                 .arg("--component-log-level")

@@ -1,0 +1,39 @@
+//! The slice driven by the official OpenWhisk JavaScript client (npm `openwhisk`), proving a real
+//! OpenWhisk client works unchanged: this test starts the platform and runs `node --test` in
+//! `e2e/js` against it.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::process::Command;
+
+use e2e::{Artifacts, GUEST_KEY, Options, Platform, Ports, workspace_root};
+
+#[test]
+fn the_official_javascript_client_works_unchanged() {
+    let js = workspace_root().join("e2e/js");
+    assert!(
+        js.join("node_modules/openwhisk").exists(),
+        "the npm package openwhisk is not installed: run `make deps` (npm ci in e2e/js)"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let options = Options {
+        ports: Ports::free().unwrap(),
+        data_dir: dir.path().join("data"),
+        work_dir: dir.path().join("run"),
+        envoy_concurrency: 2,
+        node_id: "envoy-js".into(),
+    };
+    let platform = Platform::start(options, Artifacts::from_workspace().unwrap()).unwrap();
+    let output = Command::new("node")
+        .arg("--test")
+        .arg("slice.test.js")
+        .current_dir(&js)
+        .env("OW_APIHOST", platform.api_host())
+        .env("OW_KEY", GUEST_KEY)
+        .output()
+        .expect("node runs");
+    let report =
+        format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    assert!(output.status.success(), "node --test failed:\n{report}\n{}", platform.logs(40));
+    assert!(report.contains("# pass 1"), "the JS test did not run:\n{report}");
+}
