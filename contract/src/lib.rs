@@ -221,6 +221,16 @@ pub struct FilterConfig {
     /// How often each worker flushes activation records and starts queued non-blocking invokes.
     #[serde(default = "FilterConfig::default_flush_period_ms")]
     pub flush_period_ms: u64,
+    /// Requests that may wait for a container of one action, per worker; more are refused (429).
+    #[serde(default = "FilterConfig::default_max_waiting_per_action")]
+    pub max_waiting_per_action: usize,
+    /// How long a request may wait for a container before it is answered 503.
+    #[serde(default = "FilterConfig::default_max_wait_ms")]
+    pub max_wait_ms: u64,
+    /// Waiting requests per container asked for: a container that frees up serves the others
+    /// sooner than a new one starts, so cold starts are coalesced.
+    #[serde(default = "FilterConfig::default_waiters_per_cold_start")]
+    pub waiters_per_cold_start: usize,
 }
 
 impl FilterConfig {
@@ -235,6 +245,15 @@ impl FilterConfig {
     }
     fn default_flush_period_ms() -> u64 {
         10
+    }
+    fn default_max_waiting_per_action() -> usize {
+        1_000
+    }
+    fn default_max_wait_ms() -> u64 {
+        60_000
+    }
+    fn default_waiters_per_cold_start() -> usize {
+        2
     }
 }
 

@@ -69,6 +69,22 @@ pub struct Options {
     pub envoy_concurrency: u32,
     /// Node id of the Envoy.
     pub node_id: String,
+    /// Extra flags for the control server (limits, timeouts).
+    pub xds_args: Vec<String>,
+}
+
+impl Options {
+    /// Free ports and folders under `dir`: what a test wants.
+    pub fn for_test(dir: &Path, node_id: &str) -> anyhow::Result<Self> {
+        Ok(Self {
+            ports: Ports::free()?,
+            data_dir: dir.join("data"),
+            work_dir: dir.join("run"),
+            envoy_concurrency: 2,
+            node_id: node_id.to_owned(),
+            xds_args: Vec::new(),
+        })
+    }
 }
 
 /// Paths to the binaries and assets the platform is made of.
@@ -243,6 +259,7 @@ impl Platform {
                 .arg(&self.artifacts.runtime)
                 .arg("--api-host")
                 .arg(format!("http://127.0.0.1:{}", ports.ingress))
+                .args(&self.options.xds_args)
                 .env("WHISK_INTERNAL_TOKEN", &self.internal_token),
         )?;
         self.xds = Some(process);

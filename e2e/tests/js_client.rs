@@ -22,6 +22,7 @@ fn the_official_javascript_client_works_unchanged() {
         work_dir: dir.path().join("run"),
         envoy_concurrency: 2,
         node_id: "envoy-js".into(),
+        xds_args: Vec::new(),
     };
     let platform = Platform::start(options, Artifacts::from_workspace().unwrap()).unwrap();
     let output = Command::new("node")

@@ -23,6 +23,7 @@ fn start(dir: &tempfile::TempDir) -> Platform {
         work_dir: dir.path().join("run"),
         envoy_concurrency: 2,
         node_id: "envoy-test".into(),
+        xds_args: Vec::new(),
     };
     Platform::start(options, Artifacts::from_workspace().expect("artifacts")).expect("platform starts")
 }

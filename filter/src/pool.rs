@@ -3,7 +3,8 @@
 //! two workers (two Wasm VMs) can never both own one container.
 //!
 //! ```text
-//!  whisk/pool/{namespace}/{pkg/}{name}@{revision}/{slot}  =  "F <id> <ip:port>"   free
+//!  whisk/pool/{namespace}/{pkg/}{name}@{revision}/{slot}  =  "N <id> <ip:port> <init ms>"  new: free, never used
+//!                                                            "F <id> <ip:port>"   free
 //!                                                            "B <id> <ip:port>"   busy (claimed)
 //!                                                            "X <id> <ip:port>"   retired, never reused
 //! ```
@@ -37,6 +38,8 @@ pub struct CasMismatch;
 /// A slot's state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SlotState {
+    /// Just cold-started and free: its first activation carries the `/init` time.
+    New,
     Free,
     Busy,
     Retired,
@@ -45,6 +48,7 @@ pub enum SlotState {
 impl SlotState {
     fn tag(self) -> char {
         match self {
+            Self::New => 'N',
             Self::Free => 'F',
             Self::Busy => 'B',
             Self::Retired => 'X',
@@ -58,23 +62,42 @@ pub struct Slot {
     pub state: SlotState,
     pub container_id: String,
     pub address: String,
+    /// `/init` milliseconds, only on a [`SlotState::New`] slot.
+    pub init_ms: Option<u64>,
 }
 
 impl Slot {
     fn encode(&self) -> Vec<u8> {
-        format!("{} {} {}", self.state.tag(), self.container_id, self.address).into_bytes()
+        let mut text = format!("{} {} {}", self.state.tag(), self.container_id, self.address);
+        if let Some(init_ms) = self.init_ms {
+            text.push_str(&format!(" {init_ms}"));
+        }
+        text.into_bytes()
     }
 
     fn decode(bytes: &[u8]) -> Option<Self> {
         let text = std::str::from_utf8(bytes).ok()?;
-        let mut parts = text.splitn(3, ' ');
+        let mut parts = text.split(' ');
         let state = match parts.next()? {
+            "N" => SlotState::New,
             "F" => SlotState::Free,
             "B" => SlotState::Busy,
             "X" => SlotState::Retired,
             _ => return None,
         };
-        Some(Self { state, container_id: parts.next()?.to_owned(), address: parts.next()?.to_owned() })
+        let container_id = parts.next()?.to_owned();
+        let address = parts.next()?.to_owned();
+        let init_ms = match (state, parts.next()) {
+            (SlotState::New, Some(ms)) => Some(ms.parse().ok()?),
+            (SlotState::New, None) => return None,
+            (_, None) => None,
+            (_, Some(_)) => return None,
+        };
+        Some(Self { state, container_id, address, init_ms })
+    }
+
+    fn claimable(&self) -> bool {
+        matches!(self.state, SlotState::New | SlotState::Free)
     }
 }
 
@@ -84,6 +107,8 @@ pub struct Claim {
     pub key: String,
     pub container_id: String,
     pub address: String,
+    /// Set when this claim is the container's first activation: its cold start's `/init` time.
+    pub init_ms: Option<u64>,
 }
 
 impl fmt::Display for Claim {
@@ -116,19 +141,42 @@ pub fn claim(store: &impl SharedData, prefix: &str) -> Option<Claim> {
         };
         missing_run = 0;
         let Some(current) = Slot::decode(&bytes) else { continue };
-        if current.state != SlotState::Free {
+        if !current.claimable() {
             continue;
         }
-        let busy = Slot { state: SlotState::Busy, ..current };
+        let init_ms = current.init_ms;
+        let busy = Slot { state: SlotState::Busy, init_ms: None, ..current };
         if store.set(&key, &busy.encode(), Some(cas)).is_ok() {
-            return Some(Claim { key, container_id: busy.container_id, address: busy.address });
+            return Some(Claim { key, container_id: busy.container_id, address: busy.address, init_ms });
         }
         // Lost the race for this one: another worker took it; try the next slot.
     }
     None
 }
 
-/// Records a container the control plane just started for this request, already claimed by it.
+/// Publishes a container the control plane just started for this worker as new (free, with its
+/// `/init` time for whichever request takes it first).
+pub fn insert_new(
+    store: &impl SharedData,
+    prefix: &str,
+    slot: u32,
+    container_id: &str,
+    address: &str,
+    init_ms: u64,
+) {
+    let new = Slot {
+        state: SlotState::New,
+        container_id: container_id.to_owned(),
+        address: address.to_owned(),
+        init_ms: Some(init_ms),
+    };
+    // The slot is ours alone (the control plane gives it to one container at a time), so an
+    // unconditional write is safe; it also replaces a retired predecessor's tombstone.
+    let _ = store.set(&slot_key(prefix, slot), &new.encode(), None);
+}
+
+/// Test fixture: a container already claimed by its creator.
+#[cfg(test)]
 pub fn insert_claimed(
     store: &impl SharedData,
     prefix: &str,
@@ -137,12 +185,14 @@ pub fn insert_claimed(
     address: &str,
 ) -> Claim {
     let key = slot_key(prefix, slot);
-    let busy =
-        Slot { state: SlotState::Busy, container_id: container_id.to_owned(), address: address.to_owned() };
-    // The slot is ours alone (the control plane gives it to one container at a time), so an
-    // unconditional write is safe; it also replaces a retired predecessor's tombstone.
+    let busy = Slot {
+        state: SlotState::Busy,
+        container_id: container_id.to_owned(),
+        address: address.to_owned(),
+        init_ms: None,
+    };
     let _ = store.set(&key, &busy.encode(), None);
-    Claim { key, container_id: busy.container_id, address: busy.address }
+    Claim { key, container_id: busy.container_id, address: busy.address, init_ms: None }
 }
 
 /// Ends a claim: the container becomes free again, or retired when it may still be running the
@@ -151,10 +201,10 @@ pub fn release(store: &impl SharedData, claim: &Claim, next: SlotState) -> bool 
     for _ in 0..RELEASE_ATTEMPTS {
         let Some((bytes, cas)) = store.get(&claim.key) else { return false };
         let Some(current) = Slot::decode(&bytes) else { return false };
-        if current.container_id != claim.container_id {
+        if current.container_id != claim.container_id || current.state != SlotState::Busy {
             return false;
         }
-        let updated = Slot { state: next, ..current };
+        let updated = Slot { state: next, init_ms: None, ..current };
         if store.set(&claim.key, &updated.encode(), Some(cas)).is_ok() {
             return true;
         }
@@ -213,6 +263,18 @@ mod tests {
         assert!(release(&store, &claim, SlotState::Free));
         let again = super::claim(&store, PREFIX).unwrap();
         assert_eq!((again.container_id.as_str(), again.address.as_str()), ("c0", "127.0.0.1:4000"));
+    }
+
+    #[test]
+    fn a_new_container_hands_its_init_time_to_its_first_claim_only() {
+        let store = MemoryData::default();
+        insert_new(&store, PREFIX, 0, "c0", "127.0.0.1:4000", 120);
+        let first = super::claim(&store, PREFIX).unwrap();
+        assert_eq!(first.init_ms, Some(120));
+        assert!(release(&store, &first, SlotState::Free));
+        assert_eq!(super::claim(&store, PREFIX).unwrap().init_ms, None);
+        assert_eq!(Slot::decode(b"N c0 127.0.0.1:1"), None, "a new slot without init time is damaged");
+        assert_eq!(Slot::decode(b"F c0 127.0.0.1:1 5"), None);
     }
 
     #[test]
@@ -307,7 +369,7 @@ mod tests {
                         {
                             let busy = Slot { state: SlotState::Busy, ..slot };
                             if store.set(&key, &busy.encode(), Some(cas)).is_ok() {
-                                held[worker] = Some(Claim { key, container_id: busy.container_id, address: busy.address });
+                                held[worker] = Some(Claim { key, container_id: busy.container_id, address: busy.address, init_ms: None });
                             }
                         }
                     }

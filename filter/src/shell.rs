@@ -2,26 +2,33 @@
 //!
 //! ```text
 //!  request headers ─► classify ─► (invoke) hold headers, buffer body
-//!  body complete   ─► resolve (management API) ─► claim warm container ──────────────┐
-//!                                              └► none: cold start (control plane) ─┤
-//!                      stamp container, rewrite body into /run, resume ◄─────────────┘
-//!  response        ─► classify answer ─► record ─► release ─► reply; record to the outbox
-//!  root tick       ─► flush outbox: records to the management API, non-blocking runs to self
+//!  body complete   ─► resolve (management API) ─► claim a free container ─► forward
+//!                                              └► none: wait in the worker's queue for the action
+//!  root tick (1 ms while anyone waits)
+//!                  ─► serve waiters from free containers (any worker may have freed one)
+//!                  ─► ask the control plane for containers when waiters outnumber starts
+//!                  ─► flush the outbox: records to the management API, non-blocking runs
+//!  forward         ─► stamp the container, rewrite the body into /run, resume
+//!  response        ─► classify ─► record ─► release ─► reply; serve this worker's waiters
 //! ```
 //!
-//! Waiting is kept inside the request's own worker: every callout is dispatched from the request's
-//! context and resumes that context. Work that must outlive a request (storing its record, running a
-//! non-blocking invoke) goes through the worker's outbox, flushed by the root context.
+//! A paused request can only be resumed by its own worker's VM. Each request's state lives behind an
+//! `Rc` shared with the worker's wait queue, so the root context (or another request's callback that
+//! just freed a container) can switch Envoy's effective context to the waiting request and resume it.
+//! Envoy defers the resulting stream continuations until the current VM call returns.
+//!
+//! Cold starts are the root context's own callouts: a container asked for by a request that has since
+//! been served elsewhere (or has gone) still lands in the pool, where the next waiter takes it.
 
-use std::cell::RefCell;
-use std::collections::VecDeque;
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::rc::Rc;
 use std::time::{Duration, UNIX_EPOCH};
 
 use log::{debug, error, warn};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, ContextType, LogLevel};
+use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType};
 use whisk_contract::{
     ActivationRecord, ActivationResponse, ActivationStatus, ColdStartRequest, ColdStartResponse, ErrorBody,
     FilterConfig, ResolvedAction, clusters, headers, messages, paths,
@@ -34,8 +41,15 @@ use crate::route::{self, Invocation, Route};
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
-    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root::default()) });
+    proxy_wasm::set_root_context(|context_id| -> Box<dyn RootContext> { Box::new(Root::new(context_id)) });
 }}
+
+/// Fast tick while requests wait: how soon another worker's freed container is noticed.
+const WAITING_TICK: Duration = Duration::from_millis(1);
+/// After the control plane refused a container (capacity), how long before asking again.
+const REFUSED_BACKOFF_MS: u64 = 50;
+/// Bound on the callouts that carry an activation: the longest action timeout plus room.
+const RUN_TIMEOUT_MS: u64 = 310_000;
 
 /// Envoy's shared data, through the hostcalls that report errors instead of panicking.
 struct EnvoySharedData;
@@ -76,6 +90,24 @@ fn error_body(message: &str) -> Vec<u8> {
     serde_json::to_vec(&body).unwrap_or_default()
 }
 
+/// Makes hostcalls act on another context until dropped, then switches back.
+struct OnBehalfOf {
+    restore: u32,
+}
+
+impl OnBehalfOf {
+    fn enter(target: u32, restore: u32) -> Self {
+        let _ = hostcalls::set_effective_context(target);
+        Self { restore }
+    }
+}
+
+impl Drop for OnBehalfOf {
+    fn drop(&mut self) {
+        let _ = hostcalls::set_effective_context(self.restore);
+    }
+}
+
 /// Work that outlives the request that produced it.
 enum Outgoing {
     Record(ActivationRecord),
@@ -88,47 +120,209 @@ enum Outgoing {
     },
 }
 
-/// The per-worker plan shared by the root context and its HTTP contexts.
+/// Where a request is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Headers or body still arriving, or the resolve or relay callout in flight.
+    Receiving,
+    /// In the worker's queue for a container.
+    Waiting,
+    /// Sent to a container.
+    Forwarded,
+    /// Answered locally (error, 202, relay).
+    Answered,
+    /// The stream is over.
+    Ended,
+}
+
+/// One request's state, shared with the worker's wait queue.
+struct State {
+    context_id: u32,
+    phase: Phase,
+    invocation: Option<Invocation>,
+    /// A non-blocking invoke relayed by this Envoy's own root context.
+    internal_activation_id: Option<String>,
+    authorization: String,
+    original_path: String,
+    body: Vec<u8>,
+    callout: Option<(u32, Callout)>,
+    action: Option<ResolvedAction>,
+    prefix: String,
+    parameters: serde_json::Map<String, serde_json::Value>,
+    activation_id: String,
+    claim: Option<Claim>,
+    timing: Timing,
+    response_status: u16,
+    response_logs: Option<String>,
+}
+
+type SharedState = Rc<RefCell<State>>;
+
+/// What a request's own callout is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Callout {
+    Resolve,
+    /// A bodyless blocking invoke re-sent through the ingress with an empty object as body.
+    Relay,
+}
+
+/// A request parked until a container of its action is free.
+struct Waiter {
+    state: SharedState,
+    since_ms: u64,
+}
+
+impl Waiter {
+    fn is_live(&self) -> bool {
+        self.state.try_borrow().is_ok_and(|state| state.phase == Phase::Waiting)
+    }
+}
+
+/// The per-worker plan and queues shared by the root context and its HTTP contexts.
 struct Shared {
     config: FilterConfig,
     outbox: RefCell<VecDeque<Outgoing>>,
+    /// Requests waiting for a container, FIFO per action revision (pool prefix).
+    waiting: RefCell<BTreeMap<String, VecDeque<Waiter>>>,
+    /// Cold starts this worker has in flight, per action revision.
+    starting: RefCell<HashMap<String, usize>>,
+    /// No cold start is asked for an action revision before this time (the control plane was full).
+    refused_until: RefCell<HashMap<String, u64>>,
+    fast_tick: Cell<bool>,
 }
 
-#[derive(Default)]
-struct Root {
-    shared: Option<Rc<Shared>>,
-}
+impl Shared {
+    fn enqueue(&self, state: SharedState, prefix: &str) -> bool {
+        let mut waiting = self.waiting.borrow_mut();
+        let queue = waiting.entry(prefix.to_owned()).or_default();
+        queue.retain(Waiter::is_live);
+        if queue.len() >= self.config.max_waiting_per_action {
+            return false;
+        }
+        queue.push_back(Waiter { state, since_ms: now_ms() });
+        drop(waiting);
+        if !self.fast_tick.replace(true) {
+            let _ = hostcalls::set_tick_period(WAITING_TICK);
+        }
+        true
+    }
 
-impl Context for Root {
-    fn on_http_call_response(&mut self, _token: u32, _headers: usize, _body: usize, _trailers: usize) {
-        // Record stores and internal runs report their own failures; a non-2xx here is logged.
-        let status = self.get_http_call_response_header(":status").unwrap_or_default();
-        if !status.starts_with('2') {
-            warn!("outbox call answered {status}");
+    /// Hands free containers of `prefix` to its waiters, oldest first. `current` is the context whose
+    /// callback this runs in.
+    fn serve_waiters(&self, prefix: &str, current: u32) {
+        loop {
+            let has_waiter = {
+                let mut waiting = self.waiting.borrow_mut();
+                let Some(queue) = waiting.get_mut(prefix) else { return };
+                while queue.front().is_some_and(|w| !w.is_live()) {
+                    queue.pop_front();
+                }
+                !queue.is_empty()
+            };
+            if !has_waiter {
+                self.waiting.borrow_mut().remove(prefix);
+                return;
+            }
+            let Some(claim) = pool::claim(&EnvoySharedData, prefix) else { return };
+            let waiter = self.waiting.borrow_mut().get_mut(prefix).and_then(VecDeque::pop_front);
+            let Some(waiter) = waiter else {
+                pool::release(&EnvoySharedData, &claim, SlotState::Free);
+                return;
+            };
+            let Ok(mut state) = waiter.state.try_borrow_mut() else { continue };
+            let _switch = OnBehalfOf::enter(state.context_id, current);
+            forward(self, &mut state, claim);
+        }
+    }
+
+    /// Answers every waiter of `prefix` with `respond` (a cold start that cannot succeed for them).
+    fn fail_waiters(&self, prefix: &str, current: u32, respond: &dyn Fn(&Shared, &mut State)) {
+        let waiters: Vec<Waiter> =
+            self.waiting.borrow_mut().remove(prefix).map(Vec::from).unwrap_or_default();
+        for waiter in waiters.into_iter().filter(Waiter::is_live) {
+            if let Ok(mut state) = waiter.state.try_borrow_mut() {
+                let _switch = OnBehalfOf::enter(state.context_id, current);
+                respond(self, &mut state);
+            }
         }
     }
 }
 
-impl RootContext for Root {
-    fn on_configure(&mut self, _size: usize) -> bool {
-        let Some(bytes) = self.get_plugin_configuration() else {
-            error!("whisk filter: no plugin configuration");
-            return false;
-        };
-        let config: FilterConfig = match serde_json::from_slice(&bytes) {
-            Ok(config) => config,
-            Err(parse) => {
-                error!("whisk filter: bad plugin configuration: {parse}");
-                return false;
-            }
-        };
-        let _ = hostcalls::set_tick_period(Duration::from_millis(config.flush_period_ms.max(1)));
-        self.shared = Some(Rc::new(Shared { config, outbox: RefCell::new(VecDeque::new()) }));
-        true
+/// Answers `state`'s request locally (hostcalls act on the effective context).
+fn answer(state: &mut State, status: u32, extra: Vec<(&str, &str)>, body: &[u8]) {
+    let mut response_headers = vec![("content-type", "application/json")];
+    response_headers.extend(extra);
+    if let Err(status) = hostcalls::send_http_response(status, response_headers, Some(body)) {
+        error!("could not answer activation {}: {status:?}", state.activation_id);
+    }
+    state.phase = Phase::Answered;
+}
+
+fn answer_error(state: &mut State, status: u32, message: &str) {
+    answer(state, status, vec![], &error_body(message));
+}
+
+/// Answers with a record for an activation that never reached a container (init failure).
+fn answer_without_container(shared: &Shared, state: &mut State, response: ActivationResponse) {
+    let Some(action) = &state.action else { return };
+    let now = now_ms();
+    let timing = Timing { forwarded: now, end: now, ..state.timing };
+    let record = activation::record(action, &state.activation_id, response, vec![], timing);
+    let result_only = state.invocation.as_ref().is_some_and(|i| i.result_only);
+    let (status, body) = activation::reply(&record, result_only);
+    shared.outbox.borrow_mut().push_back(Outgoing::Record(record));
+    let activation_id = state.activation_id.clone();
+    answer(state, u32::from(status), vec![(headers::ACTIVATION_ID, &activation_id)], &body);
+}
+
+/// Pins the request to the claimed container, rewrites it into `/run` and lets it go.
+fn forward(shared: &Shared, state: &mut State, claim: Claim) {
+    let Some(action) = &state.action else { return };
+    let now = now_ms();
+    let context = RunContext {
+        activation_id: &state.activation_id,
+        transaction_id: &state.activation_id,
+        api_host: &shared.config.api_host,
+        deadline_ms: now + action.limits.timeout,
+    };
+    let parameters = envelope::merge_parameters(&action.parameters, std::mem::take(&mut state.parameters));
+    let run = envelope::run_body(action, parameters, &context);
+    let set = |name: &str, value: Option<&str>| {
+        let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, name, value);
+    };
+    set(headers::ROUTE, Some(headers::ROUTE_CONTAINER));
+    set(headers::CONTAINER_ADDRESS, Some(&claim.address));
+    set(headers::CONTAINER_ID, Some(&claim.container_id));
+    set(":path", Some("/run"));
+    set("content-type", Some("application/json"));
+    set("content-length", Some(&run.len().to_string()));
+    // The container never sees the user's key.
+    set("authorization", None);
+    if let Err(status) = hostcalls::set_buffer(BufferType::HttpRequestBody, 0, usize::MAX / 2, &run) {
+        error!("could not rewrite the body of activation {}: {status:?}", state.activation_id);
+    }
+    debug!("activation {} -> container {claim}", state.activation_id);
+    state.timing.forwarded = now;
+    state.timing.init_ms = claim.init_ms;
+    state.claim = Some(claim);
+    state.phase = Phase::Forwarded;
+    let _ = hostcalls::resume_http_request();
+}
+
+/// The worker's root context: the outbox, the wait queues' clock, and the cold starts.
+struct Root {
+    context_id: u32,
+    shared: Option<Rc<Shared>>,
+    /// Cold-start callouts in flight: token → pool prefix.
+    cold_starts: HashMap<u32, String>,
+}
+
+impl Root {
+    fn new(context_id: u32) -> Self {
+        Self { context_id, shared: None, cold_starts: HashMap::new() }
     }
 
-    fn on_tick(&mut self) {
-        let Some(shared) = &self.shared else { return };
+    fn flush_outbox(&self, shared: &Shared) {
         let mut records = Vec::new();
         let pending: Vec<Outgoing> = shared.outbox.borrow_mut().drain(..).collect();
         for item in pending {
@@ -148,8 +342,7 @@ impl RootContext for Root {
                         ],
                         Some(&body),
                         vec![],
-                        // The longest action timeout and a cold start fit in this bound.
-                        Duration::from_millis(310_000 + shared.config.cold_start_timeout_ms),
+                        Duration::from_millis(RUN_TIMEOUT_MS + shared.config.cold_start_timeout_ms),
                     );
                     if let Err(status) = call {
                         error!("could not start non-blocking activation {activation_id}: {status:?}");
@@ -179,9 +372,189 @@ impl RootContext for Root {
         }
     }
 
-    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+    /// Serves, expires and provisions the wait queues.
+    fn tend_waiters(&mut self, shared: &Shared) {
+        let prefixes: Vec<String> = shared.waiting.borrow().keys().cloned().collect();
+        let now = now_ms();
+        for prefix in prefixes {
+            shared.serve_waiters(&prefix, self.context_id);
+            self.expire_waiters(shared, &prefix, now);
+            self.request_containers(shared, &prefix, now);
+        }
+        if shared.waiting.borrow().is_empty() && shared.fast_tick.replace(false) {
+            let _ = hostcalls::set_tick_period(Duration::from_millis(shared.config.flush_period_ms.max(1)));
+        }
+    }
+
+    fn expire_waiters(&self, shared: &Shared, prefix: &str, now: u64) {
+        let expired: Vec<Waiter> = {
+            let mut waiting = shared.waiting.borrow_mut();
+            let Some(queue) = waiting.get_mut(prefix) else { return };
+            let limit = shared.config.max_wait_ms;
+            let (expired, kept): (Vec<Waiter>, Vec<Waiter>) =
+                queue.drain(..).partition(|w| w.is_live() && now.saturating_sub(w.since_ms) >= limit);
+            queue.extend(kept.into_iter().filter(Waiter::is_live));
+            expired
+        };
+        for waiter in expired {
+            if let Ok(mut state) = waiter.state.try_borrow_mut() {
+                let _switch = OnBehalfOf::enter(state.context_id, self.context_id);
+                answer_error(&mut state, 503, messages::NO_CAPACITY);
+            }
+        }
+    }
+
+    /// Asks the control plane for containers while live waiters outnumber the starts in flight.
+    fn request_containers(&mut self, shared: &Shared, prefix: &str, now: u64) {
+        if shared.refused_until.borrow().get(prefix).is_some_and(|until| now < *until) {
+            return;
+        }
+        let (live, first) = {
+            let waiting = shared.waiting.borrow();
+            let Some(queue) = waiting.get(prefix) else { return };
+            let live: Vec<&Waiter> = queue.iter().filter(|w| w.is_live()).collect();
+            let first = live.first().and_then(|w| w.state.try_borrow().ok().and_then(|s| s.action.clone()));
+            (live.len(), first)
+        };
+        let Some(action) = first else { return };
+        let starting = shared.starting.borrow().get(prefix).copied().unwrap_or(0);
+        // Coalescing: one start per `waiters_per_cold_start` waiting requests, since a container that
+        // frees up serves the rest sooner than a new one starts.
+        let wanted = live.div_ceil(shared.config.waiters_per_cold_start.max(1));
+        if starting >= wanted {
+            return;
+        }
+        let request = ColdStartRequest {
+            namespace: action.namespace.clone(),
+            package: action.package.clone(),
+            name: action.name.clone(),
+            revision: action.revision.clone(),
+            kind: action.kind.clone(),
+            memory_mb: action.limits.memory,
+            node_id: shared.config.node_id.clone(),
+        };
+        let body = serde_json::to_vec(&request).unwrap_or_default();
+        let call = hostcalls::dispatch_http_call(
+            clusters::CONTROL_PLANE,
+            vec![
+                (":method", "POST"),
+                (":path", paths::COLD_START),
+                (":authority", "whisk-control"),
+                ("content-type", "application/json"),
+                (headers::INTERNAL_TOKEN, &shared.config.internal_token),
+            ],
+            Some(&body),
+            vec![],
+            Duration::from_millis(shared.config.cold_start_timeout_ms),
+        );
+        match call {
+            Ok(token) => {
+                self.cold_starts.insert(token, prefix.to_owned());
+                *shared.starting.borrow_mut().entry(prefix.to_owned()).or_default() += 1;
+            }
+            Err(status) => error!("cold start call for {prefix} failed to start: {status:?}"),
+        }
+    }
+
+    fn on_cold_started(&mut self, shared: &Shared, prefix: &str, status: u16, body: Vec<u8>) {
+        if let Some(starting) = shared.starting.borrow_mut().get_mut(prefix) {
+            *starting = starting.saturating_sub(1);
+        }
+        match status {
+            200 => match serde_json::from_slice::<ColdStartResponse>(&body) {
+                Ok(started) => {
+                    pool::insert_new(
+                        &EnvoySharedData,
+                        prefix,
+                        started.slot,
+                        &started.container_id,
+                        &started.address,
+                        started.init_ms,
+                    );
+                    shared.serve_waiters(prefix, self.context_id);
+                }
+                Err(parse) => error!("cold start answered an unreadable body: {parse}"),
+            },
+            // At capacity: the waiters keep waiting for a container to free up.
+            429 => {
+                shared.refused_until.borrow_mut().insert(prefix.to_owned(), now_ms() + REFUSED_BACKOFF_MS);
+            }
+            // /init refused the code: every waiter of this revision would fail the same way.
+            502 => {
+                let message = serde_json::from_slice::<ErrorBody>(&body)
+                    .map(|error| error.error)
+                    .unwrap_or_else(|_| messages::ABNORMAL_RUN.to_owned());
+                shared.fail_waiters(prefix, self.context_id, &|shared, state| {
+                    let response = ActivationResponse::new(
+                        ActivationStatus::DeveloperError,
+                        serde_json::json!({ "error": message }),
+                    );
+                    answer_without_container(shared, state, response);
+                });
+            }
+            _ => {
+                warn!("cold start for {prefix} failed with status {status}");
+                let body = if body.is_empty() { error_body(messages::NO_CAPACITY) } else { body };
+                let status = if status == 0 { 503 } else { u32::from(status) };
+                shared
+                    .fail_waiters(prefix, self.context_id, &|_, state| answer(state, status, vec![], &body));
+            }
+        }
+    }
+}
+
+impl Context for Root {
+    fn on_http_call_response(&mut self, token: u32, _headers: usize, body_size: usize, _trailers: usize) {
+        let status: u16 =
+            self.get_http_call_response_header(":status").and_then(|s| s.parse().ok()).unwrap_or(0);
+        if let Some(prefix) = self.cold_starts.remove(&token) {
+            let body = self.get_http_call_response_body(0, body_size).unwrap_or_default();
+            if let Some(shared) = self.shared.clone() {
+                self.on_cold_started(&shared, &prefix, status, body);
+            }
+            return;
+        }
+        // Record stores and internal runs: a non-2xx is logged (the run itself recorded its outcome).
+        if !(200..300).contains(&status) {
+            warn!("outbox call answered {status}");
+        }
+    }
+}
+
+impl RootContext for Root {
+    fn on_configure(&mut self, _size: usize) -> bool {
+        let Some(bytes) = self.get_plugin_configuration() else {
+            error!("whisk filter: no plugin configuration");
+            return false;
+        };
+        let config: FilterConfig = match serde_json::from_slice(&bytes) {
+            Ok(config) => config,
+            Err(parse) => {
+                error!("whisk filter: bad plugin configuration: {parse}");
+                return false;
+            }
+        };
+        let _ = hostcalls::set_tick_period(Duration::from_millis(config.flush_period_ms.max(1)));
+        self.shared = Some(Rc::new(Shared {
+            config,
+            outbox: RefCell::new(VecDeque::new()),
+            waiting: RefCell::new(BTreeMap::new()),
+            starting: RefCell::new(HashMap::new()),
+            refused_until: RefCell::new(HashMap::new()),
+            fast_tick: Cell::new(false),
+        }));
+        true
+    }
+
+    fn on_tick(&mut self) {
+        let Some(shared) = self.shared.clone() else { return };
+        self.tend_waiters(&shared);
+        self.flush_outbox(&shared);
+    }
+
+    fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
         let shared = self.shared.clone()?;
-        Some(Box::new(Request::new(shared)))
+        Some(Box::new(Request::new(shared, context_id)))
     }
 
     fn get_type(&self) -> Option<ContextType> {
@@ -189,67 +562,37 @@ impl RootContext for Root {
     }
 }
 
-/// What an HTTP context is waiting for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Waiting {
-    Nothing,
-    Resolve(u32),
-    ColdStart(u32),
-    /// A bodyless blocking invoke re-sent through the ingress with an empty object as body.
-    Relay(u32),
-}
-
 /// One request through the filter.
 struct Request {
     shared: Rc<Shared>,
-    invocation: Option<Invocation>,
-    /// A non-blocking invoke relayed by this Envoy's own root context.
-    internal_activation_id: Option<String>,
-    authorization: String,
-    original_path: String,
-    body: Vec<u8>,
-    waiting: Waiting,
-    action: Option<ResolvedAction>,
-    parameters: serde_json::Map<String, serde_json::Value>,
-    activation_id: String,
-    claim: Option<Claim>,
-    timing: Timing,
-    forwarded: bool,
-    response_status: u16,
-    response_logs: Option<String>,
+    state: SharedState,
 }
 
 impl Request {
-    fn new(shared: Rc<Shared>) -> Self {
-        Self {
-            shared,
+    fn new(shared: Rc<Shared>, context_id: u32) -> Self {
+        let state = State {
+            context_id,
+            phase: Phase::Receiving,
             invocation: None,
             internal_activation_id: None,
             authorization: String::new(),
             original_path: String::new(),
             body: Vec::new(),
-            waiting: Waiting::Nothing,
+            callout: None,
             action: None,
+            prefix: String::new(),
             parameters: serde_json::Map::new(),
             activation_id: String::new(),
             claim: None,
             timing: Timing { arrived: 0, forwarded: 0, end: 0, init_ms: None },
-            forwarded: false,
             response_status: 0,
             response_logs: None,
-        }
-    }
-
-    fn reply_error(&self, status: u32, message: &str) {
-        self.send_http_response(
-            status,
-            vec![("content-type", "application/json")],
-            Some(&error_body(message)),
-        );
+        };
+        Self { shared, state: Rc::new(RefCell::new(state)) }
     }
 
     /// Strips every internal header a client sent; returns the internal activation id when the
-    /// request carries the right internal token (a relayed non-blocking invoke).
+    /// request carries the right internal token (a relayed non-blocking or bodyless invoke).
     fn take_internal_headers(&self) -> Option<String> {
         let token = self.get_http_request_header(headers::INTERNAL_TOKEN);
         let activation_id = self.get_http_request_header(headers::INTERNAL_ACTIVATION_ID);
@@ -268,44 +611,43 @@ impl Request {
 
     /// Re-sends a bodyless blocking invoke through this Envoy's ingress with `{}` as its body and
     /// answers with whatever that internal invoke answers.
-    fn relay_with_empty_body(&mut self) -> Action {
-        let timeout = Duration::from_millis(310_000 + self.shared.config.cold_start_timeout_ms);
+    fn relay_with_empty_body(&self, state: &mut State) -> Action {
         let call = self.dispatch_http_call(
             clusters::INGRESS,
             vec![
                 (":method", "POST"),
-                (":path", &self.original_path),
+                (":path", &state.original_path),
                 (":authority", "whisk-ingress"),
                 ("content-type", "application/json"),
-                ("authorization", &self.authorization),
+                ("authorization", &state.authorization),
                 (headers::INTERNAL_TOKEN, &self.shared.config.internal_token),
-                (headers::INTERNAL_ACTIVATION_ID, &self.activation_id),
+                (headers::INTERNAL_ACTIVATION_ID, &state.activation_id),
             ],
             Some(b"{}"),
             vec![],
-            timeout,
+            Duration::from_millis(RUN_TIMEOUT_MS + self.shared.config.cold_start_timeout_ms),
         );
         match call {
-            Ok(token) => self.waiting = Waiting::Relay(token),
+            Ok(token) => state.callout = Some((token, Callout::Relay)),
             Err(status) => {
                 error!("relay call failed to start: {status:?}");
-                self.reply_error(503, messages::INTERNAL_ERROR);
+                answer_error(state, 503, messages::INTERNAL_ERROR);
             }
         }
         Action::Pause
     }
 
     /// Body complete: validate it and ask the management API who may run what.
-    fn start_resolve(&mut self) -> Action {
-        let Some(invocation) = &self.invocation else { return Action::Continue };
-        if self.body.len() > self.shared.config.max_payload_bytes {
-            self.reply_error(413, messages::ENTITY_TOO_BIG);
+    fn start_resolve(&self, state: &mut State) -> Action {
+        let Some(invocation) = &state.invocation else { return Action::Continue };
+        if state.body.len() > self.shared.config.max_payload_bytes {
+            answer_error(state, 413, messages::ENTITY_TOO_BIG);
             return Action::Pause;
         }
-        match envelope::parse_parameters(&self.body) {
-            Ok(parameters) => self.parameters = parameters,
+        match envelope::parse_parameters(&state.body) {
+            Ok(parameters) => state.parameters = parameters,
             Err(malformed) => {
-                self.reply_error(400, &malformed.0);
+                answer_error(state, 400, &malformed.0);
                 return Action::Pause;
             }
         }
@@ -321,7 +663,7 @@ impl Request {
                 (":method", "GET"),
                 (":path", &path),
                 (":authority", "whisk-management"),
-                ("authorization", &self.authorization),
+                ("authorization", &state.authorization),
                 (headers::INTERNAL_TOKEN, &self.shared.config.internal_token),
             ],
             None,
@@ -329,193 +671,88 @@ impl Request {
             Duration::from_millis(self.shared.config.resolve_timeout_ms),
         );
         match call {
-            Ok(token) => {
-                self.waiting = Waiting::Resolve(token);
-                Action::Pause
-            }
+            Ok(token) => state.callout = Some((token, Callout::Resolve)),
             Err(status) => {
                 error!("resolve call failed to start: {status:?}");
-                self.reply_error(503, messages::INTERNAL_ERROR);
-                Action::Pause
+                answer_error(state, 503, messages::INTERNAL_ERROR);
             }
         }
+        Action::Pause
     }
 
-    fn on_resolved(&mut self, status: u16, body: Vec<u8>) {
+    fn on_resolved(&self, state: &mut State, status: u16, body: Vec<u8>) {
         if status != 200 {
             // The management API already speaks OpenWhisk's error shape: relay it.
             let status = if status == 0 { 503 } else { u32::from(status) };
-            self.send_http_response(status, vec![("content-type", "application/json")], Some(&body));
+            answer(state, status, vec![], &body);
             return;
         }
         let action: ResolvedAction = match serde_json::from_slice(&body) {
             Ok(action) => action,
             Err(parse) => {
                 error!("resolve answered an unreadable body: {parse}");
-                self.reply_error(500, messages::INTERNAL_ERROR);
+                answer_error(state, 500, messages::INTERNAL_ERROR);
                 return;
             }
         };
-        let blocking = self.invocation.as_ref().is_some_and(|i| i.blocking);
-        if self.internal_activation_id.is_none() && !blocking {
+        let blocking = state.invocation.as_ref().is_some_and(|i| i.blocking);
+        if state.internal_activation_id.is_none() && !blocking {
             // Non-blocking: answer now with the id; the run goes through this Envoy's ingress as an
             // internal blocking invoke, started by the worker's root context.
-            let path = self.original_path.split('?').next().unwrap_or_default().to_owned() + "?blocking=true";
+            let path =
+                state.original_path.split('?').next().unwrap_or_default().to_owned() + "?blocking=true";
             self.shared.outbox.borrow_mut().push_back(Outgoing::Run {
                 path,
-                authorization: self.authorization.clone(),
-                activation_id: self.activation_id.clone(),
-                body: std::mem::take(&mut self.body),
+                authorization: state.authorization.clone(),
+                activation_id: state.activation_id.clone(),
+                body: std::mem::take(&mut state.body),
             });
-            let body = serde_json::json!({ "activationId": self.activation_id }).to_string();
-            self.send_http_response(
-                202,
-                vec![("content-type", "application/json"), (headers::ACTIVATION_ID, &self.activation_id)],
-                Some(body.as_bytes()),
-            );
+            let body = serde_json::json!({ "activationId": state.activation_id }).to_string();
+            let activation_id = state.activation_id.clone();
+            answer(state, 202, vec![(headers::ACTIVATION_ID, &activation_id)], body.as_bytes());
             return;
         }
-        let prefix = pool::action_prefix(&action.namespace, &action_path(&action), &action.revision);
-        self.action = Some(action);
-        match pool::claim(&EnvoySharedData, &prefix) {
-            Some(claim) => self.forward(claim),
-            None => self.start_cold_start(),
-        }
-    }
-
-    fn start_cold_start(&mut self) {
-        let Some(action) = &self.action else { return };
-        let request = ColdStartRequest {
-            namespace: action.namespace.clone(),
-            package: action.package.clone(),
-            name: action.name.clone(),
-            revision: action.revision.clone(),
-            kind: action.kind.clone(),
-            memory_mb: action.limits.memory,
-            node_id: self.shared.config.node_id.clone(),
-        };
-        let body = serde_json::to_vec(&request).unwrap_or_default();
-        let call = self.dispatch_http_call(
-            clusters::CONTROL_PLANE,
-            vec![
-                (":method", "POST"),
-                (":path", paths::COLD_START),
-                (":authority", "whisk-control"),
-                ("content-type", "application/json"),
-                (headers::INTERNAL_TOKEN, &self.shared.config.internal_token),
-            ],
-            Some(&body),
-            vec![],
-            Duration::from_millis(self.shared.config.cold_start_timeout_ms),
-        );
-        match call {
-            Ok(token) => self.waiting = Waiting::ColdStart(token),
-            Err(status) => {
-                error!("cold start call failed to start: {status:?}");
-                self.reply_error(503, messages::NO_CAPACITY);
-            }
-        }
-    }
-
-    fn on_cold_started(&mut self, status: u16, body: Vec<u8>) {
-        let Some(action) = &self.action else { return };
-        match status {
-            200 => match serde_json::from_slice::<ColdStartResponse>(&body) {
-                Ok(started) => {
-                    let prefix =
-                        pool::action_prefix(&action.namespace, &action_path(action), &action.revision);
-                    let claim = pool::insert_claimed(
-                        &EnvoySharedData,
-                        &prefix,
-                        started.slot,
-                        &started.container_id,
-                        &started.address,
+        state.prefix = pool::action_prefix(&action.namespace, &action_path(&action), &action.revision);
+        state.action = Some(action);
+        match pool::claim(&EnvoySharedData, &state.prefix) {
+            Some(claim) => forward(&self.shared, state, claim),
+            None => {
+                state.phase = Phase::Waiting;
+                if !self.shared.enqueue(self.state.clone(), &state.prefix) {
+                    answer_error(
+                        state,
+                        429,
+                        "Too many requests are waiting for this action; try again later.",
                     );
-                    self.timing.init_ms = Some(started.init_ms);
-                    self.forward(claim);
                 }
-                Err(parse) => {
-                    error!("cold start answered an unreadable body: {parse}");
-                    self.reply_error(500, messages::INTERNAL_ERROR);
-                }
-            },
-            502 => {
-                // /init refused the code: the developer's error, recorded as an activation.
-                let message = serde_json::from_slice::<ErrorBody>(&body)
-                    .map(|error| error.error)
-                    .unwrap_or_else(|_| messages::ABNORMAL_RUN.to_owned());
-                let response = ActivationResponse::new(
-                    ActivationStatus::DeveloperError,
-                    serde_json::json!({ "error": message }),
-                );
-                self.timing.forwarded = now_ms();
-                self.timing.end = self.timing.forwarded;
-                self.finish_without_container(response);
-            }
-            _ => {
-                let status = if status == 0 { 503 } else { u32::from(status) };
-                let body = if body.is_empty() { error_body(messages::NO_CAPACITY) } else { body };
-                self.send_http_response(status, vec![("content-type", "application/json")], Some(&body));
             }
         }
     }
 
-    /// A record for an activation that never reached a container (init failure).
-    fn finish_without_container(&mut self, response: ActivationResponse) {
-        let Some(action) = &self.action else { return };
-        let record = activation::record(action, &self.activation_id, response, vec![], self.timing);
-        let result_only = self.invocation.as_ref().is_some_and(|i| i.result_only);
-        let (status, body) = activation::reply(&record, result_only);
-        self.shared.outbox.borrow_mut().push_back(Outgoing::Record(record));
-        self.send_http_response(
-            u32::from(status),
-            vec![("content-type", "application/json"), (headers::ACTIVATION_ID, &self.activation_id)],
-            Some(&body),
-        );
-    }
-
-    /// Pins the request to the claimed container, rewrites it into `/run` and lets it go.
-    fn forward(&mut self, claim: Claim) {
-        let Some(action) = &self.action else { return };
-        let now = now_ms();
-        let context = RunContext {
-            activation_id: &self.activation_id,
-            transaction_id: &self.activation_id,
-            api_host: &self.shared.config.api_host,
-            deadline_ms: now + action.limits.timeout,
-        };
-        let parameters = envelope::merge_parameters(&action.parameters, std::mem::take(&mut self.parameters));
-        let run = envelope::run_body(action, parameters, &context);
-        self.set_http_request_header(headers::ROUTE, Some(headers::ROUTE_CONTAINER));
-        self.set_http_request_header(headers::CONTAINER_ADDRESS, Some(&claim.address));
-        self.set_http_request_header(headers::CONTAINER_ID, Some(&claim.container_id));
-        self.set_http_request_header(":path", Some("/run"));
-        self.set_http_request_header("content-type", Some("application/json"));
-        self.set_http_request_header("content-length", Some(&run.len().to_string()));
-        // The container never sees the user's key.
-        self.set_http_request_header("authorization", None);
-        self.set_http_request_body(0, self.body.len().max(usize::MAX / 2), &run);
-        debug!("activation {} -> container {claim}", self.activation_id);
-        self.claim = Some(claim);
-        self.timing.forwarded = now;
-        self.forwarded = true;
-        self.resume_http_request();
-    }
-
-    /// The container's answer is complete: record, release, reply.
-    fn finish(&mut self, body: &[u8], has_body: bool) {
-        let Some(action) = &self.action else { return };
-        self.timing.end = now_ms();
+    /// The container's answer is complete: record, release, reply. Returns the prefix whose waiters
+    /// may now be served.
+    fn finish(&self, state: &mut State, body: &[u8], has_body: bool) -> Option<String> {
+        let action = state.action.clone()?;
+        state.timing.end = now_ms();
         // Only an answer that came from the container proves the container is done with it;
         // anything Envoy produced itself (timeout, reset) leaves the container possibly busy.
         let via_upstream = hostcalls::get_property(vec!["response", "code_details"])
             .ok()
             .flatten()
             .is_some_and(|details| details == b"via_upstream");
-        let (response, next) = if via_upstream {
-            (activation::classify(self.response_status, body), SlotState::Free)
+        let (response, next) = if via_upstream && state.response_status != 409 {
+            (activation::classify(state.response_status, body), SlotState::Free)
+        } else if via_upstream {
+            // Our runtime refused the activation (busy or mis-routed): never use it again.
+            (
+                ActivationResponse::new(
+                    ActivationStatus::WhiskError,
+                    serde_json::json!({ "error": messages::INTERNAL_ERROR }),
+                ),
+                SlotState::Retired,
+            )
         } else {
-            let message = if self.response_status == 504 {
+            let message = if state.response_status == 504 {
                 format!("The action exceeded its time limits of {} milliseconds.", action.limits.timeout)
             } else {
                 messages::ABNORMAL_RUN.to_owned()
@@ -528,29 +765,25 @@ impl Request {
                 SlotState::Retired,
             )
         };
-        if let Some(claim) = self.claim.take() {
-            pool::release(&EnvoySharedData, &claim, next);
-        }
-        let logs = activation::decode_logs(self.response_logs.as_deref());
-        let record = activation::record(action, &self.activation_id, response, logs, self.timing);
-        let result_only = self.invocation.as_ref().is_some_and(|i| i.result_only);
+        let released = state.claim.take().map(|claim| pool::release(&EnvoySharedData, &claim, next));
+        let logs = activation::decode_logs(state.response_logs.as_deref());
+        let record = activation::record(&action, &state.activation_id, response, logs, state.timing);
+        let result_only = state.invocation.as_ref().is_some_and(|i| i.result_only);
         let (status, reply) = activation::reply(&record, result_only);
         self.shared.outbox.borrow_mut().push_back(Outgoing::Record(record));
-        if !has_body {
+        let activation_id = state.activation_id.clone();
+        if has_body {
+            self.set_http_response_header(":status", Some(&status.to_string()));
+            self.set_http_response_header("content-type", Some("application/json"));
+            self.set_http_response_header("content-length", Some(&reply.len().to_string()));
+            self.set_http_response_header(headers::RUNTIME_LOGS, None);
+            self.set_http_response_header(headers::ACTIVATION_ID, Some(&activation_id));
+            self.set_http_response_body(0, body.len().max(usize::MAX / 2), &reply);
+        } else {
             // A bodyless answer has no buffer to rewrite: reply locally (headers not sent yet).
-            self.send_http_response(
-                u32::from(status),
-                vec![("content-type", "application/json"), (headers::ACTIVATION_ID, &self.activation_id)],
-                Some(&reply),
-            );
-            return;
+            answer(state, u32::from(status), vec![(headers::ACTIVATION_ID, &activation_id)], &reply);
         }
-        self.set_http_response_header(":status", Some(&status.to_string()));
-        self.set_http_response_header("content-type", Some("application/json"));
-        self.set_http_response_header("content-length", Some(&reply.len().to_string()));
-        self.set_http_response_header(headers::RUNTIME_LOGS, None);
-        self.set_http_response_header(headers::ACTIVATION_ID, Some(&self.activation_id));
-        self.set_http_response_body(0, body.len().max(usize::MAX / 2), &reply);
+        (released == Some(true) && next == SlotState::Free).then(|| state.prefix.clone())
     }
 }
 
@@ -575,26 +808,24 @@ fn query_escape(value: &str) -> String {
 
 impl Context for Request {
     fn on_http_call_response(&mut self, token: u32, _headers: usize, body_size: usize, _trailers: usize) {
-        let status = self.get_http_call_response_header(":status").and_then(|s| s.parse().ok()).unwrap_or(0);
+        let status: u16 =
+            self.get_http_call_response_header(":status").and_then(|s| s.parse().ok()).unwrap_or(0);
         let body = self.get_http_call_response_body(0, body_size).unwrap_or_default();
-        match std::mem::replace(&mut self.waiting, Waiting::Nothing) {
-            Waiting::Resolve(expected) if expected == token => self.on_resolved(status, body),
-            Waiting::ColdStart(expected) if expected == token => self.on_cold_started(status, body),
-            Waiting::Relay(expected) if expected == token => {
-                let status = if status == 0 { 503 } else { u32::from(status) };
-                let activation_id =
-                    self.get_http_call_response_header(headers::ACTIVATION_ID).unwrap_or_default();
-                self.send_http_response(
-                    status,
-                    vec![("content-type", "application/json"), (headers::ACTIVATION_ID, &activation_id)],
-                    Some(&body),
-                );
-            }
-            other => {
-                warn!("unexpected callout answer {token} while waiting for {other:?}");
-                self.waiting = other;
-            }
+        let state = self.state.clone();
+        let mut state = state.borrow_mut();
+        let Some((expected, kind)) = state.callout.take() else { return };
+        if expected != token || state.phase != Phase::Receiving {
+            warn!("unexpected callout answer {token}");
+            return;
         }
+        if kind == Callout::Relay {
+            let status = if status == 0 { 503 } else { u32::from(status) };
+            let activation_id =
+                self.get_http_call_response_header(headers::ACTIVATION_ID).unwrap_or_default();
+            answer(&mut state, status, vec![(headers::ACTIVATION_ID, &activation_id)], &body);
+            return;
+        }
+        self.on_resolved(&mut state, status, body);
     }
 }
 
@@ -603,78 +834,99 @@ impl HttpContext for Request {
         let internal = self.take_internal_headers();
         let method = self.get_http_request_header(":method").unwrap_or_default();
         let path = self.get_http_request_header(":path").unwrap_or_default();
+        let state = self.state.clone();
+        let mut state = state.borrow_mut();
         match route::classify(&method, &path) {
             Route::PassThrough => Action::Continue,
             Route::Internal => {
-                self.reply_error(404, messages::RESOURCE_DOES_NOT_EXIST);
+                answer_error(&mut state, 404, messages::RESOURCE_DOES_NOT_EXIST);
                 Action::Pause
             }
             Route::Invoke(invocation) => {
-                self.timing.arrived = now_ms();
-                self.activation_id = internal.clone().unwrap_or_else(new_id);
-                self.internal_activation_id = internal;
-                self.authorization = self.get_http_request_header("authorization").unwrap_or_default();
-                self.original_path = path;
+                state.timing.arrived = now_ms();
+                state.activation_id = internal.clone().unwrap_or_else(new_id);
+                state.internal_activation_id = internal;
+                state.authorization = self.get_http_request_header("authorization").unwrap_or_default();
+                state.original_path = path;
                 let blocking = invocation.blocking;
-                self.invocation = Some(invocation);
+                state.invocation = Some(invocation);
                 if !end_of_stream {
                     return Action::Pause;
                 }
-                if blocking && self.internal_activation_id.is_none() {
+                if blocking && state.internal_activation_id.is_none() {
                     // Envoy cannot give a bodyless request a body later, and /run needs one.
-                    return self.relay_with_empty_body();
+                    return self.relay_with_empty_body(&mut state);
                 }
-                self.start_resolve()
+                self.start_resolve(&mut state)
             }
         }
     }
 
     fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
-        if self.invocation.is_none() || self.forwarded {
+        let state = self.state.clone();
+        let mut state = state.borrow_mut();
+        if state.invocation.is_none() || state.phase != Phase::Receiving {
             return Action::Continue;
         }
         if body_size > self.shared.config.max_payload_bytes {
-            self.reply_error(413, messages::ENTITY_TOO_BIG);
+            answer_error(&mut state, 413, messages::ENTITY_TOO_BIG);
             return Action::Pause;
         }
         if !end_of_stream {
             return Action::Pause;
         }
-        self.body = self.get_http_request_body(0, body_size).unwrap_or_default();
-        self.start_resolve()
+        state.body = self.get_http_request_body(0, body_size).unwrap_or_default();
+        self.start_resolve(&mut state)
     }
 
     fn on_http_response_headers(&mut self, _headers: usize, end_of_stream: bool) -> Action {
-        if !self.forwarded {
+        let state = self.state.clone();
+        let mut state = state.borrow_mut();
+        if state.phase != Phase::Forwarded {
             return Action::Continue;
         }
-        self.response_status =
+        state.response_status =
             self.get_http_response_header(":status").and_then(|s| s.parse().ok()).unwrap_or(0);
-        self.response_logs = self.get_http_response_header(headers::RUNTIME_LOGS);
-        if end_of_stream {
-            self.finish(&[], false);
+        state.response_logs = self.get_http_response_header(headers::RUNTIME_LOGS);
+        if !end_of_stream {
             return Action::Pause;
+        }
+        let freed = self.finish(&mut state, &[], false);
+        let context_id = state.context_id;
+        drop(state);
+        if let Some(prefix) = freed {
+            self.shared.serve_waiters(&prefix, context_id);
         }
         Action::Pause
     }
 
     fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
-        if !self.forwarded {
+        let state = self.state.clone();
+        let mut state = state.borrow_mut();
+        if state.phase != Phase::Forwarded {
             return Action::Continue;
         }
         if !end_of_stream {
             return Action::Pause;
         }
         let body = self.get_http_response_body(0, body_size).unwrap_or_default();
-        self.finish(&body, true);
+        let freed = self.finish(&mut state, &body, true);
+        let context_id = state.context_id;
+        drop(state);
+        // This worker's waiters get the container at once; other workers' on their next tick.
+        if let Some(prefix) = freed {
+            self.shared.serve_waiters(&prefix, context_id);
+        }
         Action::Continue
     }
 
     fn on_log(&mut self) {
+        let Ok(mut state) = self.state.try_borrow_mut() else { return };
+        state.phase = Phase::Ended;
         // The stream ended before the container answered (client gone, reset): the container may
         // still be running the activation, so it is retired, never handed out again.
-        if let Some(claim) = self.claim.take() {
-            warn!("activation {} ended without an answer; retiring container {claim}", self.activation_id);
+        if let Some(claim) = state.claim.take() {
+            warn!("activation {} ended without an answer; retiring container {claim}", state.activation_id);
             pool::release(&EnvoySharedData, &claim, SlotState::Retired);
         }
     }

@@ -55,6 +55,8 @@ async fn cold_start<C: ClusterManager>(
         Err(ColdStartError::StaleRevision { .. }) => {
             error(StatusCode::CONFLICT, "The action was updated; retry.")
         }
+        // The filter keeps the request waiting for a container to free up.
+        Err(failure @ ColdStartError::AtCapacity(_)) => error(StatusCode::TOO_MANY_REQUESTS, failure.to_string()),
         Err(failure) => {
             error(StatusCode::SERVICE_UNAVAILABLE, format!("{} ({failure})", messages::NO_CAPACITY))
         }

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 use tokio::sync::watch;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 use whisk_contract::{ActionCode, ColdStartRequest, ColdStartResponse, headers, paths};
 
 use crate::ads::{AckTracker, Published};
@@ -39,6 +39,9 @@ pub enum ColdStartError {
     Unreachable(String),
     #[error("Envoy node {node} did not acknowledge the new endpoint in time")]
     NotAcknowledged { node: String },
+    /// The pool or the action is at its container limit: the caller waits for one to free up.
+    #[error("at capacity: {0}")]
+    AtCapacity(String),
 }
 
 impl ColdStartError {
@@ -63,6 +66,10 @@ pub struct PlaneConfig {
     pub internal_token: String,
     /// How long a cold start waits for the node's EDS acknowledgement.
     pub ack_timeout: Duration,
+    /// Containers the pool may hold in all.
+    pub max_containers: usize,
+    /// Containers one action revision may hold.
+    pub max_containers_per_action: usize,
 }
 
 /// The control plane.
@@ -119,6 +126,7 @@ impl<C: ClusterManager> ControlPlane<C> {
         let outcome = self.try_cold_start(&request).await;
         let label = match &outcome {
             Ok(_) => "started",
+            Err(ColdStartError::AtCapacity(_)) => "at_capacity",
             Err(error) if error.is_developer_error() => "init_failed",
             Err(_) => "failed",
         };
@@ -128,6 +136,9 @@ impl<C: ClusterManager> ControlPlane<C> {
                 container = %response.container_id, action = %request.name, node = %request.node_id,
                 elapsed_ms = started.elapsed().as_millis() as u64, init_ms = response.init_ms, "cold start"
             ),
+            Err(error @ ColdStartError::AtCapacity(_)) => {
+                debug!(action = %request.name, node = %request.node_id, %error, "cold start refused")
+            }
             Err(error) => warn!(action = %request.name, node = %request.node_id, %error, "cold start failed"),
         }
         outcome
@@ -150,6 +161,13 @@ impl<C: ClusterManager> ControlPlane<C> {
         let id = uuid::Uuid::new_v4().simple().to_string();
         let slot = {
             let mut state = self.lock();
+            if state.table.len() >= self.config.max_containers {
+                return Err(ColdStartError::AtCapacity(format!("{} containers in the pool", state.table.len())));
+            }
+            let of_action = state.table.count_of(&action);
+            if of_action >= self.config.max_containers_per_action {
+                return Err(ColdStartError::AtCapacity(format!("{of_action} containers of {action}")));
+            }
             let slot = state.table.reserve(
                 id.clone(),
                 action.clone(),

@@ -100,6 +100,11 @@ impl Table {
         self.containers.values().filter(move |c| c.state == ContainerState::Ready && c.node == node)
     }
 
+    /// Live containers (starting or ready) of one action revision.
+    pub fn count_of(&self, action: &ActionKey) -> usize {
+        self.containers.values().filter(|c| &c.action == action).count()
+    }
+
     pub fn count_in(&self, state: ContainerState) -> usize {
         self.containers.values().filter(|c| c.state == state).count()
     }

@@ -32,6 +32,7 @@ fn main() -> anyhow::Result<()> {
         data_dir: args.data_dir,
         envoy_concurrency: args.concurrency,
         node_id: "envoy-0".into(),
+        xds_args: Vec::new(),
     };
     eprintln!("starting the platform (management API, xDS control server, Envoy)...");
     let mut platform = Platform::start(options, Artifacts::from_workspace()?)?;
