@@ -234,6 +234,9 @@ impl Platform {
                 .arg(format!("127.0.0.1:{}", ports.management))
                 .arg("--data-dir")
                 .arg(&self.options.data_dir)
+                // Triggers invoke their rules' actions through the data plane.
+                .arg("--ingress-url")
+                .arg(format!("http://127.0.0.1:{}", ports.ingress))
                 .env("WHISK_INTERNAL_TOKEN", &self.internal_token),
         )?;
         self.management = Some(process);

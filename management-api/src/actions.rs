@@ -1,8 +1,12 @@
 //! Actions: the stored entity, OpenWhisk's create/update rules, its JSON views, and the handlers of
-//! `/api/v1/namespaces/{ns}/actions[/{name}]`.
+//! `/api/v1/namespaces/{ns}/actions[/{name} | /{pkg}/{name} | /{pkg}%2F{name}]`.
 //!
 //! [`apply_put`] holds every rule of a `PUT` (conflict, validation, what an update keeps, version and
 //! revision) as a pure function; the handler only authorizes, calls the store and answers.
+//!
+//! A packaged action is stored as OpenWhisk stores it, in namespace `ns/pkg`, so its views show that
+//! namespace; reads and resolves through a package merge the package's parameters under the action's
+//! (see [`crate::packages::locate_action`]).
 
 use axum::Json;
 use axum::extract::State;
@@ -14,6 +18,7 @@ use whisk_contract::{ActionCode, ActionLimits, KeyValue, ResolvedAction};
 use crate::error::{ApiError, ApiJson, ApiPath, ApiQuery};
 use crate::names::{self, validate_entity_name, validate_kind};
 use crate::namespaces::authorize;
+use crate::packages::locate_action;
 use crate::paging::{ListQuery, parse_bool};
 use crate::state::{AppState, Subject, epoch_millis};
 
@@ -196,11 +201,11 @@ pub fn merge_limits(base: ActionLimits, put: LimitsPut) -> Result<ActionLimits, 
 }
 
 /// OpenWhisk's ranges: milliseconds, megabytes, megabytes, activations per container.
-const TIMEOUT_RANGE: (u64, u64) = (100, 300_000);
-const MEMORY_RANGE: (u64, u64) = (128, 2048);
-const LOGS_RANGE: (u64, u64) = (0, 10);
+pub const TIMEOUT_RANGE: (u64, u64) = (100, 300_000);
+pub const MEMORY_RANGE: (u64, u64) = (128, 2048);
+pub const LOGS_RANGE: (u64, u64) = (0, 10);
 /// One activation at a time per container: the data plane's core invariant.
-const CONCURRENCY_RANGE: (u64, u64) = (1, 1);
+pub const CONCURRENCY_RANGE: (u64, u64) = (1, 1);
 
 /// `a.b.c` → `a.b.(c+1)`; a version that does not parse (never written by us) restarts the count.
 pub fn bump_patch(version: &str) -> String {
@@ -298,11 +303,25 @@ impl Action {
         }
     }
 
+    /// The root namespace and the package: `ns/pkg` → (`ns`, `pkg`), `ns` → (`ns`, none).
+    pub fn owner(&self) -> (&str, Option<&str>) {
+        match self.namespace.split_once('/') {
+            Some((namespace, package)) => (namespace, Some(package)),
+            None => (&self.namespace, None),
+        }
+    }
+
+    fn split_namespace(&self) -> (String, Option<String>) {
+        let (namespace, package) = self.owner();
+        (namespace.to_owned(), package.map(str::to_owned))
+    }
+
     /// What the filter needs to invoke it on behalf of `subject`.
     pub fn resolved(self, subject: String) -> ResolvedAction {
+        let (namespace, package) = self.split_namespace();
         ResolvedAction {
-            namespace: self.namespace,
-            package: None,
+            namespace,
+            package,
             name: self.name,
             version: self.version,
             revision: self.revision,
@@ -316,9 +335,10 @@ impl Action {
 
     /// What the control server needs to `/init` a container of the current revision.
     pub fn code(self) -> ActionCode {
+        let (namespace, package) = self.split_namespace();
         ActionCode {
-            namespace: self.namespace,
-            package: None,
+            namespace,
+            package,
             name: self.name,
             revision: self.revision,
             kind: self.exec.kind,
@@ -329,16 +349,60 @@ impl Action {
     }
 }
 
-/// Checks an action name from a path. A `/` means a package, which this slice does not serve yet,
-/// so such an action cannot exist: 404.
-pub fn check_action_name(name: &str) -> Result<(), ApiError> {
-    if name.contains('/') {
-        return Err(ApiError::NotFound);
-    }
-    validate_entity_name(name).map_err(|error: names::NameError| ApiError::BadRequest(error.to_string()))
+/// An action's name as a path gives it: `name`, or `pkg/name` for an action in a package.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ActionName {
+    pub package: Option<String>,
+    pub name: String,
 }
 
-/// `GET /api/v1/namespaces/{ns}/actions`
+impl ActionName {
+    /// Parses `name` or `pkg/name` (a `%2F` already decoded); each part must be an entity name (400).
+    /// More segments name nothing that can exist: 404.
+    pub fn parse(path: &str) -> Result<Self, ApiError> {
+        match path.split_once('/') {
+            None => Self::new(None, path),
+            Some((package, name)) => Self::new(Some(package), name),
+        }
+    }
+
+    /// From separate path segments; a segment holding a (decoded) `/` names nothing: 404.
+    pub fn new(package: Option<&str>, name: &str) -> Result<Self, ApiError> {
+        if name.contains('/') || package.is_some_and(|package| package.contains('/')) {
+            return Err(ApiError::NotFound);
+        }
+        let check = |name: &str| {
+            validate_entity_name(name)
+                .map_err(|error: names::NameError| ApiError::BadRequest(error.to_string()))
+        };
+        if let Some(package) = package {
+            check(package)?;
+        }
+        check(name)?;
+        Ok(Self { package: package.map(str::to_owned), name: name.to_owned() })
+    }
+}
+
+/// The path parameters of both action routes; `package` is absent on `/actions/{name}`.
+#[derive(Debug, Deserialize)]
+pub struct ActionRoute {
+    pub namespace: String,
+    #[serde(default)]
+    pub package: Option<String>,
+    pub name: String,
+}
+
+impl ActionRoute {
+    pub fn action_name(&self) -> Result<ActionName, ApiError> {
+        match &self.package {
+            Some(package) => ActionName::new(Some(package), &self.name),
+            None => ActionName::parse(&self.name),
+        }
+    }
+}
+
+/// `GET /api/v1/namespaces/{ns}/actions`: the namespace's actions, packaged ones included (their
+/// namespace is `ns/pkg`, as in OpenWhisk).
 pub async fn list(
     State(state): State<AppState>,
     subject: Subject,
@@ -360,18 +424,27 @@ pub struct GetQuery {
     code: Option<String>,
 }
 
-/// `GET /api/v1/namespaces/{ns}/actions/{name}`
+/// `GET /api/v1/namespaces/{ns}/actions/{[pkg/]name}`. Through a package the parameters shown are
+/// the merged ones, as OpenWhisk shows them; through a binding of another namespace's package the
+/// action (its code) is not readable: 403.
 pub async fn get(
     State(state): State<AppState>,
     subject: Subject,
-    ApiPath((namespace, name)): ApiPath<(String, String)>,
+    ApiPath(route): ApiPath<ActionRoute>,
     ApiQuery(query): ApiQuery<GetQuery>,
 ) -> Result<Response, ApiError> {
-    let namespace = authorize(&subject, &namespace)?;
-    check_action_name(&name)?;
+    let namespace = authorize(&subject, &route.namespace)?;
+    let action_name = route.action_name()?;
     let with_code = parse_bool("code", query.code.as_deref())?.unwrap_or(true);
-    let action = state.db(move |store| store.get_action(&namespace, &name, with_code)).await?;
-    let action = action.ok_or(ApiError::NotFound)?;
+    let action = state
+        .db(move |store| {
+            let action = locate_action(store, &namespace, &action_name, with_code)?;
+            if action.owner().0 != namespace {
+                return Err(ApiError::Forbidden(format!("{}/{}", action.namespace, action.name)));
+            }
+            Ok::<_, ApiError>(action)
+        })
+        .await?;
     Ok(Json(action.view(with_code)).into_response())
 }
 
@@ -380,51 +453,79 @@ pub struct PutQuery {
     overwrite: Option<String>,
 }
 
-/// `PUT /api/v1/namespaces/{ns}/actions/{name}?overwrite=`
+/// `PUT /api/v1/namespaces/{ns}/actions/{[pkg/]name}?overwrite=`. A packaged action needs its package
+/// (404), which must not be a binding (400).
 pub async fn put(
     State(state): State<AppState>,
     subject: Subject,
-    ApiPath((namespace, name)): ApiPath<(String, String)>,
+    ApiPath(route): ApiPath<ActionRoute>,
     ApiQuery(query): ApiQuery<PutQuery>,
     ApiJson(body): ApiJson<ActionPut>,
 ) -> Result<Response, ApiError> {
-    let namespace = authorize(&subject, &namespace)?;
-    check_action_name(&name)?;
+    let namespace = authorize(&subject, &route.namespace)?;
+    let ActionName { package, name } = route.action_name()?;
     let overwrite = parse_bool("overwrite", query.overwrite.as_deref())?.unwrap_or(false);
     let action = state
         .db(move |store| {
-            store.put_action(&namespace, &name, |existing| {
+            let build = |namespace: &str, existing| {
                 let context = PutContext {
-                    namespace: &namespace,
+                    namespace,
                     name: &name,
                     overwrite,
                     now: epoch_millis(),
                     revision: new_revision(),
                 };
                 apply_put(existing, body, context)
-            })
+            };
+            match &package {
+                None => store.put_action(&namespace, &name, |existing| build(&namespace, existing)),
+                Some(package) => {
+                    store.put_packaged_action(&namespace, package, &name, |container, existing| {
+                        match container {
+                            None => Err(ApiError::NotFound),
+                            Some(container) if container.binding.is_some() => {
+                                Err(ApiError::NotAllowedOnBinding)
+                            }
+                            Some(container) => build(&container.path(), existing),
+                        }
+                    })
+                }
+            }
         })
         .await?;
     tracing::info!(namespace = %action.namespace, name = %action.name, version = %action.version, "action saved");
     Ok(Json(action.view(true)).into_response())
 }
 
-/// `DELETE /api/v1/namespaces/{ns}/actions/{name}`
+/// `DELETE /api/v1/namespaces/{ns}/actions/{[pkg/]name}`
 pub async fn delete(
     State(state): State<AppState>,
     subject: Subject,
-    ApiPath((namespace, name)): ApiPath<(String, String)>,
+    ApiPath(route): ApiPath<ActionRoute>,
 ) -> Result<Response, ApiError> {
-    let namespace = authorize(&subject, &namespace)?;
-    check_action_name(&name)?;
-    let action = state.db(move |store| store.delete_action(&namespace, &name)).await?;
-    let action = action.ok_or(ApiError::NotFound)?;
+    let namespace = authorize(&subject, &route.namespace)?;
+    let ActionName { package, name } = route.action_name()?;
+    let action = state
+        .db(move |store| {
+            let container = match &package {
+                None => namespace,
+                Some(package) => match store.get_package(&namespace, package)? {
+                    None => return Err(ApiError::NotFound),
+                    Some(container) if container.binding.is_some() => {
+                        return Err(ApiError::NotAllowedOnBinding);
+                    }
+                    Some(container) => container.path(),
+                },
+            };
+            store.delete_action(&container, &name)?.ok_or(ApiError::NotFound)
+        })
+        .await?;
     tracing::info!(namespace = %action.namespace, name = %action.name, "action deleted");
     Ok(Json(action.view(true)).into_response())
 }
 
-/// `POST /api/v1/namespaces/{ns}/actions/{name}`: invokes are served by the data plane; one that
-/// reaches this server bypassed the ingress.
+/// `POST /api/v1/namespaces/{ns}/actions/{[pkg/]name}`: invokes are served by the data plane; one
+/// that reaches this server bypassed the ingress.
 pub async fn invoke() -> ApiError {
     ApiError::InvokeAtIngress
 }
@@ -568,9 +669,27 @@ mod tests {
     }
 
     #[test]
-    fn package_names_are_not_found_and_bad_names_are_refused() {
-        assert!(matches!(check_action_name("pkg/hello"), Err(ApiError::NotFound)));
-        assert!(matches!(check_action_name("bad$name"), Err(ApiError::BadRequest(_))));
-        assert!(check_action_name("hello").is_ok());
+    fn action_names_may_name_a_package_and_bad_names_are_refused() {
+        let parsed = ActionName::parse("pkg/hello").unwrap();
+        assert_eq!((parsed.package.as_deref(), parsed.name.as_str()), (Some("pkg"), "hello"));
+        assert_eq!(ActionName::parse("hello").unwrap(), ActionName { package: None, name: "hello".into() });
+        assert!(matches!(ActionName::parse("a/b/c"), Err(ApiError::NotFound)));
+        assert!(matches!(ActionName::new(Some("a/b"), "c"), Err(ApiError::NotFound)));
+        assert!(matches!(ActionName::parse("bad$name"), Err(ApiError::BadRequest(_))));
+        assert!(matches!(ActionName::parse("pkg/"), Err(ApiError::BadRequest(_))));
+        assert!(matches!(ActionName::parse("/hello"), Err(ApiError::BadRequest(_))));
+    }
+
+    #[test]
+    fn packaged_actions_resolve_to_their_root_namespace_and_package() {
+        let mut action = created();
+        action.namespace = "guest/utils".into();
+        assert_eq!(action.owner(), ("guest", Some("utils")));
+        let code = action.clone().code();
+        assert_eq!((code.namespace.as_str(), code.package.as_deref()), ("guest", Some("utils")));
+        let resolved = action.resolved("alice".into());
+        assert_eq!(resolved.path(), "guest/utils/hello");
+        assert_eq!(resolved.subject, "alice");
+        assert_eq!(created().owner(), ("guest", None));
     }
 }

@@ -19,6 +19,12 @@ pub const RESOURCE_EXISTS: &str = "resource already exists";
 /// Invokes are the data plane's job: a request that reaches this server bypassed the ingress.
 pub const INVOKE_AT_INGRESS: &str =
     "Invocations are served by the ingress (Envoy data plane), not by the management API.";
+/// OpenWhisk's package and binding messages.
+pub const BINDING_DOES_NOT_EXIST: &str = "Binding references a package that does not exist.";
+pub const PACKAGE_CANNOT_BECOME_BINDING: &str =
+    "Resource is a package and cannot be converted into a binding.";
+pub const BINDING_TO_BINDING: &str = "Cannot bind to another package binding.";
+pub const NOT_ALLOWED_ON_BINDING: &str = "Operation not permitted on package binding.";
 
 /// An error answered to a client; [`std::fmt::Display`] is the message it sees.
 #[derive(Debug, thiserror::Error)]
@@ -32,6 +38,20 @@ pub enum ApiError {
     NotFound,
     #[error("{RESOURCE_EXISTS}")]
     Conflict,
+    /// A package still holding actions cannot be deleted.
+    #[error("Package not empty (contains {0} {entities})", entities = if *.0 == 1 { "entity" } else { "entities" })]
+    PackageNotEmpty(u64),
+    #[error("{PACKAGE_CANNOT_BECOME_BINDING}")]
+    PackageCannotBecomeBinding,
+    #[error("{BINDING_DOES_NOT_EXIST}")]
+    BindingDoesNotExist,
+    #[error("{BINDING_TO_BINDING}")]
+    BindingToBinding,
+    /// Creating, updating or deleting an action inside a binding.
+    #[error("{NOT_ALLOWED_ON_BINDING}")]
+    NotAllowedOnBinding,
+    #[error("Package name '{0}' is reserved.")]
+    ReservedPackageName(String),
     /// The body could not be read as the entity; the detail says why.
     #[error("{malformed}\n{0}", malformed = messages::MALFORMED_CONTENT)]
     Malformed(String),
@@ -61,8 +81,15 @@ impl ApiError {
             Self::Unauthenticated => StatusCode::UNAUTHORIZED,
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::NotFound => StatusCode::NOT_FOUND,
-            Self::Conflict => StatusCode::CONFLICT,
-            Self::Malformed(_) | Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::Conflict | Self::PackageNotEmpty(_) | Self::PackageCannotBecomeBinding => {
+                StatusCode::CONFLICT
+            }
+            Self::Malformed(_)
+            | Self::BadRequest(_)
+            | Self::BindingDoesNotExist
+            | Self::BindingToBinding
+            | Self::NotAllowedOnBinding
+            | Self::ReservedPackageName(_) => StatusCode::BAD_REQUEST,
             Self::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::InvokeAtIngress => StatusCode::SERVICE_UNAVAILABLE,
@@ -100,6 +127,24 @@ pub async fn method_not_allowed() -> ApiError {
     ApiError::MethodNotAllowed
 }
 
+/// A raw body, with OpenWhisk's 400 and 413 answers (for bodies that may be empty).
+#[derive(Debug)]
+pub struct ApiBytes(pub axum::body::Bytes);
+
+impl<S: Send + Sync> FromRequest<S> for ApiBytes {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
+        axum::body::Bytes::from_request(request, state).await.map(ApiBytes).map_err(|rejection| {
+            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::TooLarge
+            } else {
+                ApiError::Malformed(rejection.body_text())
+            }
+        })
+    }
+}
+
 /// A JSON body read whatever its `content-type` (as OpenWhisk does for `wsk`), with OpenWhisk's
 /// 400 and 413 answers.
 #[derive(Debug)]
@@ -109,13 +154,7 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
     type Rejection = ApiError;
 
     async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let bytes = axum::body::Bytes::from_request(request, state).await.map_err(|rejection| {
-            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::TooLarge
-            } else {
-                ApiError::Malformed(rejection.body_text())
-            }
-        })?;
+        let ApiBytes(bytes) = ApiBytes::from_request(request, state).await?;
         serde_json::from_slice(&bytes).map(ApiJson).map_err(|error| ApiError::Malformed(error.to_string()))
     }
 }
@@ -166,6 +205,12 @@ mod tests {
             "The request content was malformed:\nexpected value"
         );
         assert_eq!(ApiError::Conflict.to_string(), "resource already exists");
+        assert_eq!(ApiError::PackageNotEmpty(1).to_string(), "Package not empty (contains 1 entity)");
+        assert_eq!(ApiError::PackageNotEmpty(3).to_string(), "Package not empty (contains 3 entities)");
+        assert_eq!(
+            ApiError::ReservedPackageName("default".into()).to_string(),
+            "Package name 'default' is reserved."
+        );
         assert_eq!(ApiError::Internal("disk I/O error".into()).to_string(), "Internal server error.");
     }
 

@@ -3,8 +3,12 @@
 //! ```text
 //! filter     ── GET  /internal/v1/resolve?namespace=&action=  (+ client's authorization) ─► ResolvedAction
 //! filter     ── POST /internal/v1/activations  [ActivationRecord, …] ─────────────────────► 204
-//! xds-server ── GET  /internal/v1/actions/{ns}/{name} ─────────────────────────────────────► ActionCode
+//! xds-server ── GET  /internal/v1/actions/{ns}/[{pkg}/]{name} ─────────────────────────────► ActionCode
 //! ```
+//!
+//! Resolve follows packages and bindings ([`crate::packages::locate_action`]): the answer names the
+//! action's real owner (namespace, package, name) and its merged parameters, while `subject` stays
+//! the caller's namespace.
 //!
 //! Every call carries the shared token in `x-whisk-internal-token`; [`require_token`] refuses the
 //! rest with 401 before any handler runs.
@@ -19,9 +23,10 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use whisk_contract::{ActionCode, ActivationRecord, ResolvedAction, headers};
 
-use crate::actions::check_action_name;
+use crate::actions::{ActionName, ActionRoute};
 use crate::error::{ApiError, ApiJson, ApiPath, ApiQuery};
 use crate::namespaces::authorize;
+use crate::packages::locate_action;
 use crate::state::{AppState, Subject};
 
 /// Middleware: only callers holding the internal token get through.
@@ -40,7 +45,8 @@ pub struct ResolveQuery {
 }
 
 /// `GET /internal/v1/resolve`: the hot path of every invoke. Authenticates the forwarded key
-/// (cached), checks the namespace, and reads the action without its code.
+/// (cached), checks the namespace, and reads the action (through its package or binding) without its
+/// code.
 pub async fn resolve(
     State(state): State<AppState>,
     request_headers: HeaderMap,
@@ -49,23 +55,28 @@ pub async fn resolve(
     let authorization = request_headers.get(AUTHORIZATION).and_then(|value| value.to_str().ok());
     let subject = Subject { namespace: state.authenticate(authorization).await? };
     let namespace = query.namespace.ok_or_else(|| missing("namespace"))?;
-    let name = query.action.ok_or_else(|| missing("action"))?;
+    let action = query.action.ok_or_else(|| missing("action"))?;
     let namespace = authorize(&subject, &namespace)?;
-    check_action_name(&name)?;
-    let action = state.db(move |store| store.get_action(&namespace, &name, false)).await?;
-    Ok(Json(action.ok_or(ApiError::NotFound)?.resolved(subject.namespace)))
+    let action = ActionName::parse(&action)?;
+    let action = state.db(move |store| locate_action(store, &namespace, &action, false)).await?;
+    Ok(Json(action.resolved(subject.namespace)))
 }
 
 fn missing(parameter: &str) -> ApiError {
     ApiError::BadRequest(format!("The query parameter '{parameter}' is required."))
 }
 
-/// `GET /internal/v1/actions/{ns}/{name}`: the code of the current revision.
+/// `GET /internal/v1/actions/{ns}/{name}`, `…/{ns}/{pkg}/{name}` (or `{pkg}%2F{name}`): the code of
+/// the current revision, read where the action is stored (a binding holds no code).
 pub async fn action_code(
     State(state): State<AppState>,
-    ApiPath((namespace, name)): ApiPath<(String, String)>,
+    ApiPath(route): ApiPath<ActionRoute>,
 ) -> Result<Json<ActionCode>, ApiError> {
-    check_action_name(&name)?;
+    let ActionName { package, name } = route.action_name()?;
+    let namespace = match package {
+        Some(package) => format!("{}/{package}", route.namespace),
+        None => route.namespace,
+    };
     let action = state.db(move |store| store.get_action(&namespace, &name, true)).await?;
     Ok(Json(action.ok_or(ApiError::NotFound)?.code()))
 }

@@ -1,5 +1,6 @@
-//! The management API: OpenWhisk's REST API v1 (what `wsk` talks to) for actions, activations and
-//! namespaces, plus the internal endpoints the data and control planes call.
+//! The management API: OpenWhisk's REST API v1 (what `wsk` talks to) for actions, packages,
+//! triggers, rules, activations and namespaces, plus the internal endpoints the data and control
+//! planes call.
 //!
 //! ```text
 //!  wsk ──► Envoy ──► /api/v1/...        ─┐
@@ -9,6 +10,8 @@
 //!
 //! Invokes never come here: the Envoy data plane serves them, asking [`contract::paths::RESOLVE`]
 //! which action a key may run and posting the records back to [`contract::paths::ACTIVATIONS`].
+//! Firing a trigger is served here, and invokes its rules' actions through that same ingress
+//! ([`ingress`]).
 //!
 //! [`contract::paths::RESOLVE`]: whisk_contract::paths::RESOLVE
 //! [`contract::paths::ACTIVATIONS`]: whisk_contract::paths::ACTIVATIONS
@@ -17,25 +20,30 @@ pub mod actions;
 pub mod activations;
 pub mod auth;
 pub mod error;
+pub mod ingress;
 pub mod internal;
 pub mod metrics;
 pub mod names;
 pub mod namespaces;
+pub mod packages;
 pub mod paging;
+pub mod rules;
 pub mod state;
 pub mod store;
+pub mod triggers;
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::middleware;
 use axum::routing::{get, post};
+use axum::{Json, Router};
 use whisk_contract::paths;
 
 pub use crate::auth::Key;
+pub use crate::ingress::Ingress;
 pub use crate::state::AppState;
 pub use crate::store::{Store, StoreError};
 
@@ -59,6 +67,9 @@ pub struct Config {
     /// Make sure namespace `guest` exists with OpenWhisk's well-known standalone key.
     #[arg(long, env = "WHISK_SEED_GUEST", default_value_t = true, action = clap::ArgAction::Set)]
     pub seed_guest: bool,
+    /// Base URL of the data plane's ingress: firing a trigger invokes its rules' actions there.
+    #[arg(long, env = "WHISK_INGRESS_URL", default_value = ingress::DEFAULT_INGRESS_URL, value_parser = ingress_url)]
+    pub ingress_url: String,
 }
 
 impl std::fmt::Debug for Config {
@@ -68,12 +79,17 @@ impl std::fmt::Debug for Config {
             .field("listen", &self.listen)
             .field("data_dir", &self.data_dir)
             .field("seed_guest", &self.seed_guest)
+            .field("ingress_url", &self.ingress_url)
             .finish_non_exhaustive()
     }
 }
 
 fn non_empty(value: &str) -> Result<String, String> {
     if value.is_empty() { Err("must not be empty".into()) } else { Ok(value.to_owned()) }
+}
+
+fn ingress_url(value: &str) -> Result<String, String> {
+    ingress::parse_url(value).map(|_| value.to_owned()).map_err(|error| error.to_string())
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -84,27 +100,49 @@ pub enum Error {
     InvalidNamespace { namespace: String, source: names::NameError },
     #[error("namespace '{0}' does not exist")]
     NoSuchNamespace(String),
+    #[error(transparent)]
+    Ingress(#[from] ingress::IngressError),
     #[error("cannot listen on {address}: {source}")]
     Bind { address: SocketAddr, source: std::io::Error },
     #[error("server failed: {0}")]
     Serve(std::io::Error),
 }
 
-/// Every route; `state` carries the store, the key cache, the internal token and the metrics.
+/// Every route; `state` carries the store, the key cache, the internal token, the ingress client
+/// and the metrics.
 pub fn router(state: AppState) -> Router {
+    let action_code = format!("{}/{{namespace}}/{{name}}", paths::ACTION_CODE);
+    let packaged_action_code = format!("{}/{{namespace}}/{{package}}/{{name}}", paths::ACTION_CODE);
     let internal = Router::new()
         .route(paths::RESOLVE, get(internal::resolve))
-        .route(&format!("{}/{{namespace}}/{{name}}", paths::ACTION_CODE), get(internal::action_code))
+        .route(&action_code, get(internal::action_code))
+        .route(&packaged_action_code, get(internal::action_code))
         .route(paths::ACTIVATIONS, post(internal::store_activations))
         .route_layer(middleware::from_fn_with_state(state.clone(), internal::require_token));
+    let action = || get(actions::get).put(actions::put).delete(actions::delete).post(actions::invoke);
     Router::new()
         .route("/health", get(health))
         .route("/metrics", get(metrics::render))
+        .route("/api/v1", get(api_info))
         .route("/api/v1/namespaces", get(namespaces::list))
+        .route("/api/v1/namespaces/{namespace}/limits", get(namespaces::limits))
         .route("/api/v1/namespaces/{namespace}/actions", get(actions::list))
+        .route("/api/v1/namespaces/{namespace}/actions/{name}", action())
+        .route("/api/v1/namespaces/{namespace}/actions/{package}/{name}", action())
+        .route("/api/v1/namespaces/{namespace}/packages", get(packages::list))
         .route(
-            "/api/v1/namespaces/{namespace}/actions/{name}",
-            get(actions::get).put(actions::put).delete(actions::delete).post(actions::invoke),
+            "/api/v1/namespaces/{namespace}/packages/{name}",
+            get(packages::get).put(packages::put).delete(packages::delete),
+        )
+        .route("/api/v1/namespaces/{namespace}/triggers", get(triggers::list))
+        .route(
+            "/api/v1/namespaces/{namespace}/triggers/{name}",
+            get(triggers::get).put(triggers::put).delete(triggers::delete).post(triggers::fire),
+        )
+        .route("/api/v1/namespaces/{namespace}/rules", get(rules::list))
+        .route(
+            "/api/v1/namespaces/{namespace}/rules/{name}",
+            get(rules::get).put(rules::put).delete(rules::delete).post(rules::set_status),
         )
         .route("/api/v1/namespaces/{namespace}/activations", get(activations::list))
         .route("/api/v1/namespaces/{namespace}/activations/{id}", get(activations::get))
@@ -119,17 +157,31 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// `GET /api/v1`: what the API is (no key needed, as in OpenWhisk); `build` is what `wsk property
+/// get --apibuild` shows.
+async fn api_info() -> Json<serde_json::Value> {
+    Json(serde_json::json!({
+        "description": "OpenWhisk",
+        "api_paths": ["/api/v1"],
+        "api_version": "1.0.0",
+        "api_version_path": "v1",
+        "build": env!("CARGO_PKG_VERSION"),
+        "buildno": env!("CARGO_PKG_VERSION"),
+    }))
+}
+
 async fn health() -> &'static str {
     "ok"
 }
 
 /// Opens the store in `config.data_dir` (migrating it) and seeds `guest` if asked.
 pub fn open_state(config: &Config) -> Result<AppState, Error> {
+    let ingress = Ingress::new(&config.ingress_url)?;
     let store = Store::open(&config.data_dir)?;
     if config.seed_guest {
         seed_guest(&store)?;
     }
-    Ok(AppState::new(store, config.internal_token.clone()))
+    Ok(AppState::new(store, config.internal_token.clone(), ingress))
 }
 
 /// Makes sure `guest` exists and accepts OpenWhisk's well-known standalone key.

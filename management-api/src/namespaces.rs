@@ -1,9 +1,11 @@
-//! Namespaces as the API sees them: `_` resolution, the isolation check, and
-//! `GET /api/v1/namespaces`.
+//! Namespaces as the API sees them: `_` resolution, the isolation check, `GET /api/v1/namespaces`
+//! and `GET /api/v1/namespaces/{ns}/limits`.
 
 use axum::Json;
+use serde::Serialize;
 
-use crate::error::ApiError;
+use crate::actions::{CONCURRENCY_RANGE, LOGS_RANGE, MEMORY_RANGE, TIMEOUT_RANGE};
+use crate::error::{ApiError, ApiPath};
 use crate::state::Subject;
 
 /// The path segment that means "the key's own namespace".
@@ -24,6 +26,44 @@ pub async fn list(subject: Subject) -> Json<Vec<String>> {
     Json(vec![subject.namespace])
 }
 
+/// OpenWhisk's `UserLimits`, limited to what this platform enforces: the action limit ranges
+/// (no rate limits exist, so none is claimed).
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Limits {
+    min_action_memory: u64,
+    max_action_memory: u64,
+    min_action_timeout: u64,
+    max_action_timeout: u64,
+    min_action_logs: u64,
+    max_action_logs: u64,
+    min_action_concurrency: u64,
+    max_action_concurrency: u64,
+    store_activations: bool,
+}
+
+impl Limits {
+    pub fn current() -> Self {
+        Self {
+            min_action_memory: MEMORY_RANGE.0,
+            max_action_memory: MEMORY_RANGE.1,
+            min_action_timeout: TIMEOUT_RANGE.0,
+            max_action_timeout: TIMEOUT_RANGE.1,
+            min_action_logs: LOGS_RANGE.0,
+            max_action_logs: LOGS_RANGE.1,
+            min_action_concurrency: CONCURRENCY_RANGE.0,
+            max_action_concurrency: CONCURRENCY_RANGE.1,
+            store_activations: true,
+        }
+    }
+}
+
+/// `GET /api/v1/namespaces/{ns}/limits`
+pub async fn limits(subject: Subject, ApiPath(namespace): ApiPath<String>) -> Result<Json<Limits>, ApiError> {
+    authorize(&subject, &namespace)?;
+    Ok(Json(Limits::current()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -34,5 +74,13 @@ mod tests {
         assert_eq!(authorize(&subject, "_").unwrap(), "guest");
         assert_eq!(authorize(&subject, "guest").unwrap(), "guest");
         assert!(matches!(authorize(&subject, "alice"), Err(ApiError::Forbidden(ns)) if ns == "alice"));
+    }
+
+    #[test]
+    fn limits_use_openwhisks_names() {
+        let limits = serde_json::to_value(Limits::current()).unwrap();
+        assert_eq!(limits["maxActionMemory"], 2048);
+        assert_eq!(limits["minActionTimeout"], 100);
+        assert_eq!(limits["maxActionConcurrency"], 1);
     }
 }

@@ -9,6 +9,7 @@ use axum::http::request::Parts;
 
 use crate::auth::{AuthCache, Key};
 use crate::error::ApiError;
+use crate::ingress::Ingress;
 use crate::metrics::Metrics;
 use crate::store::{Store, StoreError};
 
@@ -27,16 +28,19 @@ struct Shared {
     store: Arc<Store>,
     auth: AuthCache,
     internal_token: String,
+    ingress: Ingress,
     metrics: Metrics,
 }
 
 impl AppState {
-    pub fn new(store: Store, internal_token: String) -> Self {
+    /// `ingress` is where trigger fires send their rules' invokes.
+    pub fn new(store: Store, internal_token: String, ingress: Ingress) -> Self {
         Self {
             inner: Arc::new(Shared {
                 store: Arc::new(store),
                 auth: AuthCache::new(AUTH_CACHE_TTL),
                 internal_token,
+                ingress,
                 metrics: Metrics::new(),
             }),
         }
@@ -89,6 +93,10 @@ impl AppState {
 
     pub fn metrics(&self) -> &Metrics {
         &self.inner.metrics
+    }
+
+    pub fn ingress(&self) -> &Ingress {
+        &self.inner.ingress
     }
 }
 

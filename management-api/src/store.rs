@@ -1,4 +1,4 @@
-//! The SQLite store: namespaces and keys, actions, activation records.
+//! The SQLite store: namespaces and keys, actions, packages, triggers and rules, activation records.
 //!
 //! Plain synchronous methods over one connection behind a mutex; the HTTP layer calls them on a
 //! blocking thread ([`crate::state::AppState::db`]). One connection is enough for one replica: every
@@ -20,11 +20,17 @@ use whisk_contract::{ActionLimits, ActivationRecord};
 use crate::actions::{Action, Exec};
 use crate::auth::{HashedSecret, Key};
 
+mod packages;
+mod triggers;
+
 /// The database file inside the data directory.
 pub const DATABASE_FILE: &str = "whisk.db";
 
 /// Migrations in order; migration `i` (from 0) brings the schema to version `i + 1`.
-const MIGRATIONS: &[&str] = &[include_str!("../migrations/0001_init.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("../migrations/0001_init.sql"),
+    include_str!("../migrations/0002_packages_triggers_rules.sql"),
+];
 
 /// How long a statement waits for another process's write lock before failing.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -194,36 +200,7 @@ impl Store {
             connection.transaction_with_behavior(TransactionBehavior::Immediate).map_err(StoreError::from)?;
         let existing = select_action(&transaction, namespace, name, true)?;
         let action = build(existing)?;
-        let encode = |what, value: &[whisk_contract::KeyValue]| {
-            serde_json::to_string(value).map_err(|source| StoreError::Encode { what, source })
-        };
-        transaction
-            .execute(
-                "INSERT OR REPLACE INTO actions (namespace, name, version, revision, kind, code, is_binary,
-                    main, image, parameters, annotations, timeout_ms, memory_mb, logs_mb, concurrency,
-                    publish, updated)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
-                params![
-                    action.namespace,
-                    action.name,
-                    action.version,
-                    action.revision,
-                    action.exec.kind,
-                    action.exec.code,
-                    action.exec.binary,
-                    action.exec.main,
-                    action.exec.image,
-                    encode("parameters", &action.parameters)?,
-                    encode("annotations", &action.annotations)?,
-                    action.limits.timeout,
-                    action.limits.memory,
-                    action.limits.logs,
-                    action.limits.concurrency,
-                    action.publish,
-                    action.updated,
-                ],
-            )
-            .map_err(StoreError::from)?;
+        insert_action(&transaction, &action)?;
         transaction.commit().map_err(StoreError::from)?;
         Ok(action)
     }
@@ -241,12 +218,13 @@ impl Store {
         Ok(existing)
     }
 
-    /// One page of the namespace's actions, most recently updated first, without code.
+    /// One page of the namespace's actions, packaged ones included, most recently updated first,
+    /// without code.
     pub fn list_actions(&self, namespace: &str, skip: u64, limit: u64) -> Result<Vec<Action>, StoreError> {
         let connection = self.connection();
         let mut statement = connection.prepare_cached(&format!(
-            "SELECT {ACTION_COLUMNS} FROM actions WHERE namespace = ?1
-             ORDER BY updated DESC, name LIMIT ?3 OFFSET ?4"
+            "SELECT {ACTION_COLUMNS} FROM actions WHERE root_namespace = ?1
+             ORDER BY updated DESC, namespace, name LIMIT ?3 OFFSET ?4"
         ))?;
         let actions = statement
             .query_map(params![namespace, false, limit, skip], action_from_row)?
@@ -254,10 +232,14 @@ impl Store {
         Ok(actions)
     }
 
+    /// How many actions the namespace holds, packaged ones included.
     pub fn count_actions(&self, namespace: &str) -> Result<u64, StoreError> {
         let connection = self.connection();
-        Ok(connection
-            .query_row("SELECT COUNT(*) FROM actions WHERE namespace = ?1", [namespace], |row| row.get(0))?)
+        Ok(connection.query_row(
+            "SELECT COUNT(*) FROM actions WHERE root_namespace = ?1",
+            [namespace],
+            |row| row.get(0),
+        )?)
     }
 
     /// Stores the records in one transaction; a record whose id is already stored is replaced, so
@@ -331,6 +313,41 @@ const ACTIVATION_FILTER: &str = "namespace = ?1 AND (?2 IS NULL OR name = ?2)
 const ACTION_COLUMNS: &str = "namespace, name, version, revision, kind, CASE WHEN ?2 THEN code ELSE '' END,
     is_binary, main, image, parameters, annotations, timeout_ms, memory_mb, logs_mb, concurrency, publish,
     updated";
+
+/// Writes `action` over any action of the same namespace and name.
+fn insert_action(connection: &Connection, action: &Action) -> Result<(), StoreError> {
+    connection.execute(
+        "INSERT OR REPLACE INTO actions (namespace, name, version, revision, kind, code, is_binary,
+            main, image, parameters, annotations, timeout_ms, memory_mb, logs_mb, concurrency,
+            publish, updated)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
+        params![
+            action.namespace,
+            action.name,
+            action.version,
+            action.revision,
+            action.exec.kind,
+            action.exec.code,
+            action.exec.binary,
+            action.exec.main,
+            action.exec.image,
+            encode("parameters", &action.parameters)?,
+            encode("annotations", &action.annotations)?,
+            action.limits.timeout,
+            action.limits.memory,
+            action.limits.logs,
+            action.limits.concurrency,
+            action.publish,
+            action.updated,
+        ],
+    )?;
+    Ok(())
+}
+
+/// The JSON text of a column.
+fn encode<T: serde::Serialize + ?Sized>(what: &'static str, value: &T) -> Result<String, StoreError> {
+    serde_json::to_string(value).map_err(|source| StoreError::Encode { what, source })
+}
 
 fn select_action(
     connection: &Connection,
@@ -416,7 +433,7 @@ mod tests {
     use super::*;
     use whisk_contract::{ActivationResponse, ActivationStatus, KeyValue};
 
-    fn action(name: &str, updated: u64) -> Action {
+    pub(crate) fn action(name: &str, updated: u64) -> Action {
         Action {
             namespace: "guest".into(),
             name: name.into(),
@@ -484,6 +501,21 @@ mod tests {
         drop(store);
         let store = Store::open(directory.path()).unwrap();
         assert_eq!(store.schema_version().unwrap(), MIGRATIONS.len());
+    }
+
+    #[test]
+    fn a_version_1_database_upgrades_with_its_actions_listed() {
+        let directory = tempfile::tempdir().unwrap();
+        {
+            let connection = Connection::open(directory.path().join(DATABASE_FILE)).unwrap();
+            connection.execute_batch(MIGRATIONS[0]).unwrap();
+            connection.pragma_update(None, "user_version", 1).unwrap();
+            insert_action(&connection, &action("old", 1)).unwrap();
+        }
+        let store = Store::open(directory.path()).unwrap();
+        assert_eq!(store.schema_version().unwrap(), 2);
+        assert_eq!(store.list_actions("guest", 0, 30).unwrap()[0].name, "old");
+        assert_eq!(store.count_packages("guest").unwrap(), 0);
     }
 
     #[test]

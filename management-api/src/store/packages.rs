@@ -1,0 +1,241 @@
+//! Packages and bindings, and the actions a package holds (stored in namespace `ns/pkg`).
+
+use rusqlite::{Connection, OptionalExtension as _, Row, TransactionBehavior, params};
+
+use super::{
+    ACTION_COLUMNS, Store, StoreError, action_from_row, encode, insert_action, json_column, select_action,
+};
+use crate::actions::Action;
+use crate::packages::{Binding, Package};
+
+const PACKAGE_COLUMNS: &str =
+    "namespace, name, version, publish, parameters, annotations, binding_namespace, binding_name, updated";
+
+impl Store {
+    pub fn get_package(&self, namespace: &str, name: &str) -> Result<Option<Package>, StoreError> {
+        select_package(&self.connection(), namespace, name)
+    }
+
+    /// Creates or replaces a package atomically: `build` sees the current one and returns the new
+    /// one, or an error that leaves the store untouched.
+    pub fn put_package<E: From<StoreError>>(
+        &self,
+        namespace: &str,
+        name: &str,
+        build: impl FnOnce(Option<Package>) -> Result<Package, E>,
+    ) -> Result<Package, E> {
+        let mut connection = self.connection();
+        let transaction =
+            connection.transaction_with_behavior(TransactionBehavior::Immediate).map_err(StoreError::from)?;
+        let existing = select_package(&transaction, namespace, name)?;
+        let package = build(existing)?;
+        let (binding_namespace, binding_name) = match &package.binding {
+            Some(binding) => (Some(binding.namespace.as_str()), Some(binding.name.as_str())),
+            None => (None, None),
+        };
+        transaction
+            .execute(
+                &format!("INSERT OR REPLACE INTO packages ({PACKAGE_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"),
+                params![
+                    package.namespace,
+                    package.name,
+                    package.version,
+                    package.publish,
+                    encode("parameters", &package.parameters)?,
+                    encode("annotations", &package.annotations)?,
+                    binding_namespace,
+                    binding_name,
+                    package.updated,
+                ],
+            )
+            .map_err(StoreError::from)?;
+        transaction.commit().map_err(StoreError::from)?;
+        Ok(package)
+    }
+
+    /// Deletes the package if `check`, shown it and the number of actions it holds, agrees; in one
+    /// transaction, so no action can slip into a package being deleted. `None` if there was none.
+    pub fn delete_package<E: From<StoreError>>(
+        &self,
+        namespace: &str,
+        name: &str,
+        check: impl FnOnce(&Package, u64) -> Result<(), E>,
+    ) -> Result<Option<Package>, E> {
+        let mut connection = self.connection();
+        let transaction =
+            connection.transaction_with_behavior(TransactionBehavior::Immediate).map_err(StoreError::from)?;
+        let Some(package) = select_package(&transaction, namespace, name)? else {
+            return Ok(None);
+        };
+        let contained: u64 = transaction
+            .query_row("SELECT COUNT(*) FROM actions WHERE namespace = ?1", [package.path()], |row| {
+                row.get(0)
+            })
+            .map_err(StoreError::from)?;
+        check(&package, contained)?;
+        transaction
+            .execute("DELETE FROM packages WHERE namespace = ?1 AND name = ?2", [namespace, name])
+            .map_err(StoreError::from)?;
+        transaction.commit().map_err(StoreError::from)?;
+        Ok(Some(package))
+    }
+
+    /// One page of the namespace's packages and bindings, most recently updated first.
+    pub fn list_packages(&self, namespace: &str, skip: u64, limit: u64) -> Result<Vec<Package>, StoreError> {
+        let connection = self.connection();
+        let mut statement = connection.prepare_cached(&format!(
+            "SELECT {PACKAGE_COLUMNS} FROM packages WHERE namespace = ?1
+             ORDER BY updated DESC, name LIMIT ?2 OFFSET ?3"
+        ))?;
+        let packages = statement
+            .query_map(params![namespace, limit, skip], package_from_row)?
+            .collect::<Result<_, _>>()?;
+        Ok(packages)
+    }
+
+    pub fn count_packages(&self, namespace: &str) -> Result<u64, StoreError> {
+        let connection = self.connection();
+        Ok(connection.query_row(
+            "SELECT COUNT(*) FROM packages WHERE namespace = ?1",
+            [namespace],
+            |row| row.get(0),
+        )?)
+    }
+
+    /// Every action of the package at `path` (`ns/pkg`), without code, most recently updated first.
+    pub fn package_actions(&self, path: &str) -> Result<Vec<Action>, StoreError> {
+        let connection = self.connection();
+        let mut statement = connection.prepare_cached(&format!(
+            "SELECT {ACTION_COLUMNS} FROM actions WHERE namespace = ?1 ORDER BY updated DESC, name"
+        ))?;
+        let actions =
+            statement.query_map(params![path, false], action_from_row)?.collect::<Result<_, _>>()?;
+        Ok(actions)
+    }
+
+    /// Creates or replaces an action of package `namespace/package` atomically: `build` sees the
+    /// package (if it exists) and the current action, so that a package being deleted never gains
+    /// an action, and returns the new action or an error that leaves the store untouched.
+    pub fn put_packaged_action<E: From<StoreError>>(
+        &self,
+        namespace: &str,
+        package: &str,
+        name: &str,
+        build: impl FnOnce(Option<Package>, Option<Action>) -> Result<Action, E>,
+    ) -> Result<Action, E> {
+        let mut connection = self.connection();
+        let transaction =
+            connection.transaction_with_behavior(TransactionBehavior::Immediate).map_err(StoreError::from)?;
+        let container = select_package(&transaction, namespace, package)?;
+        let existing = select_action(&transaction, &format!("{namespace}/{package}"), name, true)?;
+        let action = build(container, existing)?;
+        insert_action(&transaction, &action)?;
+        transaction.commit().map_err(StoreError::from)?;
+        Ok(action)
+    }
+}
+
+fn select_package(
+    connection: &Connection,
+    namespace: &str,
+    name: &str,
+) -> Result<Option<Package>, StoreError> {
+    let mut statement = connection.prepare_cached(&format!(
+        "SELECT {PACKAGE_COLUMNS} FROM packages WHERE namespace = ?1 AND name = ?2"
+    ))?;
+    Ok(statement.query_row([namespace, name], package_from_row).optional()?)
+}
+
+fn package_from_row(row: &Row<'_>) -> rusqlite::Result<Package> {
+    let binding_namespace: Option<String> = row.get(6)?;
+    let binding_name: Option<String> = row.get(7)?;
+    Ok(Package {
+        namespace: row.get(0)?,
+        name: row.get(1)?,
+        version: row.get(2)?,
+        publish: row.get(3)?,
+        parameters: json_column(row, 4)?,
+        annotations: json_column(row, 5)?,
+        binding: binding_namespace.zip(binding_name).map(|(namespace, name)| Binding { namespace, name }),
+        updated: row.get(8)?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::tests::action;
+
+    fn package(name: &str, updated: u64) -> Package {
+        Package {
+            namespace: "guest".into(),
+            name: name.into(),
+            version: "0.0.1".into(),
+            publish: false,
+            parameters: vec![],
+            annotations: vec![],
+            binding: None,
+            updated,
+        }
+    }
+
+    fn put(store: &Store, package: Package) {
+        let (namespace, name) = (package.namespace.clone(), package.name.clone());
+        store.put_package::<StoreError>(&namespace, &name, |_| Ok(package)).unwrap();
+    }
+
+    fn put_in(store: &Store, package: &str, name: &str) -> Result<Action, StoreError> {
+        store.put_packaged_action("guest", package, name, |container, _| {
+            container.ok_or_else(|| StoreError::Task("no package".into()))?;
+            Ok(Action { namespace: format!("guest/{package}"), ..action(name, 5) })
+        })
+    }
+
+    #[test]
+    fn packages_and_bindings_round_trip_and_list() {
+        let store = Store::open_in_memory().unwrap();
+        put(&store, package("a", 1));
+        let binding = Package {
+            binding: Some(Binding { namespace: "other".into(), name: "p".into() }),
+            ..package("b", 2)
+        };
+        put(&store, binding.clone());
+        assert_eq!(store.get_package("guest", "b").unwrap(), Some(binding));
+        let names: Vec<_> =
+            store.list_packages("guest", 0, 30).unwrap().into_iter().map(|p| p.name).collect();
+        assert_eq!(names, ["b", "a"]);
+        assert_eq!(store.count_packages("guest").unwrap(), 2);
+        assert_eq!(store.list_packages("other", 0, 30).unwrap(), vec![]);
+    }
+
+    #[test]
+    fn packaged_actions_need_their_package_and_list_with_the_namespace() {
+        let store = Store::open_in_memory().unwrap();
+        assert!(put_in(&store, "p", "x").is_err());
+        put(&store, package("p", 1));
+        put_in(&store, "p", "x").unwrap();
+        store.put_action::<StoreError>("guest", "y", |_| Ok(action("y", 1))).unwrap();
+        assert_eq!(store.package_actions("guest/p").unwrap().len(), 1);
+        let listed: Vec<_> =
+            store.list_actions("guest", 0, 30).unwrap().into_iter().map(|a| a.namespace).collect();
+        assert_eq!(listed, ["guest/p", "guest"]);
+        assert_eq!(store.count_actions("guest").unwrap(), 2);
+        assert_eq!(store.count_actions("guest/p").unwrap(), 0, "only root namespaces count");
+    }
+
+    #[test]
+    fn a_package_is_deleted_only_when_the_check_agrees() {
+        let store = Store::open_in_memory().unwrap();
+        put(&store, package("p", 1));
+        put_in(&store, "p", "x").unwrap();
+        let refused = store.delete_package("guest", "p", |_, contained| {
+            if contained > 0 { Err(StoreError::Task(format!("{contained}"))) } else { Ok(()) }
+        });
+        assert!(matches!(refused, Err(StoreError::Task(n)) if n == "1"));
+        assert!(store.get_package("guest", "p").unwrap().is_some());
+        store.delete_action("guest/p", "x").unwrap();
+        let deleted = store.delete_package::<StoreError>("guest", "p", |_, _| Ok(())).unwrap();
+        assert_eq!(deleted.map(|p| p.name).as_deref(), Some("p"));
+        assert_eq!(store.delete_package::<StoreError>("guest", "p", |_, _| Ok(())).unwrap(), None);
+    }
+}

@@ -1,0 +1,96 @@
+//! What the integration tests share: an in-memory server behind `Router::oneshot`, two keys, and
+//! request and assertion helpers.
+
+// Each test binary uses a different subset of these helpers.
+#![allow(dead_code, reason = "shared by several test binaries")]
+// Helpers outside `#[test]` functions are not covered by clippy.toml's allow-unwrap-in-tests.
+#![allow(clippy::unwrap_used, reason = "a panic in a test helper is a failed test with its location")]
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::{Method, Request, StatusCode};
+use http_body_util::BodyExt as _;
+use management_api::auth::GUEST_KEY;
+use management_api::ingress::DEFAULT_INGRESS_URL;
+use management_api::{AppState, Ingress, Key, Store, router, seed_guest};
+use serde_json::{Value, json};
+use tower::ServiceExt as _;
+use whisk_contract::headers;
+
+pub const TOKEN: &str = "internal-secret";
+
+pub struct Harness {
+    pub router: Router,
+    pub guest: Key,
+    pub alice: Key,
+}
+
+/// Namespaces `guest` (OpenWhisk's key) and `alice`; trigger fires go to the default ingress.
+pub fn harness() -> Harness {
+    harness_with_ingress(DEFAULT_INGRESS_URL)
+}
+
+/// As [`harness`], with trigger fires sent to `ingress_url`.
+pub fn harness_with_ingress(ingress_url: &str) -> Harness {
+    let store = Store::open_in_memory().unwrap();
+    seed_guest(&store).unwrap();
+    let alice = Key::generate();
+    store.create_namespace("alice", &alice, 1).unwrap();
+    let ingress = Ingress::new(ingress_url).unwrap();
+    Harness {
+        router: router(AppState::new(store, TOKEN.into(), ingress)),
+        guest: Key::parse(GUEST_KEY).unwrap(),
+        alice,
+    }
+}
+
+/// One request; answers the status and the body as JSON (`Value::Null` when empty or not JSON).
+pub async fn send(router: &Router, request: Request<Body>) -> (StatusCode, Value) {
+    let response = router.clone().oneshot(request).await.unwrap();
+    let status = response.status();
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+}
+
+pub fn request(method: Method, uri: &str, key: Option<&Key>, body: Option<Value>) -> Request<Body> {
+    let mut builder = Request::builder().method(method).uri(uri);
+    if let Some(key) = key {
+        builder = builder.header("authorization", key.basic_authorization());
+    }
+    match body {
+        Some(body) => builder.header("content-type", "application/json").body(Body::from(body.to_string())),
+        None => builder.body(Body::empty()),
+    }
+    .unwrap()
+}
+
+pub fn internal(method: Method, uri: &str, key: Option<&Key>, body: Option<Value>) -> Request<Body> {
+    let mut request = request(method, uri, key, body);
+    request.headers_mut().insert(headers::INTERNAL_TOKEN, TOKEN.parse().unwrap());
+    request
+}
+
+pub fn hello() -> Value {
+    json!({"exec": {"kind": "nodejs:20", "code": "function main(p) { return p; }"}})
+}
+
+pub async fn create(h: &Harness, name: &str) -> Value {
+    let uri = format!("/api/v1/namespaces/_/actions/{name}");
+    let (status, body) = send(&h.router, request(Method::PUT, &uri, Some(&h.guest), Some(hello()))).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    body
+}
+
+/// An OpenWhisk error body: the message, and a 32-hex-character code.
+#[track_caller]
+pub fn assert_error(body: &Value, message: &str) {
+    let error = body["error"].as_str().unwrap_or_else(|| panic!("not an error body: {body}"));
+    assert!(error.contains(message), "{error:?} does not contain {message:?}");
+    let code = body["code"].as_str().unwrap();
+    assert!(code.len() == 32 && code.chars().all(|c| c.is_ascii_hexdigit()), "{code}");
+}
+
+pub async fn resolve(h: &Harness, namespace: &str, action: &str, key: Option<&Key>) -> (StatusCode, Value) {
+    let uri = format!("/internal/v1/resolve?namespace={namespace}&action={action}");
+    send(&h.router, internal(Method::GET, &uri, key, None)).await
+}
