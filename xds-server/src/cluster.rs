@@ -1,7 +1,10 @@
 //! Cluster managers: what starts and stops containers. The control plane only speaks this trait;
-//! the embedded default is [`local::LocalProcesses`] (one runtime process per container on loopback).
+//! the embedded default is [`local::LocalProcesses`] (one runtime process per container on loopback);
+//! [`kube::KubeCluster`] runs one pod per container, built by the pure [`pod`] module.
 
+pub mod kube;
 pub mod local;
+pub mod pod;
 
 use std::future::Future;
 
@@ -31,6 +34,30 @@ pub enum ClusterError {
     Spawn { id: String, source: std::io::Error },
     #[error("unknown container {0}")]
     Unknown(String),
+    #[error("no runtime image for kind {kind} (container {id}); add one with --runtime-image")]
+    NoImage { id: String, kind: String },
+    #[error("pod {pod} already exists: container {id} was started before; not adopting it")]
+    PodExists { id: String, pod: String },
+    #[error("Kubernetes refused to {operation} pod {pod}: {source}")]
+    Kube {
+        operation: &'static str,
+        pod: String,
+        #[source]
+        source: Box<::kube::Error>,
+    },
+    #[error("pod {pod} of container {id} cannot start: {reason}")]
+    PodFailed { id: String, pod: String, reason: String },
+    #[error("pod {pod} of container {id} was not ready after {timeout:?} (last seen: {last})")]
+    PodTimeout { id: String, pod: String, timeout: std::time::Duration, last: String },
+}
+
+/// Which cluster manager the server runs with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ClusterManagerKind {
+    /// `action-runtime` processes on this machine (the embedded default).
+    Local,
+    /// One pod per container through the Kubernetes API.
+    Kubernetes,
 }
 
 /// Starts and stops containers.

@@ -25,7 +25,9 @@ use tracing::info;
 use whisk_contract::FilterConfig;
 
 use crate::ads::Ads;
+use crate::cluster::kube::{KubeArgs, KubeCluster};
 use crate::cluster::local::LocalProcesses;
+use crate::cluster::{ClusterManager, ClusterManagerKind};
 use crate::plane::{ControlPlane, PlaneConfig};
 use crate::snapshot::Topology;
 
@@ -48,9 +50,9 @@ pub struct Config {
     /// The compiled filter module Envoy loads.
     #[arg(long, env = "WHISK_FILTER_WASM")]
     pub filter_wasm: PathBuf,
-    /// The local runtime binary (`action-runtime`).
+    /// The local runtime binary (`action-runtime`); required by the local cluster manager.
     #[arg(long, env = "WHISK_RUNTIME_BIN")]
-    pub runtime_bin: PathBuf,
+    pub runtime_bin: Option<PathBuf>,
     /// Shared secret of the internal endpoints.
     #[arg(long, env = "WHISK_INTERNAL_TOKEN", hide_env_values = true)]
     pub internal_token: String,
@@ -60,14 +62,42 @@ pub struct Config {
     /// How long a cold start waits for Envoy to acknowledge the new endpoint, in milliseconds.
     #[arg(long, env = "WHISK_ACK_TIMEOUT_MS", default_value_t = 5_000)]
     pub ack_timeout_ms: u64,
+    /// What starts containers: local `action-runtime` processes or Kubernetes pods.
+    #[arg(long, env = "WHISK_CLUSTER_MANAGER", value_enum, default_value_t = ClusterManagerKind::Local)]
+    pub cluster_manager: ClusterManagerKind,
+    #[command(flatten)]
+    pub kube: KubeArgs,
+    /// Containers the pool may hold in all.
+    #[arg(long, env = "WHISK_MAX_CONTAINERS", default_value_t = 64)]
+    pub max_containers: usize,
+    /// Containers one action revision may hold.
+    #[arg(long, env = "WHISK_MAX_CONTAINERS_PER_ACTION", default_value_t = 16)]
+    pub max_containers_per_action: usize,
 }
 
-/// Runs the server until SIGTERM or SIGINT, then stops every container it started.
+/// Runs the server with the configured cluster manager (see [`run_with`]).
 pub async fn run(config: Config) -> anyhow::Result<()> {
+    match config.cluster_manager {
+        ClusterManagerKind::Local => {
+            let runtime_bin = config
+                .runtime_bin
+                .as_ref()
+                .context("--runtime-bin (WHISK_RUNTIME_BIN) is required by the local cluster manager")?;
+            let runtime_bin = std::fs::canonicalize(runtime_bin)
+                .with_context(|| format!("runtime binary {}", runtime_bin.display()))?;
+            run_with(config, LocalProcesses::new(runtime_bin)).await
+        }
+        ClusterManagerKind::Kubernetes => {
+            let cluster = KubeCluster::connect(&config.kube).await.context("Kubernetes cluster manager")?;
+            run_with(config, cluster).await
+        }
+    }
+}
+
+/// Runs the server with `cluster` until SIGTERM or SIGINT, then stops every container it started.
+pub async fn run_with<C: ClusterManager>(config: Config, cluster: C) -> anyhow::Result<()> {
     let filter_wasm = std::fs::canonicalize(&config.filter_wasm)
         .with_context(|| format!("filter module {}", config.filter_wasm.display()))?;
-    let runtime_bin = std::fs::canonicalize(&config.runtime_bin)
-        .with_context(|| format!("runtime binary {}", config.runtime_bin.display()))?;
     let topology = Arc::new(Topology {
         ingress: config.ingress,
         management_api: config.management_api,
@@ -81,6 +111,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             resolve_timeout_ms: 5_000,
             cold_start_timeout_ms: 70_000,
             flush_period_ms: 10,
+            max_waiting_per_action: 1_000,
+            max_wait_ms: 60_000,
+            waiters_per_cold_start: 2,
         },
     });
 
@@ -88,11 +121,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let mut registry = Registry::with_prefix("xds");
     metrics.register(&mut registry);
     let plane = Arc::new(ControlPlane::new(
-        LocalProcesses::new(runtime_bin),
+        cluster,
         PlaneConfig {
             management_url: format!("http://{}", config.management_api),
             internal_token: config.internal_token.clone(),
             ack_timeout: Duration::from_millis(config.ack_timeout_ms),
+            max_containers: config.max_containers,
+            max_containers_per_action: config.max_containers_per_action,
         },
         metrics.clone(),
     ));
