@@ -57,6 +57,10 @@ pub mod paths {
     /// once the container is initialised and Envoy has acknowledged the endpoint, or an
     /// OpenWhisk error body.
     pub const COLD_START: &str = "/v1/containers";
+    /// Control server: `DELETE /v1/containers/{id}?grace_ms=N` retires a container the filter
+    /// will not use again: out of xDS at once, stopped after the grace (a running activation may
+    /// finish). 204, or 404 for an unknown id.
+    pub const CONTAINERS: &str = "/v1/containers";
     /// Every path with this prefix is internal: the filter refuses it at the ingress.
     pub const INTERNAL_PREFIX: &str = "/internal/";
 }
@@ -72,6 +76,14 @@ pub mod messages {
     pub const ABNORMAL_RUN: &str = "The action did not produce a valid response and exited unexpectedly.";
     pub const NOT_A_JSON_OBJECT: &str = "The action did not return a dictionary.";
     pub const NO_CAPACITY: &str = "No container could be started for the action; try again later.";
+    /// What our runtime answers when an activation passed its deadline (it then restarts the
+    /// action process); the filter turns it into [`timeout`]'s message.
+    pub const RUNTIME_TIMED_OUT: &str = "The action exceeded its time limit.";
+
+    /// OpenWhisk's message for an activation ended by its time limit.
+    pub fn timeout(limit_ms: u64) -> String {
+        format!("The action exceeded its time limits of {limit_ms} milliseconds.")
+    }
 }
 
 /// A `{"key": …, "value": …}` pair, OpenWhisk's shape for parameters and annotations.

@@ -89,6 +89,24 @@ pub fn record(
     }
 }
 
+/// Whether a `/run` answer is our runtime saying the activation passed its deadline.
+pub fn is_runtime_timeout(response: &ActivationResponse) -> bool {
+    response.status == ActivationStatus::DeveloperError
+        && response.result.get("error").and_then(Value::as_str) == Some(messages::RUNTIME_TIMED_OUT)
+}
+
+/// A developer error carrying OpenWhisk's time-limit message.
+pub fn timed_out(limit_ms: u64) -> ActivationResponse {
+    ActivationResponse::new(ActivationStatus::DeveloperError, json!({ "error": messages::timeout(limit_ms) }))
+}
+
+/// Sets the record's `timeout` annotation (OpenWhisk marks activations ended by their limit).
+pub fn mark_timed_out(record: &mut ActivationRecord) {
+    for annotation in record.annotations.iter_mut().filter(|a| a.key == "timeout") {
+        annotation.value = json!(true);
+    }
+}
+
 /// The status and body of a blocking invoke's reply.
 pub fn reply(record: &ActivationRecord, result_only: bool) -> (u16, Vec<u8>) {
     let status = record.response.status.http_status();
@@ -140,6 +158,19 @@ mod tests {
         assert_eq!(annotation(&cold, "path"), Some(json!("guest/hello")));
         let warm = record(&action(), "id", classify(200, b"{}"), vec![], Timing { init_ms: None, ..timing });
         assert_eq!(annotation(&warm, "initTime"), None);
+    }
+
+    #[test]
+    fn a_runtime_timeout_becomes_openwhisks_time_limit_message() {
+        let answer = classify(502, br#"{"error":"The action exceeded its time limit."}"#);
+        assert!(is_runtime_timeout(&answer));
+        assert!(!is_runtime_timeout(&classify(502, br#"{"error":"boom"}"#)));
+        let response = timed_out(1000);
+        assert_eq!(response.result["error"], "The action exceeded its time limits of 1000 milliseconds.");
+        let timing = Timing { arrived: 1, forwarded: 2, end: 3, init_ms: None };
+        let mut record = record(&action(), "id", response, vec![], timing);
+        mark_timed_out(&mut record);
+        assert!(record.annotations.iter().any(|a| a.key == "timeout" && a.value == json!(true)));
     }
 
     #[test]

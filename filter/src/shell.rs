@@ -50,6 +50,8 @@ const WAITING_TICK: Duration = Duration::from_millis(1);
 const REFUSED_BACKOFF_MS: u64 = 50;
 /// Bound on the callouts that carry an activation: the longest action timeout plus room.
 const RUN_TIMEOUT_MS: u64 = 310_000;
+/// How much later than the action's time limit Envoy gives up on the container.
+const UPSTREAM_TIMEOUT_MARGIN_MS: u64 = 1_000;
 
 /// Envoy's shared data, through the hostcalls that report errors instead of panicking.
 struct EnvoySharedData;
@@ -118,6 +120,12 @@ enum Outgoing {
         activation_id: String,
         body: Vec<u8>,
     },
+    /// A container this worker will not use again: the control plane takes it out of xDS now and
+    /// stops it after the grace (an activation may still be running in it).
+    Retire {
+        container_id: String,
+        grace_ms: u64,
+    },
 }
 
 /// Where a request is.
@@ -151,6 +159,8 @@ struct State {
     parameters: serde_json::Map<String, serde_json::Value>,
     activation_id: String,
     claim: Option<Claim>,
+    /// Epoch milliseconds by which the activation must end.
+    deadline_ms: u64,
     timing: Timing,
     response_status: u16,
     response_logs: Option<String>,
@@ -287,6 +297,10 @@ fn forward(shared: &Shared, state: &mut State, claim: Claim) {
     };
     let parameters = envelope::merge_parameters(&action.parameters, std::mem::take(&mut state.parameters));
     let run = envelope::run_body(action, parameters, &context);
+    // Our runtime ends an activation at its deadline itself; Envoy's timeout is the backstop for
+    // runtimes that do not, a little later so that the runtime's own answer wins when it can.
+    let upstream_timeout = (action.limits.timeout + UPSTREAM_TIMEOUT_MARGIN_MS).to_string();
+    state.deadline_ms = context.deadline_ms;
     let set = |name: &str, value: Option<&str>| {
         let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, name, value);
     };
@@ -294,6 +308,7 @@ fn forward(shared: &Shared, state: &mut State, claim: Claim) {
     set(headers::CONTAINER_ADDRESS, Some(&claim.address));
     set(headers::CONTAINER_ID, Some(&claim.container_id));
     set(":path", Some("/run"));
+    set("x-envoy-upstream-rq-timeout-ms", Some(&upstream_timeout));
     set("content-type", Some("application/json"));
     set("content-length", Some(&run.len().to_string()));
     // The container never sees the user's key.
@@ -346,6 +361,24 @@ impl Root {
                     );
                     if let Err(status) = call {
                         error!("could not start non-blocking activation {activation_id}: {status:?}");
+                    }
+                }
+                Outgoing::Retire { container_id, grace_ms } => {
+                    let path = format!("{}/{container_id}?grace_ms={grace_ms}", paths::CONTAINERS);
+                    let call = hostcalls::dispatch_http_call(
+                        clusters::CONTROL_PLANE,
+                        vec![
+                            (":method", "DELETE"),
+                            (":path", &path),
+                            (":authority", "whisk-control"),
+                            (headers::INTERNAL_TOKEN, &shared.config.internal_token),
+                        ],
+                        None,
+                        vec![],
+                        Duration::from_secs(10),
+                    );
+                    if let Err(status) = call {
+                        error!("could not retire container {container_id}: {status:?}");
                     }
                 }
             }
@@ -584,6 +617,7 @@ impl Request {
             parameters: serde_json::Map::new(),
             activation_id: String::new(),
             claim: None,
+            deadline_ms: 0,
             timing: Timing { arrived: 0, forwarded: 0, end: 0, init_ms: None },
             response_status: 0,
             response_logs: None,
@@ -740,8 +774,17 @@ impl Request {
             .ok()
             .flatten()
             .is_some_and(|details| details == b"via_upstream");
+        let mut timed_out = false;
         let (response, next) = if via_upstream && state.response_status != 409 {
-            (activation::classify(state.response_status, body), SlotState::Free)
+            let response = activation::classify(state.response_status, body);
+            if activation::is_runtime_timeout(&response) {
+                // The runtime ended the activation at its deadline and restarted the action process:
+                // the container stays usable.
+                timed_out = true;
+                (activation::timed_out(action.limits.timeout), SlotState::Free)
+            } else {
+                (response, SlotState::Free)
+            }
         } else if via_upstream {
             // Our runtime refused the activation (busy or mis-routed): never use it again.
             (
@@ -751,23 +794,32 @@ impl Request {
                 ),
                 SlotState::Retired,
             )
+        } else if state.response_status == 504 {
+            // Envoy gave up on the container: it may still be running the activation.
+            timed_out = true;
+            (activation::timed_out(action.limits.timeout), SlotState::Retired)
         } else {
-            let message = if state.response_status == 504 {
-                format!("The action exceeded its time limits of {} milliseconds.", action.limits.timeout)
-            } else {
-                messages::ABNORMAL_RUN.to_owned()
-            };
             (
                 ActivationResponse::new(
                     ActivationStatus::DeveloperError,
-                    serde_json::json!({ "error": message }),
+                    serde_json::json!({ "error": messages::ABNORMAL_RUN }),
                 ),
                 SlotState::Retired,
             )
         };
-        let released = state.claim.take().map(|claim| pool::release(&EnvoySharedData, &claim, next));
+        let claim = state.claim.take();
+        let released = claim.as_ref().map(|claim| pool::release(&EnvoySharedData, claim, next));
+        if let (Some(claim), SlotState::Retired) = (&claim, next) {
+            self.shared
+                .outbox
+                .borrow_mut()
+                .push_back(Outgoing::Retire { container_id: claim.container_id.clone(), grace_ms: 0 });
+        }
         let logs = activation::decode_logs(state.response_logs.as_deref());
-        let record = activation::record(&action, &state.activation_id, response, logs, state.timing);
+        let mut record = activation::record(&action, &state.activation_id, response, logs, state.timing);
+        if timed_out {
+            activation::mark_timed_out(&mut record);
+        }
         let result_only = state.invocation.as_ref().is_some_and(|i| i.result_only);
         let (status, reply) = activation::reply(&record, result_only);
         self.shared.outbox.borrow_mut().push_back(Outgoing::Record(record));
@@ -928,6 +980,12 @@ impl HttpContext for Request {
         if let Some(claim) = state.claim.take() {
             warn!("activation {} ended without an answer; retiring container {claim}", state.activation_id);
             pool::release(&EnvoySharedData, &claim, SlotState::Retired);
+            // The activation may still be running: let it reach its deadline before the stop.
+            let grace_ms = state.deadline_ms.saturating_sub(now_ms());
+            self.shared
+                .outbox
+                .borrow_mut()
+                .push_back(Outgoing::Retire { container_id: claim.container_id, grace_ms });
         }
     }
 }

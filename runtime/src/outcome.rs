@@ -11,7 +11,7 @@ use serde_json::{Map, Value, json};
 use whisk_contract::messages;
 
 /// Message of an activation whose deadline passed.
-pub const TIMED_OUT: &str = "The action exceeded its time limit.";
+pub const TIMED_OUT: &str = messages::RUNTIME_TIMED_OUT;
 /// Prefix of the message of an activation whose entry function threw.
 pub const THREW_PREFIX: &str = "An error has occurred: ";
 

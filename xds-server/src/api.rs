@@ -28,6 +28,7 @@ fn error(status: StatusCode, message: impl Into<String>) -> Response {
 pub fn router<C: ClusterManager>(state: Arc<ApiState<C>>) -> Router {
     Router::new()
         .route(paths::COLD_START, post(cold_start::<C>))
+        .route(&format!("{}/{{id}}", paths::CONTAINERS), axum::routing::delete(retire::<C>))
         .route("/metrics", get(metrics::<C>))
         .route("/health", get(|| async { "ok" }))
         .with_state(state)
@@ -56,10 +57,38 @@ async fn cold_start<C: ClusterManager>(
             error(StatusCode::CONFLICT, "The action was updated; retry.")
         }
         // The filter keeps the request waiting for a container to free up.
-        Err(failure @ ColdStartError::AtCapacity(_)) => error(StatusCode::TOO_MANY_REQUESTS, failure.to_string()),
+        Err(failure @ ColdStartError::AtCapacity(_)) => {
+            error(StatusCode::TOO_MANY_REQUESTS, failure.to_string())
+        }
         Err(failure) => {
             error(StatusCode::SERVICE_UNAVAILABLE, format!("{} ({failure})", messages::NO_CAPACITY))
         }
+    }
+}
+
+/// Query of a retire.
+#[derive(Debug, serde::Deserialize)]
+struct RetireQuery {
+    #[serde(default)]
+    grace_ms: u64,
+}
+
+async fn retire<C: ClusterManager>(
+    State(state): State<Arc<ApiState<C>>>,
+    request_headers: HeaderMap,
+    axum::extract::Path(id): axum::extract::Path<String>,
+    axum::extract::Query(query): axum::extract::Query<RetireQuery>,
+) -> Response {
+    let token = request_headers.get(headers::INTERNAL_TOKEN).and_then(|v| v.to_str().ok());
+    if token != Some(state.internal_token.as_str()) {
+        return error(StatusCode::UNAUTHORIZED, messages::UNAUTHENTICATED);
+    }
+    // Bounded: a retire never keeps a process longer than the longest action timeout.
+    let grace = std::time::Duration::from_millis(query.grace_ms.min(300_000));
+    if state.plane.retire(&id, grace) {
+        StatusCode::NO_CONTENT.into_response()
+    } else {
+        error(StatusCode::NOT_FOUND, messages::RESOURCE_DOES_NOT_EXIST)
     }
 }
 

@@ -40,6 +40,7 @@ pub struct Metrics {
     pub containers_starting: Gauge,
     pub xds_pushes: Family<TypeLabel, Counter>,
     pub xds_nacks: Counter,
+    pub containers_retired: Counter,
 }
 
 impl Metrics {
@@ -61,5 +62,10 @@ impl Metrics {
             self.xds_pushes.clone(),
         );
         registry.register("whisk_xds_nacks", "xDS responses Envoy rejected", self.xds_nacks.clone());
+        registry.register(
+            "whisk_containers_retired",
+            "Containers the data plane retired (timeout, lost client, refused run)",
+            self.containers_retired.clone(),
+        );
     }
 }

@@ -162,7 +162,10 @@ impl<C: ClusterManager> ControlPlane<C> {
         let slot = {
             let mut state = self.lock();
             if state.table.len() >= self.config.max_containers {
-                return Err(ColdStartError::AtCapacity(format!("{} containers in the pool", state.table.len())));
+                return Err(ColdStartError::AtCapacity(format!(
+                    "{} containers in the pool",
+                    state.table.len()
+                )));
             }
             let of_action = state.table.count_of(&action);
             if of_action >= self.config.max_containers_per_action {
@@ -270,6 +273,29 @@ impl<C: ClusterManager> ControlPlane<C> {
             return Err(ColdStartError::Code(format!("status {}", response.status())));
         }
         response.json().await.map_err(|error| ColdStartError::Code(error.to_string()))
+    }
+
+    /// Retires a container the data plane will not use again: out of the table (and so out of
+    /// xDS) now, stopped after `grace` so that an activation still running in it can finish.
+    /// False when the id is unknown.
+    pub fn retire(self: &Arc<Self>, id: &str, grace: Duration) -> bool {
+        {
+            let mut state = self.lock();
+            if state.table.remove(id).is_none() {
+                return false;
+            }
+            self.publish(&mut state);
+        }
+        self.metrics.containers_retired.inc();
+        info!(container = id, grace_ms = grace.as_millis() as u64, "container retired");
+        let (plane, id) = (self.clone(), id.to_owned());
+        tokio::spawn(async move {
+            tokio::time::sleep(grace).await;
+            if let Err(error) = plane.cluster.stop(&id).await {
+                warn!(container = id, %error, "could not stop a retired container");
+            }
+        });
+        true
     }
 
     /// Stops every container (server shutdown): out of xDS first, then the processes.

@@ -1,0 +1,82 @@
+//! Claims never leak: a runaway activation ends at the action's time limit with OpenWhisk's message
+//! and the container stays usable; a client that goes away mid-activation gets its container
+//! retired (out of xDS at once, stopped once its deadline passed) instead of handed out again.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::{Duration, Instant};
+
+use e2e::client::{Client, metric};
+use e2e::{Artifacts, GUEST_KEY, Options, Platform};
+use serde_json::{Value, json};
+
+const MAYBE_LOOP_JS: &str = "function main(p) { if (p.loop) { while (true) {} } return {ok: true}; }";
+const SLEEPY_JS: &str =
+    "function main(p) { return new Promise(r => setTimeout(() => r({slept: p.ms}), p.ms)); }";
+
+fn annotation(record: &Value, key: &str) -> Option<Value> {
+    record["annotations"].as_array()?.iter().find(|kv| kv["key"] == key).map(|kv| kv["value"].clone())
+}
+
+async fn metrics(platform: &Platform) -> String {
+    reqwest::get(format!("{}/metrics", platform.control_url())).await.unwrap().text().await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timeouts_end_runaways_and_lost_clients_retire_their_container() {
+    let dir = tempfile::tempdir().unwrap();
+    let platform = Platform::start(
+        Options::for_test(dir.path(), "envoy-limits").unwrap(),
+        Artifacts::from_workspace().unwrap(),
+    )
+    .unwrap();
+    let client = Client::new(&platform.api_host(), GUEST_KEY);
+
+    // A runaway activation ends at its limit with OpenWhisk's message and annotation.
+    let action = json!({"exec": {"kind": "nodejs:20", "code": MAYBE_LOOP_JS}, "limits": {"timeout": 1000}});
+    assert_eq!(
+        client.put("/api/v1/namespaces/_/actions/loop?overwrite=true", &action).await.unwrap().status,
+        200
+    );
+    assert_eq!(client.invoke("loop", &json!({}), true).await.unwrap().status, 200);
+    let started = Instant::now();
+    let runaway = client.invoke("loop", &json!({"loop": true}), false).await.unwrap();
+    assert_eq!(runaway.status, 502, "{}", runaway.body);
+    assert_eq!(runaway.body["response"]["status"], "action developer error");
+    assert_eq!(
+        runaway.body["response"]["result"]["error"],
+        "The action exceeded its time limits of 1000 milliseconds."
+    );
+    assert_eq!(annotation(&runaway.body, "timeout"), Some(json!(true)));
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "ended near its limit, not later: {:?}",
+        started.elapsed()
+    );
+    // The same container serves again (the runtime restarted the action process).
+    let after = client.invoke("loop", &json!({}), false).await.unwrap();
+    assert_eq!(after.status, 200, "{}", after.body);
+    assert_eq!(annotation(&after.body, "initTime"), None, "warm: the container was not lost");
+
+    // A client that disconnects mid-activation: its container is retired, never reused.
+    assert_eq!(client.create_action("sleepy", "nodejs:20", SLEEPY_JS).await.unwrap().status, 200);
+    assert_eq!(client.invoke("sleepy", &json!({"ms": 1}), true).await.unwrap().status, 200);
+    let impatient = reqwest::Client::builder().timeout(Duration::from_millis(300)).build().unwrap();
+    let (user, password) = GUEST_KEY.split_once(':').unwrap();
+    let gone = impatient
+        .post(format!("{}/api/v1/namespaces/_/actions/sleepy?blocking=true", platform.api_host()))
+        .basic_auth(user, Some(password))
+        .json(&json!({"ms": 1500}))
+        .send()
+        .await;
+    assert!(gone.is_err(), "the client gave up");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while metric(&metrics(&platform).await, "xds_whisk_containers_retired_total", "") < 1.0 {
+        assert!(Instant::now() < deadline, "the abandoned container was never retired");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The next invoke does not get the retired container: a new one starts.
+    let next = client.invoke("sleepy", &json!({"ms": 1}), false).await.unwrap();
+    assert_eq!(next.status, 200, "{}", next.body);
+    assert!(annotation(&next.body, "initTime").is_some(), "a fresh container, not the abandoned one");
+}
