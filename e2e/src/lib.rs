@@ -71,6 +71,8 @@ pub struct Options {
     pub node_id: String,
     /// Extra flags for the control server (limits, timeouts).
     pub xds_args: Vec<String>,
+    /// Envoy replicas in front of the same control plane (node ids `{node_id}`, `{node_id}-1`, …).
+    pub replicas: usize,
 }
 
 impl Options {
@@ -83,6 +85,7 @@ impl Options {
             envoy_concurrency: 2,
             node_id: node_id.to_owned(),
             xds_args: Vec::new(),
+            replicas: 1,
         })
     }
 }
@@ -139,7 +142,7 @@ pub fn workspace_root() -> PathBuf {
 /// One started process.
 #[derive(Debug)]
 struct Process {
-    name: &'static str,
+    name: String,
     child: Child,
     log: PathBuf,
 }
@@ -178,7 +181,9 @@ pub struct Platform {
     pub internal_token: String,
     management: Option<Process>,
     xds: Option<Process>,
-    envoy: Option<Process>,
+    envoys: Vec<Process>,
+    /// Ingress and admin port of each replica; the first is `options.ports`.
+    replica_ports: Vec<(u16, u16)>,
 }
 
 impl Platform {
@@ -187,17 +192,47 @@ impl Platform {
         fs::create_dir_all(&options.data_dir)?;
         fs::create_dir_all(&options.work_dir)?;
         let internal_token = format!("{:032x}", rand_u128());
-        let mut platform =
-            Self { options, artifacts, internal_token, management: None, xds: None, envoy: None };
+        let mut replica_ports = vec![(options.ports.ingress, options.ports.admin)];
+        for _ in 1..options.replicas.max(1) {
+            replica_ports.push((free_port()?, free_port()?));
+        }
+        let mut platform = Self {
+            options,
+            artifacts,
+            internal_token,
+            management: None,
+            xds: None,
+            envoys: Vec::new(),
+            replica_ports,
+        };
         platform.start_management()?;
         platform.start_xds()?;
-        platform.start_envoy()?;
+        for replica in 0..platform.replica_ports.len() {
+            platform.start_envoy(replica)?;
+        }
         platform.wait_ready()?;
         Ok(platform)
     }
 
+    /// The first Envoy's ingress.
     pub fn api_host(&self) -> String {
-        format!("http://127.0.0.1:{}", self.options.ports.ingress)
+        self.api_host_of(0)
+    }
+
+    /// Replica `replica`'s ingress.
+    pub fn api_host_of(&self, replica: usize) -> String {
+        let (ingress, _) =
+            self.replica_ports.get(replica).copied().unwrap_or((self.options.ports.ingress, 0));
+        format!("http://127.0.0.1:{ingress}")
+    }
+
+    /// Node id of replica `replica`.
+    pub fn node_id_of(&self, replica: usize) -> String {
+        if replica == 0 {
+            self.options.node_id.clone()
+        } else {
+            format!("{}-{replica}", self.options.node_id)
+        }
     }
 
     pub fn management_url(&self) -> String {
@@ -212,7 +247,7 @@ impl Platform {
         format!("http://127.0.0.1:{}", self.options.ports.admin)
     }
 
-    fn spawn(&self, name: &'static str, command: &mut Command) -> anyhow::Result<Process> {
+    fn spawn(&self, name: &str, command: &mut Command) -> anyhow::Result<Process> {
         let log = self.options.work_dir.join(format!("{name}.log"));
         let out = File::create(&log)?;
         let child = command
@@ -221,7 +256,7 @@ impl Platform {
             .stderr(out)
             .spawn()
             .with_context(|| format!("starting {name}"))?;
-        Ok(Process { name, child, log })
+        Ok(Process { name: name.to_owned(), child, log })
     }
 
     fn start_management(&mut self) -> anyhow::Result<()> {
@@ -269,19 +304,20 @@ impl Platform {
         wait_http_ok(&format!("{}/health", self.control_url()), READY_TIMEOUT)
     }
 
-    fn start_envoy(&mut self) -> anyhow::Result<()> {
-        let ports = &self.options.ports;
+    fn start_envoy(&mut self, replica: usize) -> anyhow::Result<()> {
+        let (ingress, admin) = self.replica_ports[replica];
         let template = fs::read_to_string(&self.artifacts.bootstrap_template)?;
         let bootstrap = template
-            .replace("${NODE_ID}", &self.options.node_id)
-            .replace("${INGRESS_ADDRESS}", &format!("127.0.0.1:{}", ports.ingress))
-            .replace("${ADMIN_PORT}", &ports.admin.to_string())
+            .replace("${NODE_ID}", &self.node_id_of(replica))
+            .replace("${INGRESS_ADDRESS}", &format!("127.0.0.1:{ingress}"))
+            .replace("${ADMIN_PORT}", &admin.to_string())
             .replace("${XDS_HOST}", "127.0.0.1")
-            .replace("${XDS_PORT}", &ports.xds.to_string());
-        let path = self.options.work_dir.join("envoy.yaml");
+            .replace("${XDS_PORT}", &self.options.ports.xds.to_string());
+        let name = if replica == 0 { "envoy".to_owned() } else { format!("envoy-{replica}") };
+        let path = self.options.work_dir.join(format!("{name}.yaml"));
         fs::write(&path, bootstrap)?;
         let process = self.spawn(
-            "envoy",
+            &name,
             Command::new(&self.artifacts.envoy)
                 .arg("-c")
                 .arg(&path)
@@ -294,19 +330,21 @@ impl Platform {
                 .arg("--component-log-level")
                 .arg("wasm:info"),
         )?;
-        self.envoy = Some(process);
+        self.envoys.push(process);
         Ok(())
     }
 
-    /// Ready when an unauthenticated API call through Envoy reaches the management API (401).
+    /// Ready when an unauthenticated API call through every Envoy reaches the management API (401).
     fn wait_ready(&mut self) -> anyhow::Result<()> {
-        let url = format!("{}/api/v1/namespaces", self.api_host());
+        let urls: Vec<String> = (0..self.replica_ports.len())
+            .map(|replica| format!("{}/api/v1/namespaces", self.api_host_of(replica)))
+            .collect();
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
-            if http_status(&url) == Some(401) {
+            if urls.iter().all(|url| http_status(url) == Some(401)) {
                 return Ok(());
             }
-            for process in [&mut self.management, &mut self.xds, &mut self.envoy].into_iter().flatten() {
+            for process in self.processes_mut() {
                 if let Ok(Some(status)) = process.child.try_wait() {
                     bail!("{} exited with {status}:\n{}", process.name, process.tail(40));
                 }
@@ -326,29 +364,51 @@ impl Platform {
         self.start_management()
     }
 
+    /// Stops and starts the control server; Envoy keeps its configuration and warm containers
+    /// meanwhile (the containers are the old server's children and stop with it).
+    pub fn restart_xds(&mut self) -> anyhow::Result<()> {
+        if let Some(mut process) = self.xds.take() {
+            process.stop();
+        }
+        self.start_xds()
+    }
+
+    fn processes(&self) -> impl Iterator<Item = &Process> {
+        self.management.iter().chain(self.xds.iter()).chain(self.envoys.iter())
+    }
+
+    fn processes_mut(&mut self) -> impl Iterator<Item = &mut Process> {
+        self.management.iter_mut().chain(self.xds.iter_mut()).chain(self.envoys.iter_mut())
+    }
+
     /// Process logs, for failure reports.
     pub fn logs(&self, lines: usize) -> String {
-        [&self.management, &self.xds, &self.envoy]
-            .into_iter()
-            .flatten()
+        self.processes()
             .map(|p| format!("----- {} ({})\n{}", p.name, p.log.display(), p.tail(lines)))
             .collect::<Vec<_>>()
             .join("\n")
     }
 
-    /// Stops Envoy, then the control server (which stops its containers), then the API.
+    /// Stops the Envoys, then the control server (which stops its containers), then the API.
     pub fn stop(&mut self) {
-        for process in [self.envoy.take(), self.xds.take(), self.management.take()].into_iter().flatten() {
-            let mut process = process;
+        for mut process in self.envoys.drain(..) {
+            process.stop();
+        }
+        for mut process in [self.xds.take(), self.management.take()].into_iter().flatten() {
             process.stop();
         }
     }
 
     /// True while every process is still running.
     pub fn is_running(&mut self) -> bool {
-        [&mut self.management, &mut self.xds, &mut self.envoy]
-            .into_iter()
-            .all(|p| p.as_mut().is_some_and(|p| matches!(p.child.try_wait(), Ok(None))))
+        let expected = 2 + self.replica_ports.len();
+        let mut running = 0;
+        for process in self.processes_mut() {
+            if matches!(process.child.try_wait(), Ok(None)) {
+                running += 1;
+            }
+        }
+        running == expected
     }
 }
 

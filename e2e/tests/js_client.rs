@@ -23,6 +23,7 @@ fn the_official_javascript_client_works_unchanged() {
         envoy_concurrency: 2,
         node_id: "envoy-js".into(),
         xds_args: Vec::new(),
+        replicas: 1,
     };
     let platform = Platform::start(options, Artifacts::from_workspace().unwrap()).unwrap();
     let output = Command::new("node")

@@ -24,6 +24,7 @@ fn start(dir: &tempfile::TempDir) -> Platform {
         envoy_concurrency: 2,
         node_id: "envoy-test".into(),
         xds_args: Vec::new(),
+        replicas: 1,
     };
     Platform::start(options, Artifacts::from_workspace().expect("artifacts")).expect("platform starts")
 }

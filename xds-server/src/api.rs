@@ -27,7 +27,7 @@ fn error(status: StatusCode, message: impl Into<String>) -> Response {
 
 pub fn router<C: ClusterManager>(state: Arc<ApiState<C>>) -> Router {
     Router::new()
-        .route(paths::COLD_START, post(cold_start::<C>))
+        .route(paths::COLD_START, post(cold_start::<C>).get(containers::<C>))
         .route(&format!("{}/{{id}}", paths::CONTAINERS), axum::routing::delete(retire::<C>))
         .route("/metrics", get(metrics::<C>))
         .route("/health", get(|| async { "ok" }))
@@ -64,6 +64,11 @@ async fn cold_start<C: ClusterManager>(
             error(StatusCode::SERVICE_UNAVAILABLE, format!("{} ({failure})", messages::NO_CAPACITY))
         }
     }
+}
+
+/// The container table, for operators and tests (the control port is not exposed at the ingress).
+async fn containers<C: ClusterManager>(State(state): State<Arc<ApiState<C>>>) -> Response {
+    Json(state.plane.containers()).into_response()
 }
 
 /// Query of a retire.

@@ -275,6 +275,26 @@ impl<C: ClusterManager> ControlPlane<C> {
         response.json().await.map_err(|error| ColdStartError::Code(error.to_string()))
     }
 
+    /// The container table as operators see it (`GET /v1/containers`).
+    pub fn containers(&self) -> Vec<serde_json::Value> {
+        let state = self.lock();
+        state
+            .table
+            .iter()
+            .map(|c| {
+                json!({
+                    "id": c.id,
+                    "node": c.node,
+                    "action": c.action.to_string(),
+                    "kind": c.kind,
+                    "slot": c.slot,
+                    "address": c.address,
+                    "state": format!("{:?}", c.state).to_lowercase(),
+                })
+            })
+            .collect()
+    }
+
     /// Retires a container the data plane will not use again: out of the table (and so out of
     /// xDS) now, stopped after `grace` so that an activation still running in it can finish.
     /// False when the id is unknown.

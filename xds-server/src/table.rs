@@ -109,6 +109,11 @@ impl Table {
         self.containers.values().filter(|c| c.state == state).count()
     }
 
+    /// Every container, in id order.
+    pub fn iter(&self) -> impl Iterator<Item = &Container> {
+        self.containers.values()
+    }
+
     pub fn ids(&self) -> Vec<String> {
         self.containers.keys().cloned().collect()
     }

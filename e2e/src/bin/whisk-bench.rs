@@ -467,6 +467,7 @@ async fn main() -> anyhow::Result<()> {
         envoy_concurrency: args.concurrency,
         node_id: "envoy-bench".into(),
         xds_args: Vec::new(),
+        replicas: 1,
     };
     let platform = Platform::start(options, artifacts.clone())?;
     let client = Client::new(&platform.api_host(), GUEST_KEY);

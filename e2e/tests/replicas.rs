@@ -1,0 +1,81 @@
+//! One activation per container across Envoy replicas: two Envoys (each with two workers) in front
+//! of one control plane, 32 clients on each, 4,000 invocations in all. Shared data is per Envoy
+//! process, so the control plane gives each container to exactly one node (per-node endpoints);
+//! our runtime refuses an overlapping `/run`, which would surface as an error here.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use e2e::client::{Client, metric};
+use e2e::{Artifacts, GUEST_KEY, Options, Platform};
+use serde_json::json;
+
+const SLOW_ECHO_JS: &str = "function main(p) { return new Promise(r => setTimeout(() => r({n: p.n}), 3)); }";
+const CLIENTS_PER_REPLICA: usize = 32;
+const INVOCATIONS: usize = 4_000;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_never_overlap_in_one_container() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut options = Options::for_test(dir.path(), "envoy-replica").unwrap();
+    options.replicas = 2;
+    let platform = Platform::start(options, Artifacts::from_workspace().unwrap()).unwrap();
+    let clients =
+        [Client::new(&platform.api_host_of(0), GUEST_KEY), Client::new(&platform.api_host_of(1), GUEST_KEY)];
+    assert_eq!(clients[0].create_action("echo", "nodejs:20", SLOW_ECHO_JS).await.unwrap().status, 200);
+
+    let next = Arc::new(AtomicUsize::new(0));
+    let served = [Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0))];
+    let mut tasks = Vec::new();
+    for replica in 0..2 {
+        for _ in 0..CLIENTS_PER_REPLICA {
+            let (client, next, served) = (clients[replica].clone(), next.clone(), served[replica].clone());
+            tasks.push(tokio::spawn(async move {
+                let mut failures = Vec::new();
+                loop {
+                    let n = next.fetch_add(1, Ordering::Relaxed);
+                    if n >= INVOCATIONS {
+                        return failures;
+                    }
+                    match client.invoke("echo", &json!({"n": n}), true).await {
+                        Ok(reply) if reply.status == 200 && reply.body == json!({"n": n}) => {
+                            served.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Ok(reply) => {
+                            failures.push(format!("#{n} via {replica}: {} {}", reply.status, reply.body))
+                        }
+                        Err(error) => failures.push(format!("#{n} via {replica}: {error}")),
+                    }
+                }
+            }));
+        }
+    }
+    let mut failures = Vec::new();
+    for task in tasks {
+        failures.extend(task.await.unwrap());
+    }
+    assert!(failures.is_empty(), "{} failed, e.g. {:?}", failures.len(), &failures[..failures.len().min(5)]);
+    let (first, second) = (served[0].load(Ordering::Relaxed), served[1].load(Ordering::Relaxed));
+    assert_eq!(first + second, INVOCATIONS);
+    assert!(first > 0 && second > 0, "both replicas served: {first} and {second}");
+
+    // Each container belongs to one node: the per-node endpoint sets are disjoint.
+    let table: serde_json::Value = reqwest::get(format!("{}/v1/containers", platform.control_url()))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let containers = table.as_array().unwrap();
+    let nodes: std::collections::BTreeSet<&str> =
+        containers.iter().map(|c| c["node"].as_str().unwrap()).collect();
+    assert_eq!(
+        nodes,
+        [platform.node_id_of(0).as_str(), platform.node_id_of(1).as_str()].into_iter().collect()
+    );
+    let page =
+        reqwest::get(format!("{}/metrics", platform.control_url())).await.unwrap().text().await.unwrap();
+    assert_eq!(metric(&page, "xds_whisk_containers_ready", "") as usize, containers.len());
+}
