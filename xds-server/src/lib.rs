@@ -8,7 +8,9 @@
 pub mod ads;
 pub mod api;
 pub mod cluster;
+pub mod gc;
 pub mod metrics;
+pub mod placement;
 pub mod plane;
 pub mod snapshot;
 pub mod table;
