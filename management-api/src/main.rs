@@ -1,10 +1,9 @@
 //! `management-api`: the OpenWhisk REST API server and its admin commands (like `wskadmin user`).
 
 use std::io::Write as _;
-use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
-use management_api::Config;
+use management_api::{Config, Database};
 
 #[derive(Debug, Parser)]
 #[command(version, about)]
@@ -27,14 +26,14 @@ enum User {
     /// Create a namespace with a fresh key and print the key (`uuid:secret`).
     Create {
         namespace: String,
-        #[arg(long, env = "WHISK_DATA_DIR", default_value = ".data")]
-        data_dir: PathBuf,
+        #[command(flatten)]
+        database: Database,
     },
     /// Delete a namespace and its keys.
     Delete {
         namespace: String,
-        #[arg(long, env = "WHISK_DATA_DIR", default_value = ".data")]
-        data_dir: PathBuf,
+        #[command(flatten)]
+        database: Database,
     },
 }
 
@@ -50,12 +49,12 @@ async fn main() -> anyhow::Result<()> {
         .init();
     match cli.command {
         Command::Serve(config) => management_api::run(config).await?,
-        Command::User(User::Create { namespace, data_dir }) => {
-            let key = management_api::create_user(&data_dir, &namespace)?;
+        Command::User(User::Create { namespace, database }) => {
+            let key = management_api::create_user(&database, &namespace)?;
             writeln!(std::io::stdout(), "{key}")?;
         }
-        Command::User(User::Delete { namespace, data_dir }) => {
-            management_api::delete_user(&data_dir, &namespace)?;
+        Command::User(User::Delete { namespace, database }) => {
+            management_api::delete_user(&database, &namespace)?;
             writeln!(std::io::stdout(), "namespace '{namespace}' deleted")?;
         }
     }

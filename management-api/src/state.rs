@@ -46,8 +46,9 @@ impl AppState {
         }
     }
 
-    /// Runs `work` against the store on a blocking thread: SQLite calls block, and must not stall
-    /// the async workers that serve other requests.
+    /// Runs `work` against the store on a blocking thread: store calls block (on SQLite's file, or
+    /// waiting for PostgreSQL's answers), and must not stall the async workers that serve other
+    /// requests.
     pub async fn db<R, E>(
         &self,
         work: impl FnOnce(&Store) -> Result<R, E> + Send + 'static,

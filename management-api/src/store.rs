@@ -1,39 +1,41 @@
-//! The SQLite store: namespaces and keys, actions, packages, triggers and rules, activation records.
+//! The store: namespaces and keys, actions, packages, triggers and rules, activation records, on one
+//! of two backends behind the same methods.
 //!
-//! Plain synchronous methods over one connection behind a mutex; the HTTP layer calls them on a
-//! blocking thread ([`crate::state::AppState::db`]). One connection is enough for one replica: every
-//! statement is an indexed lookup and WAL mode keeps readers in other processes (the admin commands)
-//! from blocking. Several replicas would need PostgreSQL behind the same methods.
+//! ```text
+//!  handlers ─► AppState::db (blocking thread) ─► Store ─┬─► SqliteStore   (--data-dir)
+//!                                                       └─► PostgresStore (--database-url)
+//! ```
 //!
-//! Schema changes are SQL files under `migrations/`, applied in order inside a transaction and
-//! counted in `PRAGMA user_version`, so opening an up-to-date database changes nothing.
+//! [`Store`] is an enum over the two rather than a trait: the read-modify-write methods take a
+//! generic `build` closure (so that the check and the write share one transaction), which no
+//! `dyn Trait` can carry, and a `Store: Trait` type parameter would run through every handler and
+//! the router for a choice made once at start-up. `interface!` lists the methods once; each arm
+//! calls the backend's method of the same name, so a backend that lacks one, or gives it another
+//! signature, does not compile. Both backends keep the same semantics (ids, newest-first order with
+//! the same tie-breaks, replace-on-retry activation inserts, hashed keys), and one test suite
+//! (`store::conformance` and the router tests) runs against each.
+//!
+//! Schema changes are SQL files, one list per backend: `migrations/sqlite/` (counted in
+//! `PRAGMA user_version`) and `migrations/postgres/` (counted in a `schema_version` table).
 
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard, PoisonError};
-use std::time::Duration;
 
-use rusqlite::types::Type;
-use rusqlite::{Connection, OptionalExtension as _, Row, TransactionBehavior, params};
-use serde::de::DeserializeOwned;
-use whisk_contract::{ActionLimits, ActivationRecord};
+use whisk_contract::ActivationRecord;
 
-use crate::actions::{Action, Exec};
-use crate::auth::{HashedSecret, Key};
+use crate::actions::Action;
+use crate::auth::Key;
+use crate::packages::Package;
+use crate::rules::{Rule, RuleStatus};
+use crate::triggers::Trigger;
 
-mod packages;
-mod triggers;
+pub mod postgres;
+pub mod sqlite;
 
-/// The database file inside the data directory.
-pub const DATABASE_FILE: &str = "whisk.db";
+#[cfg(test)]
+mod conformance;
 
-/// Migrations in order; migration `i` (from 0) brings the schema to version `i + 1`.
-const MIGRATIONS: &[&str] = &[
-    include_str!("../migrations/0001_init.sql"),
-    include_str!("../migrations/0002_packages_triggers_rules.sql"),
-];
-
-/// How long a statement waits for another process's write lock before failing.
-const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+pub use postgres::PostgresStore;
+pub use sqlite::{DATABASE_FILE, SqliteStore};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -55,6 +57,22 @@ pub enum StoreError {
     Sqlite(#[from] rusqlite::Error),
     #[error("database task failed: {0}")]
     Task(String),
+    #[error("invalid PostgreSQL URL: {}", postgres::describe(.0))]
+    PostgresUrl(tokio_postgres::Error),
+    #[error("cannot start the PostgreSQL client's runtime: {0}")]
+    PostgresRuntime(std::io::Error),
+    #[error("cannot connect to PostgreSQL: {}", postgres::describe(.0))]
+    PostgresConnect(tokio_postgres::Error),
+    #[error("PostgreSQL migration to schema version {version} failed: {}", postgres::describe(.source))]
+    PostgresMigration { version: usize, source: tokio_postgres::Error },
+    #[error("database error: {}", postgres::describe(.0))]
+    Postgres(#[from] tokio_postgres::Error),
+    /// A number PostgreSQL's `BIGINT` cannot hold (SQLite refuses the same ones).
+    #[error("{what} {value} is out of range for the database")]
+    OutOfRange { what: &'static str, value: u64 },
+    /// A stored value that does not decode: a negative count, bad JSON, an unknown rule status.
+    #[error("corrupt {what} in the database: {detail}")]
+    Corrupt { what: &'static str, detail: String },
 }
 
 /// Narrows activation listings; all bounds are inclusive, on `start` (epoch ms).
@@ -67,555 +85,196 @@ pub struct ActivationFilter {
 
 /// See the module documentation.
 #[derive(Debug)]
-pub struct Store {
-    connection: Mutex<Connection>,
+#[expect(clippy::large_enum_variant, reason = "one store per process, behind an Arc")]
+pub enum Store {
+    Sqlite(SqliteStore),
+    Postgres(PostgresStore),
 }
 
 impl Store {
-    /// Opens (creating if needed) `data_dir/whisk.db` and brings its schema up to date.
+    /// SQLite: opens (creating if needed) `data_dir/whisk.db` and brings its schema up to date.
     pub fn open(data_dir: &Path) -> Result<Self, StoreError> {
-        std::fs::create_dir_all(data_dir)
-            .map_err(|source| StoreError::DataDir { path: data_dir.to_owned(), source })?;
-        let path = data_dir.join(DATABASE_FILE);
-        let connection =
-            Connection::open(&path).map_err(|source| StoreError::Open { path: path.clone(), source })?;
-        connection
-            .pragma_update(None, "journal_mode", "WAL")
-            .map_err(|source| StoreError::Open { path: path.clone(), source })?;
-        // NORMAL is durable across application crashes in WAL mode; only a power loss can drop the
-        // last transactions, which is acceptable for activation records.
-        connection
-            .pragma_update(None, "synchronous", "NORMAL")
-            .map_err(|source| StoreError::Open { path, source })?;
-        Self::with_connection(connection)
+        SqliteStore::open(data_dir).map(Self::Sqlite)
     }
 
-    /// A private database that lives as long as the store: for tests.
+    /// SQLite: a private database that lives as long as the store, for tests.
     pub fn open_in_memory() -> Result<Self, StoreError> {
-        let path = PathBuf::from(":memory:");
-        let connection = Connection::open_in_memory().map_err(|source| StoreError::Open { path, source })?;
-        Self::with_connection(connection)
+        SqliteStore::open_in_memory().map(Self::Sqlite)
     }
 
-    fn with_connection(mut connection: Connection) -> Result<Self, StoreError> {
-        connection.busy_timeout(BUSY_TIMEOUT)?;
-        connection.pragma_update(None, "foreign_keys", "ON")?;
-        migrate(&mut connection)?;
-        Ok(Self { connection: Mutex::new(connection) })
+    /// PostgreSQL: connects to the database at `url` (`postgres://user:password@host:port/db`, or
+    /// libpq's `key=value` form) and brings its schema up to date.
+    pub fn connect(url: &str) -> Result<Self, StoreError> {
+        PostgresStore::connect(url).map(Self::Postgres)
     }
 
-    /// A poisoned lock only means another thread panicked mid-call; SQLite rolled its transaction
-    /// back when the guard dropped, so the connection is still sound.
-    fn connection(&self) -> MutexGuard<'_, Connection> {
-        self.connection.lock().unwrap_or_else(PoisonError::into_inner)
+    /// PostgreSQL: a fresh schema in the database at `url`, dropped with the store, for tests (what
+    /// [`Store::open_in_memory`] is to SQLite).
+    pub fn connect_private(url: &str) -> Result<Self, StoreError> {
+        PostgresStore::connect_private(url).map(Self::Postgres)
     }
 
-    /// The schema version (`PRAGMA user_version`).
-    pub fn schema_version(&self) -> Result<usize, StoreError> {
-        Ok(self.connection().pragma_query_value(None, "user_version", |row| row.get(0))?)
+    /// Which backend this is, for logs: `"sqlite"` or `"postgres"`.
+    pub fn backend(&self) -> &'static str {
+        match self {
+            Self::Sqlite(_) => "sqlite",
+            Self::Postgres(_) => "postgres",
+        }
     }
+}
 
+/// Defines each listed method on [`Store`] as a call to the backend's method of the same name.
+macro_rules! interface {
+    ($(
+        $(#[$meta:meta])*
+        fn $method:ident $(<$generic:ident: $bound:path>)?
+            (&self $(, $argument:ident: $type:ty)* $(,)?) -> $output:ty;
+    )*) => {
+        impl Store {
+            $(
+                $(#[$meta])*
+                pub fn $method $(<$generic: $bound>)? (&self $(, $argument: $type)*) -> $output {
+                    match self {
+                        Self::Sqlite(store) => store.$method($($argument),*),
+                        Self::Postgres(store) => store.$method($($argument),*),
+                    }
+                }
+            )*
+        }
+    };
+}
+
+interface! {
+    /// The schema version: how many of the backend's migrations have been applied.
+    fn schema_version(&self) -> Result<usize, StoreError>;
     /// Applies any migration not yet applied; returns how many ran.
-    pub fn migrate(&self) -> Result<usize, StoreError> {
-        migrate(&mut self.connection())
-    }
+    fn migrate(&self) -> Result<usize, StoreError>;
 
     /// Creates `namespace` with its first key; fails if the namespace exists.
-    pub fn create_namespace(&self, namespace: &str, key: &Key, now: u64) -> Result<(), StoreError> {
-        let mut connection = self.connection();
-        let transaction = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let inserted = transaction.execute(
-            "INSERT OR IGNORE INTO namespaces (name, created) VALUES (?1, ?2)",
-            params![namespace, now],
-        )?;
-        if inserted == 0 {
-            return Err(StoreError::NamespaceExists(namespace.to_owned()));
-        }
-        insert_key(&transaction, namespace, key, now)?;
-        transaction.commit()?;
-        Ok(())
-    }
-
+    fn create_namespace(&self, namespace: &str, key: &Key, now: u64) -> Result<(), StoreError>;
     /// Makes sure `namespace` exists and accepts `key`; does nothing if the key is already stored.
-    pub fn ensure_namespace_key(&self, namespace: &str, key: &Key, now: u64) -> Result<(), StoreError> {
-        let mut connection = self.connection();
-        let transaction = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        transaction.execute(
-            "INSERT OR IGNORE INTO namespaces (name, created) VALUES (?1, ?2)",
-            params![namespace, now],
-        )?;
-        let known: bool = transaction.query_row(
-            "SELECT EXISTS (SELECT 1 FROM keys WHERE uuid = ?1)",
-            [&key.uuid],
-            |row| row.get(0),
-        )?;
-        if !known {
-            insert_key(&transaction, namespace, key, now)?;
-        }
-        transaction.commit()?;
-        Ok(())
-    }
-
+    fn ensure_namespace_key(&self, namespace: &str, key: &Key, now: u64) -> Result<(), StoreError>;
     /// Deletes `namespace` and its keys (its actions and activations stay, as in OpenWhisk).
     /// Returns whether it existed.
-    pub fn delete_namespace(&self, namespace: &str) -> Result<bool, StoreError> {
-        let connection = self.connection();
-        Ok(connection.execute("DELETE FROM namespaces WHERE name = ?1", [namespace])? > 0)
-    }
-
+    fn delete_namespace(&self, namespace: &str) -> Result<bool, StoreError>;
     /// The namespace `key` belongs to, if its secret is right.
-    pub fn authenticate(&self, key: &Key) -> Result<Option<String>, StoreError> {
-        let connection = self.connection();
-        let mut statement =
-            connection.prepare_cached("SELECT namespace, salt, secret_hash FROM keys WHERE uuid = ?1")?;
-        let stored = statement
-            .query_row([&key.uuid], |row| {
-                Ok((row.get::<_, String>(0)?, HashedSecret { salt: row.get(1)?, hash: row.get(2)? }))
-            })
-            .optional()?;
-        Ok(stored.and_then(|(namespace, hashed)| hashed.verify(&key.secret).then_some(namespace)))
-    }
+    fn authenticate(&self, key: &Key) -> Result<Option<String>, StoreError>;
 
     /// The action, with its code only when `with_code` (code can weigh up to 48 MB).
-    pub fn get_action(
-        &self,
-        namespace: &str,
-        name: &str,
-        with_code: bool,
-    ) -> Result<Option<Action>, StoreError> {
-        let connection = self.connection();
-        select_action(&connection, namespace, name, with_code)
-    }
-
+    fn get_action(&self, namespace: &str, name: &str, with_code: bool) -> Result<Option<Action>, StoreError>;
     /// Creates or replaces an action atomically: `build` sees the current version (with code) and
     /// returns the new one, or an error that leaves the store untouched.
-    pub fn put_action<E: From<StoreError>>(
+    fn put_action<E: From<StoreError>>(
         &self,
         namespace: &str,
         name: &str,
         build: impl FnOnce(Option<Action>) -> Result<Action, E>,
-    ) -> Result<Action, E> {
-        let mut connection = self.connection();
-        let transaction =
-            connection.transaction_with_behavior(TransactionBehavior::Immediate).map_err(StoreError::from)?;
-        let existing = select_action(&transaction, namespace, name, true)?;
-        let action = build(existing)?;
-        insert_action(&transaction, &action)?;
-        transaction.commit().map_err(StoreError::from)?;
-        Ok(action)
-    }
-
+    ) -> Result<Action, E>;
     /// Deletes the action and returns what it was.
-    pub fn delete_action(&self, namespace: &str, name: &str) -> Result<Option<Action>, StoreError> {
-        let mut connection = self.connection();
-        let transaction = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let existing = select_action(&transaction, namespace, name, true)?;
-        if existing.is_some() {
-            transaction
-                .execute("DELETE FROM actions WHERE namespace = ?1 AND name = ?2", [namespace, name])?;
-            transaction.commit()?;
-        }
-        Ok(existing)
-    }
-
+    fn delete_action(&self, namespace: &str, name: &str) -> Result<Option<Action>, StoreError>;
     /// One page of the namespace's actions, packaged ones included, most recently updated first,
     /// without code.
-    pub fn list_actions(&self, namespace: &str, skip: u64, limit: u64) -> Result<Vec<Action>, StoreError> {
-        let connection = self.connection();
-        let mut statement = connection.prepare_cached(&format!(
-            "SELECT {ACTION_COLUMNS} FROM actions WHERE root_namespace = ?1
-             ORDER BY updated DESC, namespace, name LIMIT ?3 OFFSET ?4"
-        ))?;
-        let actions = statement
-            .query_map(params![namespace, false, limit, skip], action_from_row)?
-            .collect::<Result<_, _>>()?;
-        Ok(actions)
-    }
-
+    fn list_actions(&self, namespace: &str, skip: u64, limit: u64) -> Result<Vec<Action>, StoreError>;
     /// How many actions the namespace holds, packaged ones included.
-    pub fn count_actions(&self, namespace: &str) -> Result<u64, StoreError> {
-        let connection = self.connection();
-        Ok(connection.query_row(
-            "SELECT COUNT(*) FROM actions WHERE root_namespace = ?1",
-            [namespace],
-            |row| row.get(0),
-        )?)
-    }
+    fn count_actions(&self, namespace: &str) -> Result<u64, StoreError>;
 
     /// Stores the records in one transaction; a record whose id is already stored is replaced, so
     /// a retried batch is harmless.
-    pub fn put_activations(&self, records: &[ActivationRecord]) -> Result<(), StoreError> {
-        let mut connection = self.connection();
-        let transaction = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        {
-            let mut statement = transaction.prepare_cached(
-                "INSERT OR REPLACE INTO activations (activation_id, namespace, name, start, record)
-                 VALUES (?1, ?2, ?3, ?4, ?5)",
-            )?;
-            for record in records {
-                let json = serde_json::to_string(record)
-                    .map_err(|source| StoreError::Encode { what: "activation", source })?;
-                statement.execute(params![
-                    record.activation_id,
-                    record.namespace,
-                    record.name,
-                    record.start,
-                    json
-                ])?;
-            }
-        }
-        transaction.commit()?;
-        Ok(())
-    }
-
-    pub fn get_activation(&self, namespace: &str, id: &str) -> Result<Option<ActivationRecord>, StoreError> {
-        let connection = self.connection();
-        let mut statement = connection
-            .prepare_cached("SELECT record FROM activations WHERE namespace = ?1 AND activation_id = ?2")?;
-        Ok(statement.query_row([namespace, id], |row| json_column(row, 0)).optional()?)
-    }
-
+    fn put_activations(&self, records: &[ActivationRecord]) -> Result<(), StoreError>;
+    fn get_activation(&self, namespace: &str, id: &str) -> Result<Option<ActivationRecord>, StoreError>;
     /// One page of the namespace's activations, newest first.
-    pub fn list_activations(
+    fn list_activations(
         &self,
         namespace: &str,
         filter: &ActivationFilter,
         skip: u64,
         limit: u64,
-    ) -> Result<Vec<ActivationRecord>, StoreError> {
-        let connection = self.connection();
-        let mut statement = connection.prepare_cached(&format!(
-            "SELECT record FROM activations WHERE {ACTIVATION_FILTER}
-             ORDER BY start DESC, activation_id DESC LIMIT ?5 OFFSET ?6"
-        ))?;
-        let records = statement
-            .query_map(params![namespace, filter.name, filter.since, filter.upto, limit, skip], |row| {
-                json_column(row, 0)
-            })?
-            .collect::<Result<_, _>>()?;
-        Ok(records)
-    }
+    ) -> Result<Vec<ActivationRecord>, StoreError>;
+    fn count_activations(&self, namespace: &str, filter: &ActivationFilter) -> Result<u64, StoreError>;
 
-    pub fn count_activations(&self, namespace: &str, filter: &ActivationFilter) -> Result<u64, StoreError> {
-        let connection = self.connection();
-        let mut statement = connection
-            .prepare_cached(&format!("SELECT COUNT(*) FROM activations WHERE {ACTIVATION_FILTER}"))?;
-        Ok(statement
-            .query_row(params![namespace, filter.name, filter.since, filter.upto], |row| row.get(0))?)
-    }
-}
+    fn get_package(&self, namespace: &str, name: &str) -> Result<Option<Package>, StoreError>;
+    /// Creates or replaces a package atomically: `build` sees the current one and returns the new
+    /// one, or an error that leaves the store untouched.
+    fn put_package<E: From<StoreError>>(
+        &self,
+        namespace: &str,
+        name: &str,
+        build: impl FnOnce(Option<Package>) -> Result<Package, E>,
+    ) -> Result<Package, E>;
+    /// Deletes the package if `check`, shown it and the number of actions it holds, agrees; in one
+    /// transaction, so no action can slip into a package being deleted. `None` if there was none.
+    fn delete_package<E: From<StoreError>>(
+        &self,
+        namespace: &str,
+        name: &str,
+        check: impl FnOnce(&Package, u64) -> Result<(), E>,
+    ) -> Result<Option<Package>, E>;
+    /// One page of the namespace's packages and bindings, most recently updated first.
+    fn list_packages(&self, namespace: &str, skip: u64, limit: u64) -> Result<Vec<Package>, StoreError>;
+    fn count_packages(&self, namespace: &str) -> Result<u64, StoreError>;
+    /// Every action of the package at `path` (`ns/pkg`), without code, most recently updated first.
+    fn package_actions(&self, path: &str) -> Result<Vec<Action>, StoreError>;
+    /// Creates or replaces an action of package `namespace/package` atomically: `build` sees the
+    /// package (if it exists) and the current action, so that a package being deleted never gains
+    /// an action, and returns the new action or an error that leaves the store untouched.
+    fn put_packaged_action<E: From<StoreError>>(
+        &self,
+        namespace: &str,
+        package: &str,
+        name: &str,
+        build: impl FnOnce(Option<Package>, Option<Action>) -> Result<Action, E>,
+    ) -> Result<Action, E>;
 
-/// `?1` namespace, `?2` name or NULL, `?3` since or NULL, `?4` upto or NULL.
-const ACTIVATION_FILTER: &str = "namespace = ?1 AND (?2 IS NULL OR name = ?2)
-    AND (?3 IS NULL OR start >= ?3) AND (?4 IS NULL OR start <= ?4)";
+    fn get_trigger(&self, namespace: &str, name: &str) -> Result<Option<Trigger>, StoreError>;
+    /// The trigger and its rules (by rule name), read together.
+    fn get_trigger_with_rules(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Option<(Trigger, Vec<Rule>)>, StoreError>;
+    /// The rules that name the trigger, by rule name.
+    fn trigger_rules(&self, namespace: &str, name: &str) -> Result<Vec<Rule>, StoreError>;
+    /// Creates or replaces a trigger atomically: `build` sees the current one and returns the new
+    /// one, or an error that leaves the store untouched.
+    fn put_trigger<E: From<StoreError>>(
+        &self,
+        namespace: &str,
+        name: &str,
+        build: impl FnOnce(Option<Trigger>) -> Result<Trigger, E>,
+    ) -> Result<Trigger, E>;
+    /// Deletes the trigger and turns its rules inactive, so that a trigger created again under the
+    /// same name does not fire them until they are enabled (OpenWhisk forgets the links with the
+    /// trigger document). Returns the trigger and its rules as they were.
+    fn delete_trigger(&self, namespace: &str, name: &str) -> Result<Option<(Trigger, Vec<Rule>)>, StoreError>;
+    /// One page of the namespace's triggers, most recently updated first.
+    fn list_triggers(&self, namespace: &str, skip: u64, limit: u64) -> Result<Vec<Trigger>, StoreError>;
+    fn count_triggers(&self, namespace: &str) -> Result<u64, StoreError>;
 
-/// The columns [`action_from_row`] reads; `?2` says whether to load the code.
-const ACTION_COLUMNS: &str = "namespace, name, version, revision, kind, CASE WHEN ?2 THEN code ELSE '' END,
-    is_binary, main, image, parameters, annotations, timeout_ms, memory_mb, logs_mb, concurrency, publish,
-    updated";
-
-/// Writes `action` over any action of the same namespace and name.
-fn insert_action(connection: &Connection, action: &Action) -> Result<(), StoreError> {
-    connection.execute(
-        "INSERT OR REPLACE INTO actions (namespace, name, version, revision, kind, code, is_binary,
-            main, image, parameters, annotations, timeout_ms, memory_mb, logs_mb, concurrency,
-            publish, updated)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
-        params![
-            action.namespace,
-            action.name,
-            action.version,
-            action.revision,
-            action.exec.kind,
-            action.exec.code,
-            action.exec.binary,
-            action.exec.main,
-            action.exec.image,
-            encode("parameters", &action.parameters)?,
-            encode("annotations", &action.annotations)?,
-            action.limits.timeout,
-            action.limits.memory,
-            action.limits.logs,
-            action.limits.concurrency,
-            action.publish,
-            action.updated,
-        ],
-    )?;
-    Ok(())
+    fn get_rule(&self, namespace: &str, name: &str) -> Result<Option<Rule>, StoreError>;
+    /// Creates or replaces a rule atomically: `build` sees the current one and returns the new one,
+    /// or an error that leaves the store untouched.
+    fn put_rule<E: From<StoreError>>(
+        &self,
+        namespace: &str,
+        name: &str,
+        build: impl FnOnce(Option<Rule>) -> Result<Rule, E>,
+    ) -> Result<Rule, E>;
+    /// Sets the rule's status; `None` if there is no such rule.
+    fn set_rule_status(
+        &self,
+        namespace: &str,
+        name: &str,
+        status: RuleStatus,
+        now: u64,
+    ) -> Result<Option<Rule>, StoreError>;
+    /// Deletes the rule and returns what it was.
+    fn delete_rule(&self, namespace: &str, name: &str) -> Result<Option<Rule>, StoreError>;
+    /// One page of the namespace's rules, most recently updated first.
+    fn list_rules(&self, namespace: &str, skip: u64, limit: u64) -> Result<Vec<Rule>, StoreError>;
+    fn count_rules(&self, namespace: &str) -> Result<u64, StoreError>;
 }
 
 /// The JSON text of a column.
 fn encode<T: serde::Serialize + ?Sized>(what: &'static str, value: &T) -> Result<String, StoreError> {
     serde_json::to_string(value).map_err(|source| StoreError::Encode { what, source })
-}
-
-fn select_action(
-    connection: &Connection,
-    namespace: &str,
-    name: &str,
-    with_code: bool,
-) -> Result<Option<Action>, StoreError> {
-    let mut statement = connection.prepare_cached(&format!(
-        "SELECT {ACTION_COLUMNS} FROM actions WHERE namespace = ?1 AND name = ?3"
-    ))?;
-    Ok(statement.query_row(params![namespace, with_code, name], action_from_row).optional()?)
-}
-
-fn action_from_row(row: &Row<'_>) -> rusqlite::Result<Action> {
-    Ok(Action {
-        namespace: row.get(0)?,
-        name: row.get(1)?,
-        version: row.get(2)?,
-        revision: row.get(3)?,
-        exec: Exec {
-            kind: row.get(4)?,
-            code: row.get(5)?,
-            binary: row.get(6)?,
-            main: row.get(7)?,
-            image: row.get(8)?,
-        },
-        parameters: json_column(row, 9)?,
-        annotations: json_column(row, 10)?,
-        limits: ActionLimits {
-            timeout: row.get(11)?,
-            memory: row.get(12)?,
-            logs: row.get(13)?,
-            concurrency: row.get(14)?,
-        },
-        publish: row.get(15)?,
-        updated: row.get(16)?,
-    })
-}
-
-/// Reads a JSON text column; a value that does not decode is reported like any bad column.
-fn json_column<T: DeserializeOwned>(row: &Row<'_>, index: usize) -> rusqlite::Result<T> {
-    let text: String = row.get(index)?;
-    serde_json::from_str(&text)
-        .map_err(|error| rusqlite::Error::FromSqlConversionFailure(index, Type::Text, Box::new(error)))
-}
-
-fn insert_key(connection: &Connection, namespace: &str, key: &Key, now: u64) -> Result<(), StoreError> {
-    let hashed = HashedSecret::new(&key.secret);
-    let inserted = connection.execute(
-        "INSERT OR IGNORE INTO keys (uuid, namespace, salt, secret_hash, created) VALUES (?1, ?2, ?3, ?4, ?5)",
-        params![key.uuid, namespace, hashed.salt, hashed.hash, now],
-    )?;
-    if inserted == 0 {
-        return Err(StoreError::KeyExists(key.uuid.clone()));
-    }
-    Ok(())
-}
-
-/// Applies pending migrations one by one, each in an immediate transaction that rereads the version,
-/// so a server and an admin command starting together never apply one twice.
-fn migrate(connection: &mut Connection) -> Result<usize, StoreError> {
-    let mut applied = 0;
-    loop {
-        let transaction = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let version: usize = transaction.pragma_query_value(None, "user_version", |row| row.get(0))?;
-        if version > MIGRATIONS.len() {
-            return Err(StoreError::SchemaTooNew { found: version, known: MIGRATIONS.len() });
-        }
-        let Some(sql) = MIGRATIONS.get(version) else {
-            return Ok(applied);
-        };
-        let next = version + 1;
-        let to_error = |source| StoreError::Migration { version: next, source };
-        transaction.execute_batch(sql).map_err(to_error)?;
-        transaction.pragma_update(None, "user_version", next).map_err(to_error)?;
-        transaction.commit().map_err(to_error)?;
-        applied += 1;
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use whisk_contract::{ActivationResponse, ActivationStatus, KeyValue};
-
-    pub(crate) fn action(name: &str, updated: u64) -> Action {
-        Action {
-            namespace: "guest".into(),
-            name: name.into(),
-            version: "0.0.1".into(),
-            revision: format!("rev-{name}-{updated}"),
-            exec: Exec {
-                kind: "nodejs:20".into(),
-                code: "function main() {}".into(),
-                binary: false,
-                main: None,
-                image: None,
-            },
-            parameters: vec![KeyValue { key: "p".into(), value: 1.into() }],
-            annotations: vec![],
-            limits: ActionLimits::default(),
-            publish: false,
-            updated,
-        }
-    }
-
-    fn put(store: &Store, action: Action) -> Action {
-        let (namespace, name) = (action.namespace.clone(), action.name.clone());
-        store.put_action::<StoreError>(&namespace, &name, |_| Ok(action)).unwrap()
-    }
-
-    pub(crate) fn record(id: &str, name: &str, start: u64) -> ActivationRecord {
-        ActivationRecord {
-            activation_id: id.into(),
-            namespace: "guest".into(),
-            name: name.into(),
-            version: "0.0.1".into(),
-            subject: "guest".into(),
-            publish: false,
-            start,
-            end: start + 5,
-            duration: 5,
-            response: ActivationResponse::new(ActivationStatus::Success, serde_json::json!({"id": id})),
-            logs: vec![format!("log of {id}")],
-            annotations: vec![],
-        }
-    }
-
-    #[test]
-    fn everything_survives_a_reopen() {
-        let directory = tempfile::tempdir().unwrap();
-        let key = Key::generate();
-        {
-            let store = Store::open(directory.path()).unwrap();
-            store.create_namespace("guest", &key, 1).unwrap();
-            put(&store, action("hello", 1));
-            store.put_activations(&[record("a1", "hello", 10)]).unwrap();
-        }
-        let store = Store::open(directory.path()).unwrap();
-        assert_eq!(store.authenticate(&key).unwrap().as_deref(), Some("guest"));
-        assert_eq!(store.get_action("guest", "hello", true).unwrap(), Some(action("hello", 1)));
-        assert_eq!(store.get_activation("guest", "a1").unwrap(), Some(record("a1", "hello", 10)));
-    }
-
-    #[test]
-    fn migrations_run_once() {
-        let directory = tempfile::tempdir().unwrap();
-        let store = Store::open(directory.path()).unwrap();
-        assert_eq!(store.schema_version().unwrap(), MIGRATIONS.len());
-        assert_eq!(store.migrate().unwrap(), 0);
-        drop(store);
-        let store = Store::open(directory.path()).unwrap();
-        assert_eq!(store.schema_version().unwrap(), MIGRATIONS.len());
-    }
-
-    #[test]
-    fn a_version_1_database_upgrades_with_its_actions_listed() {
-        let directory = tempfile::tempdir().unwrap();
-        {
-            let connection = Connection::open(directory.path().join(DATABASE_FILE)).unwrap();
-            connection.execute_batch(MIGRATIONS[0]).unwrap();
-            connection.pragma_update(None, "user_version", 1).unwrap();
-            insert_action(&connection, &action("old", 1)).unwrap();
-        }
-        let store = Store::open(directory.path()).unwrap();
-        assert_eq!(store.schema_version().unwrap(), 2);
-        assert_eq!(store.list_actions("guest", 0, 30).unwrap()[0].name, "old");
-        assert_eq!(store.count_packages("guest").unwrap(), 0);
-    }
-
-    #[test]
-    fn a_newer_schema_is_refused() {
-        let directory = tempfile::tempdir().unwrap();
-        let store = Store::open(directory.path()).unwrap();
-        store.connection().pragma_update(None, "user_version", 99).unwrap();
-        drop(store);
-        let error = Store::open(directory.path()).unwrap_err();
-        assert!(matches!(error, StoreError::SchemaTooNew { found: 99, .. }), "{error}");
-    }
-
-    #[test]
-    fn keys_are_stored_hashed_and_verified() {
-        let store = Store::open_in_memory().unwrap();
-        let key = Key::generate();
-        store.create_namespace("alice", &key, 1).unwrap();
-        let (salt, hash): (Vec<u8>, Vec<u8>) = store
-            .connection()
-            .query_row("SELECT salt, secret_hash FROM keys WHERE uuid = ?1", [&key.uuid], |row| {
-                Ok((row.get(0)?, row.get(1)?))
-            })
-            .unwrap();
-        assert_eq!(salt.len(), crate::auth::SALT_LENGTH);
-        assert_ne!(hash, key.secret.as_bytes());
-        let dump: String = store
-            .connection()
-            .query_row(
-                "SELECT group_concat(uuid || namespace || hex(salt) || hex(secret_hash)) FROM keys",
-                [],
-                |row| row.get(0),
-            )
-            .unwrap();
-        assert!(!dump.contains(&key.secret) && !dump.contains(&hex::encode_upper(key.secret.as_bytes())));
-        assert_eq!(store.authenticate(&key).unwrap().as_deref(), Some("alice"));
-        let wrong = Key { secret: "x".repeat(64), ..key.clone() };
-        assert_eq!(store.authenticate(&wrong).unwrap(), None);
-        assert_eq!(store.authenticate(&Key::generate()).unwrap(), None);
-    }
-
-    #[test]
-    fn namespaces_are_created_once_and_deleted_with_their_keys() {
-        let store = Store::open_in_memory().unwrap();
-        let key = Key::generate();
-        store.create_namespace("alice", &key, 1).unwrap();
-        assert!(matches!(
-            store.create_namespace("alice", &Key::generate(), 2),
-            Err(StoreError::NamespaceExists(_))
-        ));
-        // Seeding is idempotent.
-        let guest = Key::generate();
-        store.ensure_namespace_key("guest", &guest, 1).unwrap();
-        store.ensure_namespace_key("guest", &guest, 2).unwrap();
-        assert_eq!(store.authenticate(&guest).unwrap().as_deref(), Some("guest"));
-        assert!(store.delete_namespace("alice").unwrap());
-        assert!(!store.delete_namespace("alice").unwrap());
-        assert_eq!(store.authenticate(&key).unwrap(), None);
-    }
-
-    #[test]
-    fn actions_list_newest_first_without_code_and_delete() {
-        let store = Store::open_in_memory().unwrap();
-        for (name, updated) in [("a", 1), ("b", 3), ("c", 2)] {
-            put(&store, action(name, updated));
-        }
-        let names = |actions: Vec<Action>| actions.into_iter().map(|a| a.name).collect::<Vec<_>>();
-        assert_eq!(names(store.list_actions("guest", 0, 30).unwrap()), ["b", "c", "a"]);
-        assert_eq!(names(store.list_actions("guest", 1, 1).unwrap()), ["c"]);
-        assert!(store.list_actions("guest", 0, 30).unwrap().iter().all(|a| a.exec.code.is_empty()));
-        assert_eq!(store.count_actions("guest").unwrap(), 3);
-        assert_eq!(store.list_actions("other", 0, 30).unwrap(), vec![]);
-        assert_eq!(store.get_action("guest", "a", false).unwrap().unwrap().exec.code, "");
-        assert_eq!(store.delete_action("guest", "a").unwrap(), Some(action("a", 1)));
-        assert_eq!(store.delete_action("guest", "a").unwrap(), None);
-        assert_eq!(store.count_actions("guest").unwrap(), 2);
-    }
-
-    #[test]
-    fn a_failed_build_writes_nothing() {
-        let store = Store::open_in_memory().unwrap();
-        let result = store.put_action("guest", "a", |_| Err(StoreError::Task("refused".into())));
-        assert!(result.is_err());
-        assert_eq!(store.get_action("guest", "a", true).unwrap(), None);
-    }
-
-    #[test]
-    fn activations_are_idempotent_and_filtered() {
-        let store = Store::open_in_memory().unwrap();
-        let records = [record("a1", "x", 10), record("a2", "y", 20), record("a3", "x", 30)];
-        store.put_activations(&records).unwrap();
-        store.put_activations(&records).unwrap();
-        let all = ActivationFilter::default();
-        assert_eq!(store.count_activations("guest", &all).unwrap(), 3);
-        let ids =
-            |records: Vec<ActivationRecord>| records.into_iter().map(|r| r.activation_id).collect::<Vec<_>>();
-        assert_eq!(ids(store.list_activations("guest", &all, 0, 30).unwrap()), ["a3", "a2", "a1"]);
-        let by_name = ActivationFilter { name: Some("x".into()), ..ActivationFilter::default() };
-        assert_eq!(ids(store.list_activations("guest", &by_name, 0, 30).unwrap()), ["a3", "a1"]);
-        let window = ActivationFilter { since: Some(15), upto: Some(30), ..ActivationFilter::default() };
-        assert_eq!(ids(store.list_activations("guest", &window, 1, 30).unwrap()), ["a2"]);
-        assert_eq!(store.get_activation("other", "a1").unwrap(), None);
-    }
 }

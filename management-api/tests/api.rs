@@ -1,5 +1,6 @@
 //! The REST API and the internal endpoints through `Router::oneshot`: shapes, statuses and
-//! namespace isolation as `wsk`, the filter and the control server see them.
+//! namespace isolation as `wsk`, the filter and the control server see them; on SQLite and on
+//! PostgreSQL.
 
 // Helpers outside `#[test]` functions are not covered by clippy.toml's allow-unwrap-in-tests.
 #![allow(clippy::unwrap_used, reason = "a panic in a test helper is a failed test with its location")]
@@ -9,18 +10,32 @@ mod support;
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode};
 use http_body_util::BodyExt as _;
+use management_api::Key;
 use management_api::auth::GUEST_KEY;
-use management_api::{Key, Store};
 use serde_json::{Value, json};
-use support::{Harness, TOKEN, assert_error, create, harness, hello, internal, request, resolve, send};
+use support::{
+    Backend, Harness, TOKEN, assert_error, create, harness, hello, internal, on_every_backend, request,
+    resolve, send,
+};
 use tower::ServiceExt as _;
 use whisk_contract::{
     ActionCode, ActivationRecord, ActivationResponse, ActivationStatus, ResolvedAction, headers,
 };
 
-#[tokio::test]
-async fn action_lifecycle_in_openwhisks_shape() {
-    let h = harness();
+on_every_backend!(
+    action_lifecycle_in_openwhisks_shape,
+    bad_input_gets_openwhisk_errors,
+    wrong_or_missing_keys_are_unauthenticated,
+    a_key_reaches_nothing_of_another_namespace,
+    resolve_answers_the_filter,
+    internal_routes_refuse_a_missing_or_wrong_token,
+    activation_records_are_listed_and_read,
+    health_and_metrics_are_served,
+    serve_answers_over_tcp_and_stops_gracefully,
+);
+
+async fn action_lifecycle_in_openwhisks_shape(backend: Backend) {
+    let h = harness(&backend);
     let created = create(&h, "hello").await;
     assert_eq!(created["namespace"], "guest");
     assert_eq!(created["name"], "hello");
@@ -114,9 +129,8 @@ async fn action_lifecycle_in_openwhisks_shape() {
     }
 }
 
-#[tokio::test]
-async fn bad_input_gets_openwhisk_errors() {
-    let h = harness();
+async fn bad_input_gets_openwhisk_errors(backend: Backend) {
+    let h = harness(&backend);
     let put = |uri: &str, body: Value| request(Method::PUT, uri, Some(&h.guest), Some(body));
     let cases = [
         (
@@ -201,9 +215,8 @@ async fn bad_input_gets_openwhisk_errors() {
     assert_eq!(status, StatusCode::NOT_FOUND, "no refused request left anything behind");
 }
 
-#[tokio::test]
-async fn wrong_or_missing_keys_are_unauthenticated() {
-    let h = harness();
+async fn wrong_or_missing_keys_are_unauthenticated(backend: Backend) {
+    let h = harness(&backend);
     let wrong_secret = Key { secret: "x".repeat(64), ..h.guest.clone() };
     let unknown = Key::generate();
     let mut requests = vec![
@@ -251,9 +264,8 @@ async fn post_records(h: &Harness, records: &[ActivationRecord]) {
     assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
 }
 
-#[tokio::test]
-async fn a_key_reaches_nothing_of_another_namespace() {
-    let h = harness();
+async fn a_key_reaches_nothing_of_another_namespace(backend: Backend) {
+    let h = harness(&backend);
     create(&h, "hello").await;
     post_records(&h, &[record("g1", "hello", 10, "guest")]).await;
     let forbidden = [
@@ -298,9 +310,8 @@ async fn a_key_reaches_nothing_of_another_namespace() {
     assert_eq!(status, StatusCode::OK, "guest's action is untouched");
 }
 
-#[tokio::test]
-async fn resolve_answers_the_filter() {
-    let h = harness();
+async fn resolve_answers_the_filter(backend: Backend) {
+    let h = harness(&backend);
     let put = json!({
         "exec": {"kind": "python:3", "code": "def main(a): return a"},
         "parameters": [{"key": "greeting", "value": "hi"}],
@@ -355,9 +366,8 @@ async fn resolve_answers_the_filter() {
     assert_eq!(status, StatusCode::NOT_FOUND);
 }
 
-#[tokio::test]
-async fn internal_routes_refuse_a_missing_or_wrong_token() {
-    let h = harness();
+async fn internal_routes_refuse_a_missing_or_wrong_token(backend: Backend) {
+    let h = harness(&backend);
     create(&h, "hello").await;
     let routes = [
         (Method::GET, "/internal/v1/resolve?namespace=_&action=hello", None),
@@ -383,9 +393,8 @@ async fn internal_routes_refuse_a_missing_or_wrong_token() {
     assert_eq!(status, StatusCode::BAD_REQUEST);
 }
 
-#[tokio::test]
-async fn activation_records_are_listed_and_read() {
-    let h = harness();
+async fn activation_records_are_listed_and_read(backend: Backend) {
+    let h = harness(&backend);
     let records = [
         record("a1", "hello", 1_000, "guest"),
         record("a2", "other", 2_000, "guest"),
@@ -445,9 +454,8 @@ async fn activation_records_are_listed_and_read() {
     }
 }
 
-#[tokio::test]
-async fn health_and_metrics_are_served() {
-    let h = harness();
+async fn health_and_metrics_are_served(backend: Backend) {
+    let h = harness(&backend);
     let (status, _) = send(&h.router, request(Method::GET, "/health", None, None)).await;
     assert_eq!(status, StatusCode::OK);
     send(&h.router, request(Method::GET, "/api/v1/namespaces/_/actions/x", Some(&h.guest), None)).await;
@@ -461,13 +469,13 @@ async fn health_and_metrics_are_served() {
     assert!(text.contains(r#"route="/health",status="200"} 1"#), "{text}");
 }
 
-#[tokio::test]
-async fn serve_answers_over_tcp_and_stops_gracefully() {
+async fn serve_answers_over_tcp_and_stops_gracefully(backend: Backend) {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     let directory = tempfile::tempdir().unwrap();
+    let (database, _keeper) = backend.database(directory.path());
     let config = management_api::Config {
         listen: "127.0.0.1:0".parse().unwrap(),
-        data_dir: directory.path().to_owned(),
+        database: database.clone(),
         internal_token: TOKEN.into(),
         seed_guest: true,
         ingress_url: management_api::ingress::DEFAULT_INGRESS_URL.into(),
@@ -492,13 +500,14 @@ async fn serve_answers_over_tcp_and_stops_gracefully() {
     stop.send(()).unwrap();
     tokio::time::timeout(std::time::Duration::from_secs(5), server).await.unwrap().unwrap().unwrap();
 
-    // The seeded data dir holds a database a second start (and the admin commands) can reuse.
-    let key = management_api::create_user(directory.path(), "bob").unwrap();
-    assert!(management_api::create_user(directory.path(), "bob").is_err());
-    assert!(management_api::create_user(directory.path(), "bad/name").is_err());
-    let store = Store::open(directory.path()).unwrap();
+    // The seeded database is one a second start (and the admin commands) can reuse.
+    let key = management_api::create_user(&database, "bob").unwrap();
+    assert!(management_api::create_user(&database, "bob").is_err());
+    assert!(management_api::create_user(&database, "bad/name").is_err());
+    let store = database.open().unwrap();
     assert_eq!(store.authenticate(&key).unwrap().as_deref(), Some("bob"));
+    assert_eq!(store.authenticate(&Key::parse(GUEST_KEY).unwrap()).unwrap().as_deref(), Some("guest"));
     drop(store);
-    management_api::delete_user(directory.path(), "bob").unwrap();
-    assert!(management_api::delete_user(directory.path(), "bob").is_err());
+    management_api::delete_user(&database, "bob").unwrap();
+    assert!(management_api::delete_user(&database, "bob").is_err());
 }

@@ -1,5 +1,6 @@
 //! Packages, bindings, packaged actions, triggers and rules through `Router::oneshot`, with a small
-//! in-process HTTP server standing in for the ingress that trigger fires invoke through.
+//! in-process HTTP server standing in for the ingress that trigger fires invoke through; on SQLite
+//! and on PostgreSQL.
 
 // Helpers outside `#[test]` functions are not covered by clippy.toml's allow-unwrap-in-tests.
 #![allow(clippy::unwrap_used, reason = "a panic in a test helper is a failed test with its location")]
@@ -12,9 +13,20 @@ use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use management_api::Key;
 use serde_json::{Value, json};
 use support::{
-    Harness, assert_error, create, harness, harness_with_ingress, internal, request, resolve, send,
+    Backend, Harness, assert_error, create, harness, harness_with_ingress, internal, on_every_backend,
+    request, resolve, send,
 };
 use whisk_contract::{ActionCode, ActivationRecord, ResolvedAction};
+
+on_every_backend!(
+    package_lifecycle_in_openwhisks_shape,
+    packaged_actions_live_in_their_package,
+    bindings_reach_published_packages_with_merged_parameters,
+    triggers_and_rules_lifecycle,
+    firing_invokes_active_rules_through_the_ingress_and_records_the_trigger,
+    a_key_reaches_no_package_trigger_or_rule_of_another_namespace,
+    api_info_and_limits_are_served,
+);
 
 /// `PUT` of `body` at `uri` with `key`; answers status and body.
 async fn put(h: &Harness, key: &Key, uri: &str, body: Value) -> (StatusCode, Value) {
@@ -48,9 +60,8 @@ fn code(kind: &str) -> Value {
     json!({"exec": {"kind": kind, "code": "function main(p) { return p; }"}})
 }
 
-#[tokio::test]
-async fn package_lifecycle_in_openwhisks_shape() {
-    let h = harness();
+async fn package_lifecycle_in_openwhisks_shape(backend: Backend) {
+    let h = harness(&backend);
     let uri = "/api/v1/namespaces/_/packages/utils";
     let created = ok(put(&h, &h.guest, uri, json!({"parameters": kv(&[("a", json!(1))])})).await);
     assert_eq!(created["namespace"], "guest");
@@ -101,9 +112,8 @@ async fn package_lifecycle_in_openwhisks_shape() {
     }
 }
 
-#[tokio::test]
-async fn packaged_actions_live_in_their_package() {
-    let h = harness();
+async fn packaged_actions_live_in_their_package(backend: Backend) {
+    let h = harness(&backend);
     let (status, body) =
         put(&h, &h.guest, "/api/v1/namespaces/_/actions/utils/echo", code("nodejs:20")).await;
     assert_eq!(status, StatusCode::NOT_FOUND, "no package yet");
@@ -181,9 +191,8 @@ async fn packaged_actions_live_in_their_package() {
     assert_eq!(status, StatusCode::NOT_FOUND);
 }
 
-#[tokio::test]
-async fn bindings_reach_published_packages_with_merged_parameters() {
-    let h = harness();
+async fn bindings_reach_published_packages_with_merged_parameters(backend: Backend) {
+    let h = harness(&backend);
     // alice publishes `shared` (with an action) and keeps `private` to herself.
     let shared =
         json!({"publish": true, "parameters": kv(&[("p", json!("package")), ("q", json!("package"))])});
@@ -278,9 +287,8 @@ async fn bindings_reach_published_packages_with_merged_parameters() {
     assert_eq!(status, StatusCode::NOT_FOUND);
 }
 
-#[tokio::test]
-async fn triggers_and_rules_lifecycle() {
-    let h = harness();
+async fn triggers_and_rules_lifecycle(backend: Backend) {
+    let h = harness(&backend);
     create(&h, "hello").await;
     let trigger_uri = "/api/v1/namespaces/_/triggers/t";
     let created =
@@ -401,10 +409,9 @@ async fn stand_in_ingress() -> (String, Seen) {
     (format!("http://{address}"), seen)
 }
 
-#[tokio::test]
-async fn firing_invokes_active_rules_through_the_ingress_and_records_the_trigger() {
+async fn firing_invokes_active_rules_through_the_ingress_and_records_the_trigger(backend: Backend) {
     let (ingress, seen) = stand_in_ingress().await;
-    let h = harness_with_ingress(&ingress);
+    let h = harness_with_ingress(&backend, &ingress);
     create(&h, "hello").await;
     create(&h, "missing").await;
     ok(put(&h, &h.guest, "/api/v1/namespaces/_/packages/utils", json!({})).await);
@@ -512,10 +519,9 @@ async fn firing_invokes_active_rules_through_the_ingress_and_records_the_trigger
     assert_error(&body, "The request content was malformed:");
 }
 
-#[tokio::test]
-async fn a_key_reaches_no_package_trigger_or_rule_of_another_namespace() {
+async fn a_key_reaches_no_package_trigger_or_rule_of_another_namespace(backend: Backend) {
     let (ingress, seen) = stand_in_ingress().await;
-    let h = harness_with_ingress(&ingress);
+    let h = harness_with_ingress(&backend, &ingress);
     create(&h, "hello").await;
     ok(put(&h, &h.guest, "/api/v1/namespaces/_/packages/utils", json!({})).await);
     ok(put(&h, &h.guest, "/api/v1/namespaces/_/actions/utils/echo", code("nodejs:20")).await);
@@ -583,9 +589,8 @@ async fn a_key_reaches_no_package_trigger_or_rule_of_another_namespace() {
     }
 }
 
-#[tokio::test]
-async fn api_info_and_limits_are_served() {
-    let h = harness();
+async fn api_info_and_limits_are_served(backend: Backend) {
+    let h = harness(&backend);
     let (status, info) = send(&h.router, request(Method::GET, "/api/v1", None, None)).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(

@@ -1,10 +1,19 @@
-//! What the integration tests share: an in-memory server behind `Router::oneshot`, two keys, and
-//! request and assertion helpers.
+//! What the integration tests share: a server behind `Router::oneshot` on either store backend, two
+//! keys, and request and assertion helpers.
+//!
+//! Each test is an `async fn(Backend)`; [`on_every_backend!`] runs it as `sqlite::<test>` and as
+//! `postgres::<test>`, the latter in a private schema of the server at `WHISK_TEST_POSTGRES_URL`
+//! (`scripts/postgres-test.sh` starts one). Without that variable the PostgreSQL variants say they
+//! are skipped, once per test binary on stderr, and pass.
 
 // Each test binary uses a different subset of these helpers.
 #![allow(dead_code, reason = "shared by several test binaries")]
 // Helpers outside `#[test]` functions are not covered by clippy.toml's allow-unwrap-in-tests.
 #![allow(clippy::unwrap_used, reason = "a panic in a test helper is a failed test with its location")]
+
+use std::io::Write as _;
+use std::path::Path;
+use std::sync::Once;
 
 use axum::Router;
 use axum::body::Body;
@@ -12,12 +21,85 @@ use axum::http::{Method, Request, StatusCode};
 use http_body_util::BodyExt as _;
 use management_api::auth::GUEST_KEY;
 use management_api::ingress::DEFAULT_INGRESS_URL;
-use management_api::{AppState, Ingress, Key, Store, router, seed_guest};
+use management_api::{AppState, Database, Ingress, Key, Store, router, seed_guest};
 use serde_json::{Value, json};
 use tower::ServiceExt as _;
 use whisk_contract::headers;
 
 pub const TOKEN: &str = "internal-secret";
+
+/// Where the PostgreSQL variants find a server: a URL of a database they may create schemas in.
+pub const POSTGRES_URL_VARIABLE: &str = "WHISK_TEST_POSTGRES_URL";
+
+/// Defines `sqlite::$test` and `postgres::$test` for each `async fn $test(backend: Backend)` named.
+macro_rules! on_every_backend {
+    ($($test:ident),* $(,)?) => {
+        mod sqlite {
+            $(#[tokio::test] async fn $test() { super::$test($crate::support::Backend::Sqlite).await })*
+        }
+        mod postgres {
+            $(#[tokio::test] async fn $test() {
+                if let Some(backend) = $crate::support::Backend::postgres() { super::$test(backend).await }
+            })*
+        }
+    };
+}
+pub(crate) use on_every_backend;
+
+/// The store a test runs against.
+#[derive(Debug, Clone)]
+pub enum Backend {
+    /// In memory, or in a temporary directory.
+    Sqlite,
+    /// A private schema of the server at this URL.
+    Postgres(String),
+}
+
+impl Backend {
+    /// PostgreSQL at `WHISK_TEST_POSTGRES_URL`, or `None` when it is not set.
+    pub fn postgres() -> Option<Self> {
+        match std::env::var(POSTGRES_URL_VARIABLE) {
+            Ok(url) if !url.is_empty() => Some(Self::Postgres(url)),
+            _ => {
+                static SAID: Once = Once::new();
+                SAID.call_once(|| {
+                    let binary = std::env::args().next().unwrap_or_default();
+                    let binary = Path::new(&binary).file_name().unwrap_or_default().to_string_lossy();
+                    let _ = writeln!(
+                        std::io::stderr(),
+                        "{binary}, PostgreSQL variants skipped: {POSTGRES_URL_VARIABLE} not set"
+                    );
+                });
+                None
+            }
+        }
+    }
+
+    /// A fresh, empty store (a PostgreSQL one drops its schema when dropped).
+    pub fn store(&self) -> Store {
+        match self {
+            Self::Sqlite => Store::open_in_memory().unwrap(),
+            Self::Postgres(url) => Store::connect_private(url).unwrap(),
+        }
+    }
+
+    /// Flags that reach one fresh, empty database from several stores (a server, admin commands),
+    /// and what keeps it alive until dropped: SQLite files in `data_dir`, or a private PostgreSQL
+    /// schema.
+    pub fn database(&self, data_dir: &Path) -> (Database, Option<Store>) {
+        match self {
+            Self::Sqlite => (Database::sqlite(data_dir), None),
+            Self::Postgres(url) => {
+                let keeper = Store::connect_private(url).unwrap();
+                let Store::Postgres(postgres) = &keeper else { unreachable!() };
+                let schema = postgres.private_schema().unwrap();
+                let separator = if url.contains('?') { '&' } else { '?' };
+                let url = format!("{url}{separator}options=-csearch_path%3D{schema}");
+                (Database { data_dir: data_dir.to_owned(), database_url: Some(url) }, Some(keeper))
+            }
+        }
+    }
+}
 
 pub struct Harness {
     pub router: Router,
@@ -26,13 +108,13 @@ pub struct Harness {
 }
 
 /// Namespaces `guest` (OpenWhisk's key) and `alice`; trigger fires go to the default ingress.
-pub fn harness() -> Harness {
-    harness_with_ingress(DEFAULT_INGRESS_URL)
+pub fn harness(backend: &Backend) -> Harness {
+    harness_with_ingress(backend, DEFAULT_INGRESS_URL)
 }
 
 /// As [`harness`], with trigger fires sent to `ingress_url`.
-pub fn harness_with_ingress(ingress_url: &str) -> Harness {
-    let store = Store::open_in_memory().unwrap();
+pub fn harness_with_ingress(backend: &Backend, ingress_url: &str) -> Harness {
+    let store = backend.store();
     seed_guest(&store).unwrap();
     let alice = Key::generate();
     store.create_namespace("alice", &alice, 1).unwrap();

@@ -3,7 +3,8 @@
 use rusqlite::{Connection, OptionalExtension as _, Row, TransactionBehavior, params};
 
 use super::{
-    ACTION_COLUMNS, Store, StoreError, action_from_row, encode, insert_action, json_column, select_action,
+    ACTION_COLUMNS, SqliteStore, StoreError, action_from_row, encode, insert_action, json_column,
+    select_action,
 };
 use crate::actions::Action;
 use crate::packages::{Binding, Package};
@@ -11,7 +12,7 @@ use crate::packages::{Binding, Package};
 const PACKAGE_COLUMNS: &str =
     "namespace, name, version, publish, parameters, annotations, binding_namespace, binding_name, updated";
 
-impl Store {
+impl SqliteStore {
     pub fn get_package(&self, namespace: &str, name: &str) -> Result<Option<Package>, StoreError> {
         select_package(&self.connection(), namespace, name)
     }
@@ -159,83 +160,4 @@ fn package_from_row(row: &Row<'_>) -> rusqlite::Result<Package> {
         binding: binding_namespace.zip(binding_name).map(|(namespace, name)| Binding { namespace, name }),
         updated: row.get(8)?,
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::store::tests::action;
-
-    fn package(name: &str, updated: u64) -> Package {
-        Package {
-            namespace: "guest".into(),
-            name: name.into(),
-            version: "0.0.1".into(),
-            publish: false,
-            parameters: vec![],
-            annotations: vec![],
-            binding: None,
-            updated,
-        }
-    }
-
-    fn put(store: &Store, package: Package) {
-        let (namespace, name) = (package.namespace.clone(), package.name.clone());
-        store.put_package::<StoreError>(&namespace, &name, |_| Ok(package)).unwrap();
-    }
-
-    fn put_in(store: &Store, package: &str, name: &str) -> Result<Action, StoreError> {
-        store.put_packaged_action("guest", package, name, |container, _| {
-            container.ok_or_else(|| StoreError::Task("no package".into()))?;
-            Ok(Action { namespace: format!("guest/{package}"), ..action(name, 5) })
-        })
-    }
-
-    #[test]
-    fn packages_and_bindings_round_trip_and_list() {
-        let store = Store::open_in_memory().unwrap();
-        put(&store, package("a", 1));
-        let binding = Package {
-            binding: Some(Binding { namespace: "other".into(), name: "p".into() }),
-            ..package("b", 2)
-        };
-        put(&store, binding.clone());
-        assert_eq!(store.get_package("guest", "b").unwrap(), Some(binding));
-        let names: Vec<_> =
-            store.list_packages("guest", 0, 30).unwrap().into_iter().map(|p| p.name).collect();
-        assert_eq!(names, ["b", "a"]);
-        assert_eq!(store.count_packages("guest").unwrap(), 2);
-        assert_eq!(store.list_packages("other", 0, 30).unwrap(), vec![]);
-    }
-
-    #[test]
-    fn packaged_actions_need_their_package_and_list_with_the_namespace() {
-        let store = Store::open_in_memory().unwrap();
-        assert!(put_in(&store, "p", "x").is_err());
-        put(&store, package("p", 1));
-        put_in(&store, "p", "x").unwrap();
-        store.put_action::<StoreError>("guest", "y", |_| Ok(action("y", 1))).unwrap();
-        assert_eq!(store.package_actions("guest/p").unwrap().len(), 1);
-        let listed: Vec<_> =
-            store.list_actions("guest", 0, 30).unwrap().into_iter().map(|a| a.namespace).collect();
-        assert_eq!(listed, ["guest/p", "guest"]);
-        assert_eq!(store.count_actions("guest").unwrap(), 2);
-        assert_eq!(store.count_actions("guest/p").unwrap(), 0, "only root namespaces count");
-    }
-
-    #[test]
-    fn a_package_is_deleted_only_when_the_check_agrees() {
-        let store = Store::open_in_memory().unwrap();
-        put(&store, package("p", 1));
-        put_in(&store, "p", "x").unwrap();
-        let refused = store.delete_package("guest", "p", |_, contained| {
-            if contained > 0 { Err(StoreError::Task(format!("{contained}"))) } else { Ok(()) }
-        });
-        assert!(matches!(refused, Err(StoreError::Task(n)) if n == "1"));
-        assert!(store.get_package("guest", "p").unwrap().is_some());
-        store.delete_action("guest/p", "x").unwrap();
-        let deleted = store.delete_package::<StoreError>("guest", "p", |_, _| Ok(())).unwrap();
-        assert_eq!(deleted.map(|p| p.name).as_deref(), Some("p"));
-        assert_eq!(store.delete_package::<StoreError>("guest", "p", |_, _| Ok(())).unwrap(), None);
-    }
 }

@@ -2,7 +2,7 @@
 
 use rusqlite::{Connection, OptionalExtension as _, Row, TransactionBehavior, params};
 
-use super::{Store, StoreError, encode, json_column};
+use super::{SqliteStore, StoreError, encode, json_column};
 use crate::rules::{PathName, Rule, RuleStatus};
 use crate::triggers::Trigger;
 
@@ -10,7 +10,7 @@ const TRIGGER_COLUMNS: &str = "namespace, name, version, publish, parameters, an
 const RULE_COLUMNS: &str = "namespace, name, version, publish, annotations, status, trigger_namespace, \
     trigger_name, action_path, action_name, updated";
 
-impl Store {
+impl SqliteStore {
     pub fn get_trigger(&self, namespace: &str, name: &str) -> Result<Option<Trigger>, StoreError> {
         select_trigger(&self.connection(), namespace, name)
     }
@@ -267,80 +267,4 @@ fn rule_from_row(row: &Row<'_>) -> rusqlite::Result<Rule> {
         action: PathName { path: row.get(8)?, name: row.get(9)? },
         updated: row.get(10)?,
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn trigger(name: &str, updated: u64) -> Trigger {
-        Trigger {
-            namespace: "guest".into(),
-            name: name.into(),
-            version: "0.0.1".into(),
-            publish: false,
-            parameters: vec![],
-            annotations: vec![],
-            updated,
-        }
-    }
-
-    fn rule(name: &str, trigger: &str) -> Rule {
-        Rule {
-            namespace: "guest".into(),
-            name: name.into(),
-            version: "0.0.1".into(),
-            publish: false,
-            annotations: vec![],
-            status: RuleStatus::Active,
-            trigger: PathName { path: "guest".into(), name: trigger.into() },
-            action: PathName { path: "guest/utils".into(), name: "echo".into() },
-            updated: 1,
-        }
-    }
-
-    fn put_trigger(store: &Store, trigger: Trigger) {
-        let (namespace, name) = (trigger.namespace.clone(), trigger.name.clone());
-        store.put_trigger::<StoreError>(&namespace, &name, |_| Ok(trigger)).unwrap();
-    }
-
-    fn put_rule(store: &Store, rule: Rule) {
-        let (namespace, name) = (rule.namespace.clone(), rule.name.clone());
-        store.put_rule::<StoreError>(&namespace, &name, |_| Ok(rule)).unwrap();
-    }
-
-    #[test]
-    fn triggers_carry_the_rules_that_name_them() {
-        let store = Store::open_in_memory().unwrap();
-        put_trigger(&store, trigger("t", 1));
-        put_trigger(&store, trigger("u", 2));
-        put_rule(&store, rule("r2", "t"));
-        put_rule(&store, rule("r1", "t"));
-        put_rule(&store, rule("other", "u"));
-        let (found, rules) = store.get_trigger_with_rules("guest", "t").unwrap().unwrap();
-        assert_eq!(found, trigger("t", 1));
-        assert_eq!(rules, vec![rule("r1", "t"), rule("r2", "t")]);
-        let names: Vec<_> =
-            store.list_triggers("guest", 0, 30).unwrap().into_iter().map(|t| t.name).collect();
-        assert_eq!(names, ["u", "t"]);
-        assert_eq!((store.count_triggers("guest").unwrap(), store.count_rules("guest").unwrap()), (2, 3));
-        assert_eq!(store.get_trigger_with_rules("alice", "t").unwrap(), None);
-    }
-
-    #[test]
-    fn status_changes_and_trigger_deletion_deactivate() {
-        let store = Store::open_in_memory().unwrap();
-        put_trigger(&store, trigger("t", 1));
-        put_rule(&store, rule("r", "t"));
-        let disabled = store.set_rule_status("guest", "r", RuleStatus::Inactive, 9).unwrap().unwrap();
-        assert_eq!((disabled.status, disabled.updated), (RuleStatus::Inactive, 9));
-        assert_eq!(store.set_rule_status("guest", "absent", RuleStatus::Active, 9).unwrap(), None);
-        store.set_rule_status("guest", "r", RuleStatus::Active, 10).unwrap();
-        let (_, rules) = store.delete_trigger("guest", "t").unwrap().unwrap();
-        assert_eq!(rules[0].status, RuleStatus::Active, "the answer shows the rules as they were");
-        assert_eq!(store.get_rule("guest", "r").unwrap().unwrap().status, RuleStatus::Inactive);
-        assert_eq!(store.delete_trigger("guest", "t").unwrap(), None);
-        assert!(store.delete_rule("guest", "r").unwrap().is_some());
-        assert_eq!(store.delete_rule("guest", "r").unwrap(), None);
-    }
 }
