@@ -38,6 +38,9 @@ pub mod headers {
     /// JSON array of log lines, each `"<ISO-8601 time> <stdout|stderr>: <text>"`.
     pub const RUNTIME_LOGS: &str = "x-whisk-logs";
 
+    /// The management API's entity generation a resolve answer was read at (resolve cache validity).
+    pub const GENERATION: &str = "x-whisk-generation";
+
     /// Every header with this prefix is internal: the filter strips them from client requests.
     pub const INTERNAL_PREFIX: &str = "x-whisk-";
 }
@@ -48,6 +51,9 @@ pub mod paths {
     /// authenticates the key and resolves the action. 200 [`super::ResolvedAction`], or an
     /// OpenWhisk error body with 401/403/404.
     pub const RESOLVE: &str = "/internal/v1/resolve";
+    /// Management API: `GET ?after=<generation>` answers `{"generation": "..."}` as soon as the
+    /// entity generation differs from `after` (at once if it already does), or after 30 s.
+    pub const GENERATION: &str = "/internal/v1/generation";
     /// Management API: `GET /internal/v1/actions/{namespace}/{name or pkg/name}` returns
     /// [`super::ActionCode`] (the control server needs the code to `/init` a container).
     pub const ACTION_CODE: &str = "/internal/v1/actions";
@@ -239,6 +245,9 @@ pub struct FilterConfig {
     /// How long a request may wait for a container before it is answered 503.
     #[serde(default = "FilterConfig::default_max_wait_ms")]
     pub max_wait_ms: u64,
+    /// Longest a cached resolution is trusted even with an unchanged generation.
+    #[serde(default = "FilterConfig::default_resolve_cache_max_age_ms")]
+    pub resolve_cache_max_age_ms: u64,
     /// Waiting requests per container asked for: a container that frees up serves the others
     /// sooner than a new one starts, so cold starts are coalesced.
     #[serde(default = "FilterConfig::default_waiters_per_cold_start")]
@@ -263,6 +272,9 @@ impl FilterConfig {
     }
     fn default_max_wait_ms() -> u64 {
         60_000
+    }
+    fn default_resolve_cache_max_age_ms() -> u64 {
+        30_000
     }
     fn default_waiters_per_cold_start() -> usize {
         2

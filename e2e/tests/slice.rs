@@ -35,6 +35,17 @@ async fn cold_starts(platform: &Platform) -> f64 {
     metric(&page, "xds_whisk_cold_starts_total", "outcome=\"started\"")
 }
 
+/// A counter of Envoy's stats (the filter's own counters included), summed over matching lines.
+async fn envoy_stat(platform: &Platform, name: &str) -> f64 {
+    let page = reqwest::get(format!("{}/stats?filter={name}", platform.admin_url()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    page.lines().filter_map(|line| line.rsplit(": ").next()?.trim().parse::<f64>().ok()).sum()
+}
+
 fn annotation(record: &Value, key: &str) -> Option<Value> {
     record["annotations"].as_array()?.iter().find(|kv| kv["key"] == key).map(|kv| kv["value"].clone())
 }
@@ -102,6 +113,20 @@ async fn create_invoke_read_back_and_errors_through_envoy() {
     let bare = client.invoke("hello", &json!({"name": "z"}), true).await.unwrap();
     assert_eq!((bare.status, bare.body.clone()), (200, json!({"greeting": "hello z"})));
     assert_eq!(cold_starts(&platform).await, before + 1.0, "warm invokes never cold start");
+    // Warm invokes are answered from the filter's resolve cache: no call before the container.
+    assert!(
+        envoy_stat(&platform, "whisk_resolve_cache_hits").await >= 1.0,
+        "warm invokes hit the resolve cache"
+    );
+
+    // An update takes effect on the very next invoke (the cache follows the entity generation).
+    client.create_action("hello", "nodejs:20", "function main(p) { return {v: 2}; }").await.unwrap();
+    assert_eq!(client.invoke("hello", &json!({}), true).await.unwrap().body, json!({"v": 2}));
+    client.create_action("hello", "nodejs:20", HELLO_JS).await.unwrap();
+    assert_eq!(
+        client.invoke("hello", &json!({"name": "back"}), true).await.unwrap().body,
+        json!({"greeting": "hello back"})
+    );
 
     // A bodyless blocking invoke (curl -X POST) still runs, with the default parameters.
     let bodyless = reqwest::Client::new()

@@ -10,6 +10,7 @@
 //! exists only in the wasm32 build.
 
 pub mod activation;
+pub mod cache;
 pub mod envelope;
 pub mod pool;
 pub mod route;

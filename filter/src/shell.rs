@@ -28,13 +28,14 @@ use std::time::{Duration, UNIX_EPOCH};
 use log::{debug, error, warn};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType};
+use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType, MetricType};
 use whisk_contract::{
     ActivationRecord, ActivationResponse, ActivationStatus, ColdStartRequest, ColdStartResponse, ErrorBody,
     FilterConfig, ResolvedAction, clusters, headers, messages, paths,
 };
 
 use crate::activation::{self, Timing};
+use crate::cache;
 use crate::envelope::{self, RunContext};
 use crate::pool::{self, CasMismatch, Claim, SharedData, SlotState};
 use crate::route::{self, Invocation, Route};
@@ -153,6 +154,10 @@ struct State {
     authorization: String,
     original_path: String,
     body: Vec<u8>,
+    /// This request's key in the resolve cache.
+    cache_key: String,
+    /// A write to the API's entities passing through to the management API.
+    entity_write: bool,
     callout: Option<(u32, Callout)>,
     action: Option<ResolvedAction>,
     prefix: String,
@@ -188,9 +193,38 @@ impl Waiter {
     }
 }
 
+/// The filter's counters, as Envoy stats (`/stats?filter=whisk`): shared by every worker.
+struct Counters {
+    resolve_cache_hits: Option<u32>,
+    resolve_cache_misses: Option<u32>,
+    waits: Option<u32>,
+    cold_start_requests: Option<u32>,
+    retired: Option<u32>,
+}
+
+impl Counters {
+    fn define() -> Self {
+        let counter = |name: &str| hostcalls::define_metric(MetricType::Counter, name).ok();
+        Self {
+            resolve_cache_hits: counter("whisk_resolve_cache_hits"),
+            resolve_cache_misses: counter("whisk_resolve_cache_misses"),
+            waits: counter("whisk_waits"),
+            cold_start_requests: counter("whisk_cold_start_requests"),
+            retired: counter("whisk_retired"),
+        }
+    }
+
+    fn bump(id: Option<u32>) {
+        if let Some(id) = id {
+            let _ = hostcalls::increment_metric(id, 1);
+        }
+    }
+}
+
 /// The per-worker plan and queues shared by the root context and its HTTP contexts.
 struct Shared {
     config: FilterConfig,
+    counters: Counters,
     outbox: RefCell<VecDeque<Outgoing>>,
     /// Requests waiting for a container, FIFO per action revision (pool prefix).
     waiting: RefCell<BTreeMap<String, VecDeque<Waiter>>>,
@@ -241,7 +275,7 @@ impl Shared {
             };
             let Ok(mut state) = waiter.state.try_borrow_mut() else { continue };
             let _switch = OnBehalfOf::enter(state.context_id, current);
-            forward(self, &mut state, claim);
+            forward(self, &mut state, claim, true);
         }
     }
 
@@ -286,7 +320,7 @@ fn answer_without_container(shared: &Shared, state: &mut State, response: Activa
 }
 
 /// Pins the request to the claimed container, rewrites it into `/run` and lets it go.
-fn forward(shared: &Shared, state: &mut State, claim: Claim) {
+fn forward(shared: &Shared, state: &mut State, claim: Claim, resume: bool) {
     let Some(action) = &state.action else { return };
     let now = now_ms();
     let context = RunContext {
@@ -321,7 +355,9 @@ fn forward(shared: &Shared, state: &mut State, claim: Claim) {
     state.timing.init_ms = claim.init_ms;
     state.claim = Some(claim);
     state.phase = Phase::Forwarded;
-    let _ = hostcalls::resume_http_request();
+    if resume {
+        let _ = hostcalls::resume_http_request();
+    }
 }
 
 /// The worker's root context: the outbox, the wait queues' clock, and the cold starts.
@@ -330,11 +366,68 @@ struct Root {
     shared: Option<Rc<Shared>>,
     /// Cold-start callouts in flight: token → pool prefix.
     cold_starts: HashMap<u32, String>,
+    /// The long-poll of the management API's entity generation, when in flight.
+    generation_poll: Option<u32>,
+    /// No generation poll before this time (the last one failed).
+    poll_not_before: u64,
 }
 
 impl Root {
     fn new(context_id: u32) -> Self {
-        Self { context_id, shared: None, cold_starts: HashMap::new() }
+        Self {
+            context_id,
+            shared: None,
+            cold_starts: HashMap::new(),
+            generation_poll: None,
+            poll_not_before: 0,
+        }
+    }
+
+    /// Keeps one long-poll of the entity generation in flight, so cached resolutions die as soon as
+    /// an entity is written.
+    fn poll_generation(&mut self, shared: &Shared) {
+        if self.generation_poll.is_some() || now_ms() < self.poll_not_before {
+            return;
+        }
+        let current = cache::current_generation(&EnvoySharedData).unwrap_or_default();
+        let path = format!("{}?after={}", paths::GENERATION, query_escape(&current));
+        let call = hostcalls::dispatch_http_call(
+            clusters::MANAGEMENT_API,
+            vec![
+                (":method", "GET"),
+                (":path", &path),
+                (":authority", "whisk-management"),
+                (headers::INTERNAL_TOKEN, &shared.config.internal_token),
+            ],
+            None,
+            vec![],
+            Duration::from_secs(35),
+        );
+        match call {
+            Ok(token) => self.generation_poll = Some(token),
+            Err(status) => {
+                warn!("generation poll failed to start: {status:?}");
+                self.poll_not_before = now_ms() + 500;
+            }
+        }
+    }
+
+    fn on_generation(&mut self, status: u16, body: &[u8]) {
+        self.generation_poll = None;
+        let generation = (status == 200)
+            .then(|| serde_json::from_slice::<serde_json::Value>(body).ok())
+            .flatten()
+            .and_then(|value| value.get("generation").and_then(|g| g.as_str()).map(str::to_owned));
+        match generation {
+            Some(generation) => {
+                let _ = EnvoySharedData.set(cache::GENERATION_KEY, generation.as_bytes(), None);
+            }
+            None => {
+                // Unknown generation: fail closed (no cache hits) until the API answers again.
+                let _ = EnvoySharedData.set(cache::GENERATION_KEY, b"", None);
+                self.poll_not_before = now_ms() + 500;
+            }
+        }
     }
 
     fn flush_outbox(&self, shared: &Shared) {
@@ -364,6 +457,7 @@ impl Root {
                     }
                 }
                 Outgoing::Retire { container_id, grace_ms } => {
+                    Counters::bump(shared.counters.retired);
                     let path = format!("{}/{container_id}?grace_ms={grace_ms}", paths::CONTAINERS);
                     let call = hostcalls::dispatch_http_call(
                         clusters::CONTROL_PLANE,
@@ -482,6 +576,7 @@ impl Root {
         );
         match call {
             Ok(token) => {
+                Counters::bump(shared.counters.cold_start_requests);
                 self.cold_starts.insert(token, prefix.to_owned());
                 *shared.starting.borrow_mut().entry(prefix.to_owned()).or_default() += 1;
             }
@@ -540,6 +635,11 @@ impl Context for Root {
     fn on_http_call_response(&mut self, token: u32, _headers: usize, body_size: usize, _trailers: usize) {
         let status: u16 =
             self.get_http_call_response_header(":status").and_then(|s| s.parse().ok()).unwrap_or(0);
+        if self.generation_poll == Some(token) {
+            let body = self.get_http_call_response_body(0, body_size).unwrap_or_default();
+            self.on_generation(status, &body);
+            return;
+        }
         if let Some(prefix) = self.cold_starts.remove(&token) {
             let body = self.get_http_call_response_body(0, body_size).unwrap_or_default();
             if let Some(shared) = self.shared.clone() {
@@ -570,6 +670,7 @@ impl RootContext for Root {
         let _ = hostcalls::set_tick_period(Duration::from_millis(config.flush_period_ms.max(1)));
         self.shared = Some(Rc::new(Shared {
             config,
+            counters: Counters::define(),
             outbox: RefCell::new(VecDeque::new()),
             waiting: RefCell::new(BTreeMap::new()),
             starting: RefCell::new(HashMap::new()),
@@ -583,6 +684,7 @@ impl RootContext for Root {
         let Some(shared) = self.shared.clone() else { return };
         self.tend_waiters(&shared);
         self.flush_outbox(&shared);
+        self.poll_generation(&shared);
     }
 
     fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
@@ -611,6 +713,8 @@ impl Request {
             authorization: String::new(),
             original_path: String::new(),
             body: Vec::new(),
+            cache_key: String::new(),
+            entity_write: false,
             callout: None,
             action: None,
             prefix: String::new(),
@@ -685,6 +789,14 @@ impl Request {
                 return Action::Pause;
             }
         }
+        state.cache_key = cache::key(&state.authorization, &invocation.namespace, &invocation.action_path());
+        let max_age = self.shared.config.resolve_cache_max_age_ms;
+        if let Some(action) = cache::lookup(&EnvoySharedData, &state.cache_key, now_ms(), max_age) {
+            // Warm and known: no call at all; the request goes on from this very callback.
+            Counters::bump(self.shared.counters.resolve_cache_hits);
+            return self.proceed(state, action, false);
+        }
+        Counters::bump(self.shared.counters.resolve_cache_misses);
         let path = format!(
             "{}?namespace={}&action={}",
             paths::RESOLVE,
@@ -714,7 +826,7 @@ impl Request {
         Action::Pause
     }
 
-    fn on_resolved(&self, state: &mut State, status: u16, body: Vec<u8>) {
+    fn on_resolved(&self, state: &mut State, status: u16, body: Vec<u8>, generation: Option<String>) {
         if status != 200 {
             // The management API already speaks OpenWhisk's error shape: relay it.
             let status = if status == 0 { 503 } else { u32::from(status) };
@@ -729,6 +841,16 @@ impl Request {
                 return;
             }
         };
+        if let Some(generation) = generation {
+            cache::remember(&EnvoySharedData, &state.cache_key, &generation, now_ms(), &action);
+        }
+        self.proceed(state, action, true);
+    }
+
+    /// The action is known: answer a non-blocking invoke, or claim a container (or wait for one).
+    /// `in_callout` says whether the request is paused (resume it) or still in its own filter
+    /// callback (let it continue by returning `Continue`).
+    fn proceed(&self, state: &mut State, action: ResolvedAction, in_callout: bool) -> Action {
         let blocking = state.invocation.as_ref().is_some_and(|i| i.blocking);
         if state.internal_activation_id.is_none() && !blocking {
             // Non-blocking: answer now with the id; the run goes through this Envoy's ingress as an
@@ -744,13 +866,17 @@ impl Request {
             let body = serde_json::json!({ "activationId": state.activation_id }).to_string();
             let activation_id = state.activation_id.clone();
             answer(state, 202, vec![(headers::ACTIVATION_ID, &activation_id)], body.as_bytes());
-            return;
+            return Action::Pause;
         }
         state.prefix = pool::action_prefix(&action.namespace, &action_path(&action), &action.revision);
         state.action = Some(action);
         match pool::claim(&EnvoySharedData, &state.prefix) {
-            Some(claim) => forward(&self.shared, state, claim),
+            Some(claim) => {
+                forward(&self.shared, state, claim, in_callout);
+                if in_callout { Action::Pause } else { Action::Continue }
+            }
             None => {
+                Counters::bump(self.shared.counters.waits);
                 state.phase = Phase::Waiting;
                 if !self.shared.enqueue(self.state.clone(), &state.prefix) {
                     answer_error(
@@ -759,6 +885,7 @@ impl Request {
                         "Too many requests are waiting for this action; try again later.",
                     );
                 }
+                Action::Pause
             }
         }
     }
@@ -877,7 +1004,8 @@ impl Context for Request {
             answer(&mut state, status, vec![(headers::ACTIVATION_ID, &activation_id)], &body);
             return;
         }
-        self.on_resolved(&mut state, status, body);
+        let generation = self.get_http_call_response_header(headers::GENERATION);
+        self.on_resolved(&mut state, status, body, generation);
     }
 }
 
@@ -889,7 +1017,12 @@ impl HttpContext for Request {
         let state = self.state.clone();
         let mut state = state.borrow_mut();
         match route::classify(&method, &path) {
-            Route::PassThrough => Action::Continue,
+            Route::PassThrough => {
+                state.entity_write = path.starts_with("/api/v1/")
+                    && !matches!(method.as_str(), "GET" | "HEAD" | "OPTIONS")
+                    && !path.contains("/triggers/");
+                Action::Continue
+            }
             Route::Internal => {
                 answer_error(&mut state, 404, messages::RESOURCE_DOES_NOT_EXIST);
                 Action::Pause
@@ -934,6 +1067,20 @@ impl HttpContext for Request {
     fn on_http_response_headers(&mut self, _headers: usize, end_of_stream: bool) -> Action {
         let state = self.state.clone();
         let mut state = state.borrow_mut();
+        if state.entity_write {
+            let status = self.get_http_response_header(":status").unwrap_or_default();
+            if status.starts_with('2') {
+                // An entity changed: drop this Envoy's cached resolutions before the client even
+                // sees the answer, so its next invoke cannot run what was replaced. A generation no
+                // resolve answer carries disables the cache until the long-poll fetches the real one.
+                let _ = EnvoySharedData.set(
+                    cache::GENERATION_KEY,
+                    format!("local-{}", new_id()).as_bytes(),
+                    None,
+                );
+            }
+            return Action::Continue;
+        }
         if state.phase != Phase::Forwarded {
             return Action::Continue;
         }

@@ -51,7 +51,10 @@ pub async fn resolve(
     State(state): State<AppState>,
     request_headers: HeaderMap,
     ApiQuery(query): ApiQuery<ResolveQuery>,
-) -> Result<Json<ResolvedAction>, ApiError> {
+) -> Result<([(&'static str, String); 1], Json<ResolvedAction>), ApiError> {
+    // Read before the lookup: a write racing this resolve makes the answer's generation stale, so
+    // the filter's cache never keeps what the write changed.
+    let generation = state.generation().current();
     let authorization = request_headers.get(AUTHORIZATION).and_then(|value| value.to_str().ok());
     let subject = Subject { namespace: state.authenticate(authorization).await? };
     let namespace = query.namespace.ok_or_else(|| missing("namespace"))?;
@@ -59,7 +62,7 @@ pub async fn resolve(
     let namespace = authorize(&subject, &namespace)?;
     let action = ActionName::parse(&action)?;
     let action = state.db(move |store| locate_action(store, &namespace, &action, false)).await?;
-    Ok(Json(action.resolved(subject.namespace)))
+    Ok(([(whisk_contract::headers::GENERATION, generation)], Json(action.resolved(subject.namespace))))
 }
 
 fn missing(parameter: &str) -> ApiError {

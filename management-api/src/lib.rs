@@ -21,6 +21,7 @@ pub mod actions;
 pub mod activations;
 pub mod auth;
 pub mod error;
+pub mod generation;
 pub mod ingress;
 pub mod internal;
 pub mod metrics;
@@ -170,6 +171,7 @@ pub fn router(state: AppState) -> Router {
         .route(&action_code, get(internal::action_code))
         .route(&packaged_action_code, get(internal::action_code))
         .route(paths::ACTIVATIONS, post(internal::store_activations))
+        .route(paths::GENERATION, get(generation::poll))
         .route_layer(middleware::from_fn_with_state(state.clone(), internal::require_token));
     let action = || get(actions::get).put(actions::put).delete(actions::delete).post(actions::invoke);
     Router::new()
@@ -205,6 +207,7 @@ pub fn router(state: AppState) -> Router {
         // After every route: it applies to the method routers registered so far.
         .method_not_allowed_fallback(error::method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(middleware::from_fn_with_state(state.clone(), generation::bump_on_write))
         .layer(middleware::from_fn_with_state(state.clone(), metrics::track))
         .with_state(state)
 }
@@ -269,6 +272,12 @@ pub async fn serve(
     if let Ok(address) = listener.local_addr() {
         tracing::info!(%address, "management API listening");
     }
+    let closing = state.clone();
+    let shutdown = async move {
+        shutdown.await;
+        // Held generation polls would keep a graceful shutdown waiting for their 30 s: answer them.
+        closing.generation().bump();
+    };
     axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await.map_err(Error::Serve)?;
     tracing::info!("management API stopped");
     Ok(())

@@ -9,6 +9,7 @@ use axum::http::request::Parts;
 
 use crate::auth::{AuthCache, Key};
 use crate::error::ApiError;
+use crate::generation::Generation;
 use crate::ingress::Ingress;
 use crate::metrics::Metrics;
 use crate::store::{Store, StoreError};
@@ -30,6 +31,7 @@ struct Shared {
     internal_token: String,
     ingress: Ingress,
     metrics: Metrics,
+    generation: Generation,
 }
 
 impl AppState {
@@ -42,8 +44,14 @@ impl AppState {
                 internal_token,
                 ingress,
                 metrics: Metrics::new(),
+                generation: Generation::default(),
             }),
         }
+    }
+
+    /// The entity generation (changes on every write; the data plane's resolve caches follow it).
+    pub fn generation(&self) -> &Generation {
+        &self.inner.generation
     }
 
     /// Runs `work` against the store on a blocking thread: store calls block (on SQLite's file, or

@@ -116,6 +116,7 @@ pub async fn run_with<C: ClusterManager>(config: Config, cluster: C) -> anyhow::
             max_waiting_per_action: 1_000,
             max_wait_ms: 60_000,
             waiters_per_cold_start: 2,
+            resolve_cache_max_age_ms: 30_000,
         },
     });
 
