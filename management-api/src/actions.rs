@@ -410,13 +410,21 @@ pub async fn list(
     ApiQuery(query): ApiQuery<ListQuery>,
 ) -> Result<Response, ApiError> {
     let namespace = authorize(&subject, &namespace)?;
-    let page = query.page()?;
-    if page.count {
-        let count = state.db(move |store| store.count_actions(&namespace)).await?;
-        return Ok(Json(serde_json::json!({ "actions": count })).into_response());
+    crate::paging::respond(
+        &state,
+        namespace,
+        query.page()?,
+        "actions",
+        crate::store::Store::count_actions,
+        crate::store::Store::list_actions,
+    )
+    .await
+}
+
+impl crate::paging::Listed for Action {
+    fn listed(&self) -> impl serde::Serialize + '_ {
+        self.summary()
     }
-    let actions = state.db(move |store| store.list_actions(&namespace, page.skip, page.limit)).await?;
-    Ok(Json(actions.iter().map(Action::summary).collect::<Vec<_>>()).into_response())
 }
 
 #[derive(Debug, Deserialize)]

@@ -307,13 +307,21 @@ pub async fn list(
     ApiQuery(query): ApiQuery<ListQuery>,
 ) -> Result<Response, ApiError> {
     let namespace = authorize(&subject, &namespace)?;
-    let page = query.page()?;
-    if page.count {
-        let count = state.db(move |store| store.count_packages(&namespace)).await?;
-        return Ok(Json(serde_json::json!({ "packages": count })).into_response());
+    crate::paging::respond(
+        &state,
+        namespace,
+        query.page()?,
+        "packages",
+        crate::store::Store::count_packages,
+        crate::store::Store::list_packages,
+    )
+    .await
+}
+
+impl crate::paging::Listed for Package {
+    fn listed(&self) -> impl serde::Serialize + '_ {
+        self.summary()
     }
-    let packages = state.db(move |store| store.list_packages(&namespace, page.skip, page.limit)).await?;
-    Ok(Json(packages.iter().map(Package::summary).collect::<Vec<_>>()).into_response())
 }
 
 /// `GET /api/v1/namespaces/{ns}/packages/{name}`: the package with its actions. A binding shows the

@@ -1,9 +1,13 @@
 //! The listing parameters shared by actions and activations (`limit`, `skip`, `count`), parsed with
 //! OpenWhisk's rules and messages.
 
-use serde::Deserialize;
+use axum::Json;
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
 
 use crate::error::ApiError;
+use crate::state::AppState;
+use crate::store::{Store, StoreError};
 
 /// OpenWhisk's default page.
 pub const DEFAULT_LIMIT: u64 = 30;
@@ -88,6 +92,34 @@ pub fn parse_bool(name: &str, value: Option<&str>) -> Result<Option<bool>, ApiEr
             ))),
         })
         .transpose()
+}
+
+/// Counts a namespace's entities of one collection.
+pub type CountFn = fn(&Store, &str) -> Result<u64, StoreError>;
+/// Lists one page (`skip`, `limit`) of a namespace's entities of one collection.
+pub type ListFn<E> = fn(&Store, &str, u64, u64) -> Result<Vec<E>, StoreError>;
+
+/// An entity as a list shows it (OpenWhisk lists summaries, not whole entities).
+pub trait Listed {
+    fn listed(&self) -> impl Serialize + '_;
+}
+
+/// The one shape of every entity list: `count=true` answers `{"<collection>": N}`; otherwise one page
+/// of the namespace's entities, each as [`Listed`] shows it.
+pub async fn respond<E: Listed + Send + 'static>(
+    state: &AppState,
+    namespace: String,
+    page: Page,
+    collection: &'static str,
+    count: CountFn,
+    list: ListFn<E>,
+) -> Result<Response, ApiError> {
+    if page.count {
+        let total = state.db(move |store| count(store, &namespace)).await?;
+        return Ok(Json(serde_json::json!({ collection: total })).into_response());
+    }
+    let entities = state.db(move |store| list(store, &namespace, page.skip, page.limit)).await?;
+    Ok(Json(entities.iter().map(Listed::listed).collect::<Vec<_>>()).into_response())
 }
 
 #[cfg(test)]

@@ -219,13 +219,21 @@ pub async fn list(
     ApiQuery(query): ApiQuery<ListQuery>,
 ) -> Result<Response, ApiError> {
     let namespace = authorize(&subject, &namespace)?;
-    let page = query.page()?;
-    if page.count {
-        let count = state.db(move |store| store.count_rules(&namespace)).await?;
-        return Ok(Json(serde_json::json!({ "rules": count })).into_response());
+    crate::paging::respond(
+        &state,
+        namespace,
+        query.page()?,
+        "rules",
+        crate::store::Store::count_rules,
+        crate::store::Store::list_rules,
+    )
+    .await
+}
+
+impl crate::paging::Listed for Rule {
+    fn listed(&self) -> impl serde::Serialize + '_ {
+        self.view()
     }
-    let rules = state.db(move |store| store.list_rules(&namespace, page.skip, page.limit)).await?;
-    Ok(Json(rules.iter().map(Rule::view).collect::<Vec<_>>()).into_response())
 }
 
 /// `GET /api/v1/namespaces/{ns}/rules/{name}`

@@ -302,13 +302,21 @@ pub async fn list(
     ApiQuery(query): ApiQuery<ListQuery>,
 ) -> Result<Response, ApiError> {
     let namespace = authorize(&subject, &namespace)?;
-    let page = query.page()?;
-    if page.count {
-        let count = state.db(move |store| store.count_triggers(&namespace)).await?;
-        return Ok(Json(serde_json::json!({ "triggers": count })).into_response());
+    crate::paging::respond(
+        &state,
+        namespace,
+        query.page()?,
+        "triggers",
+        crate::store::Store::count_triggers,
+        crate::store::Store::list_triggers,
+    )
+    .await
+}
+
+impl crate::paging::Listed for Trigger {
+    fn listed(&self) -> impl serde::Serialize + '_ {
+        self.summary()
     }
-    let triggers = state.db(move |store| store.list_triggers(&namespace, page.skip, page.limit)).await?;
-    Ok(Json(triggers.iter().map(Trigger::summary).collect::<Vec<_>>()).into_response())
 }
 
 /// `GET /api/v1/namespaces/{ns}/triggers/{name}`
