@@ -144,9 +144,14 @@ pub struct ResolvedAction {
 impl ResolvedAction {
     /// `namespace/name` or `namespace/package/name`, OpenWhisk's `path` annotation.
     pub fn path(&self) -> String {
+        format!("{}/{}", self.namespace, self.action_path())
+    }
+
+    /// `name` or `package/name`: the action within its namespace.
+    pub fn action_path(&self) -> String {
         match &self.package {
-            Some(package) => format!("{}/{}/{}", self.namespace, package, self.name),
-            None => format!("{}/{}", self.namespace, self.name),
+            Some(package) => format!("{package}/{}", self.name),
+            None => self.name.clone(),
         }
     }
 

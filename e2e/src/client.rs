@@ -1,10 +1,14 @@
 //! A thin HTTP client speaking the OpenWhisk REST API the way `wsk` does (Basic auth with the
 //! namespace key, JSON bodies), for the tests and benchmarks.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use serde_json::Value;
+use serde_json::{Value, json};
+
+use crate::Platform;
 
 /// The answer to one call.
 #[derive(Debug, Clone)]
@@ -111,4 +115,38 @@ pub fn metric(page: &str, name: &str, filter: &str) -> f64 {
         .filter(|line| line.starts_with(name) && line.contains(filter))
         .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
+}
+
+/// An annotation of an activation record.
+pub fn annotation(record: &Value, key: &str) -> Option<Value> {
+    record["annotations"].as_array()?.iter().find(|kv| kv["key"] == key).map(|kv| kv["value"].clone())
+}
+
+/// The control server's Prometheus page.
+pub async fn control_metrics(platform: &Platform) -> anyhow::Result<String> {
+    Ok(reqwest::get(format!("{}/metrics", platform.control_url())).await?.text().await?)
+}
+
+/// What one load client saw.
+#[derive(Debug, Default)]
+pub struct Echoes {
+    pub served: usize,
+    pub failures: Vec<String>,
+}
+
+/// One load client: takes numbers from `next` until `total` and invokes `action` blocking with
+/// `{"n": k}`, expecting exactly `{"n": k}` back, the answer of that very activation.
+pub async fn echo_until(client: Client, action: &str, next: Arc<AtomicUsize>, total: usize) -> Echoes {
+    let mut echoes = Echoes::default();
+    loop {
+        let n = next.fetch_add(1, Ordering::Relaxed);
+        if n >= total {
+            return echoes;
+        }
+        match client.invoke(action, &json!({"n": n}), true).await {
+            Ok(reply) if reply.status == 200 && reply.body == json!({"n": n}) => echoes.served += 1,
+            Ok(reply) => echoes.failures.push(format!("#{n}: {} {}", reply.status, reply.body)),
+            Err(error) => echoes.failures.push(format!("#{n}: {error}")),
+        }
+    }
 }

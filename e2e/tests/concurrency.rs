@@ -6,12 +6,11 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::AtomicUsize;
 use std::time::Instant;
 
-use e2e::client::{Client, metric};
+use e2e::client::{Client, control_metrics, echo_until, metric};
 use e2e::{Artifacts, GUEST_KEY, Options, Platform};
-use serde_json::json;
 
 /// Sleeps a little so that activations are long enough to collide if routing let them.
 const SLOW_ECHO_JS: &str = "function main(p) { return new Promise(r => setTimeout(() => r({n: p.n}), 3)); }";
@@ -32,27 +31,11 @@ async fn no_overlap_no_loss_and_no_container_beyond_the_cap() {
     let next = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();
     let workers: Vec<_> = (0..CLIENTS)
-        .map(|_| {
-            let (client, next) = (client.clone(), next.clone());
-            tokio::spawn(async move {
-                let mut failures = Vec::new();
-                loop {
-                    let n = next.fetch_add(1, Ordering::Relaxed);
-                    if n >= INVOCATIONS {
-                        return failures;
-                    }
-                    match client.invoke("echo", &json!({"n": n}), true).await {
-                        Ok(reply) if reply.status == 200 && reply.body == json!({"n": n}) => {}
-                        Ok(reply) => failures.push(format!("#{n}: {} {}", reply.status, reply.body)),
-                        Err(error) => failures.push(format!("#{n}: {error}")),
-                    }
-                }
-            })
-        })
+        .map(|_| tokio::spawn(echo_until(client.clone(), "echo", next.clone(), INVOCATIONS)))
         .collect();
     let mut failures = Vec::new();
     for worker in workers {
-        failures.extend(worker.await.unwrap());
+        failures.extend(worker.await.unwrap().failures);
     }
     let elapsed = started.elapsed();
     eprintln!("{INVOCATIONS} invocations from {CLIENTS} clients in {elapsed:?}");
@@ -63,8 +46,7 @@ async fn no_overlap_no_loss_and_no_container_beyond_the_cap() {
         &failures[..failures.len().min(5)]
     );
 
-    let page =
-        reqwest::get(format!("{}/metrics", platform.control_url())).await.unwrap().text().await.unwrap();
+    let page = control_metrics(&platform).await.unwrap();
     let started_containers = metric(&page, "xds_whisk_cold_starts_total", "outcome=\"started\"");
     let ready = metric(&page, "xds_whisk_containers_ready", "");
     assert!(

@@ -6,7 +6,7 @@
 
 use std::process::Command;
 
-use e2e::{Artifacts, GUEST_KEY, Options, Platform, Ports, workspace_root};
+use e2e::{Artifacts, GUEST_KEY, Options, Platform, workspace_root};
 
 #[test]
 fn the_official_javascript_client_works_unchanged() {
@@ -16,15 +16,7 @@ fn the_official_javascript_client_works_unchanged() {
         "the npm package openwhisk is not installed: run `make deps` (npm ci in e2e/js)"
     );
     let dir = tempfile::tempdir().unwrap();
-    let options = Options {
-        ports: Ports::free().unwrap(),
-        data_dir: dir.path().join("data"),
-        work_dir: dir.path().join("run"),
-        envoy_concurrency: 2,
-        node_id: "envoy-js".into(),
-        xds_args: Vec::new(),
-        replicas: 1,
-    };
+    let options = Options::for_test(dir.path(), "envoy-js").unwrap();
     let platform = Platform::start(options, Artifacts::from_workspace().unwrap()).unwrap();
     let output = Command::new("node")
         .arg("--test")

@@ -6,21 +6,13 @@
 
 use std::time::{Duration, Instant};
 
-use e2e::client::{Client, metric};
+use e2e::client::{Client, annotation, control_metrics, metric};
 use e2e::{Artifacts, GUEST_KEY, Options, Platform};
-use serde_json::{Value, json};
+use serde_json::json;
 
 const MAYBE_LOOP_JS: &str = "function main(p) { if (p.loop) { while (true) {} } return {ok: true}; }";
 const SLEEPY_JS: &str =
     "function main(p) { return new Promise(r => setTimeout(() => r({slept: p.ms}), p.ms)); }";
-
-fn annotation(record: &Value, key: &str) -> Option<Value> {
-    record["annotations"].as_array()?.iter().find(|kv| kv["key"] == key).map(|kv| kv["value"].clone())
-}
-
-async fn metrics(platform: &Platform) -> String {
-    reqwest::get(format!("{}/metrics", platform.control_url())).await.unwrap().text().await.unwrap()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn timeouts_end_runaways_and_lost_clients_retire_their_container() {
@@ -71,7 +63,7 @@ async fn timeouts_end_runaways_and_lost_clients_retire_their_container() {
         .await;
     assert!(gone.is_err(), "the client gave up");
     let deadline = Instant::now() + Duration::from_secs(10);
-    while metric(&metrics(&platform).await, "xds_whisk_containers_retired_total", "") < 1.0 {
+    while metric(&control_metrics(&platform).await.unwrap(), "xds_whisk_containers_retired_total", "") < 1.0 {
         assert!(Instant::now() < deadline, "the abandoned container was never retired");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }

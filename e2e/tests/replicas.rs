@@ -6,11 +6,10 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::AtomicUsize;
 
-use e2e::client::{Client, metric};
+use e2e::client::{Client, control_metrics, echo_until, metric};
 use e2e::{Artifacts, GUEST_KEY, Options, Platform};
-use serde_json::json;
 
 const SLOW_ECHO_JS: &str = "function main(p) { return new Promise(r => setTimeout(() => r({n: p.n}), 3)); }";
 const CLIENTS_PER_REPLICA: usize = 32;
@@ -27,37 +26,22 @@ async fn two_replicas_never_overlap_in_one_container() {
     assert_eq!(clients[0].create_action("echo", "nodejs:20", SLOW_ECHO_JS).await.unwrap().status, 200);
 
     let next = Arc::new(AtomicUsize::new(0));
-    let served = [Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0))];
     let mut tasks = Vec::new();
-    for replica in 0..2 {
+    for (replica, client) in clients.iter().enumerate() {
         for _ in 0..CLIENTS_PER_REPLICA {
-            let (client, next, served) = (clients[replica].clone(), next.clone(), served[replica].clone());
-            tasks.push(tokio::spawn(async move {
-                let mut failures = Vec::new();
-                loop {
-                    let n = next.fetch_add(1, Ordering::Relaxed);
-                    if n >= INVOCATIONS {
-                        return failures;
-                    }
-                    match client.invoke("echo", &json!({"n": n}), true).await {
-                        Ok(reply) if reply.status == 200 && reply.body == json!({"n": n}) => {
-                            served.fetch_add(1, Ordering::Relaxed);
-                        }
-                        Ok(reply) => {
-                            failures.push(format!("#{n} via {replica}: {} {}", reply.status, reply.body))
-                        }
-                        Err(error) => failures.push(format!("#{n} via {replica}: {error}")),
-                    }
-                }
-            }));
+            let echoes = echo_until(client.clone(), "echo", next.clone(), INVOCATIONS);
+            tasks.push((replica, tokio::spawn(echoes)));
         }
     }
     let mut failures = Vec::new();
-    for task in tasks {
-        failures.extend(task.await.unwrap());
+    let mut served = [0usize; 2];
+    for (replica, task) in tasks {
+        let echoes = task.await.unwrap();
+        served[replica] += echoes.served;
+        failures.extend(echoes.failures.into_iter().map(|failure| format!("{failure} via {replica}")));
     }
     assert!(failures.is_empty(), "{} failed, e.g. {:?}", failures.len(), &failures[..failures.len().min(5)]);
-    let (first, second) = (served[0].load(Ordering::Relaxed), served[1].load(Ordering::Relaxed));
+    let (first, second) = (served[0], served[1]);
     assert_eq!(first + second, INVOCATIONS);
     assert!(first > 0 && second > 0, "both replicas served: {first} and {second}");
 
@@ -75,7 +59,6 @@ async fn two_replicas_never_overlap_in_one_container() {
         nodes,
         [platform.node_id_of(0).as_str(), platform.node_id_of(1).as_str()].into_iter().collect()
     );
-    let page =
-        reqwest::get(format!("{}/metrics", platform.control_url())).await.unwrap().text().await.unwrap();
+    let page = control_metrics(&platform).await.unwrap();
     assert_eq!(metric(&page, "xds_whisk_containers_ready", "") as usize, containers.len());
 }

@@ -6,8 +6,8 @@
 
 use std::time::Duration;
 
-use e2e::client::{Client, metric};
-use e2e::{Artifacts, GUEST_KEY, Options, Platform, Ports};
+use e2e::client::{Client, annotation, control_metrics, metric};
+use e2e::{Artifacts, GUEST_KEY, Options, Platform};
 use serde_json::{Value, json};
 
 const HELLO_JS: &str =
@@ -17,22 +17,12 @@ const THROWS_JS: &str = "function main() { throw new Error('boom'); }";
 const APP_ERROR_JS: &str = "function main() { return {error: 'not today'}; }";
 
 fn start(dir: &tempfile::TempDir) -> Platform {
-    let options = Options {
-        ports: Ports::free().expect("free ports"),
-        data_dir: dir.path().join("data"),
-        work_dir: dir.path().join("run"),
-        envoy_concurrency: 2,
-        node_id: "envoy-test".into(),
-        xds_args: Vec::new(),
-        replicas: 1,
-    };
+    let options = Options::for_test(dir.path(), "envoy-test").expect("free ports");
     Platform::start(options, Artifacts::from_workspace().expect("artifacts")).expect("platform starts")
 }
 
 async fn cold_starts(platform: &Platform) -> f64 {
-    let page =
-        reqwest::get(format!("{}/metrics", platform.control_url())).await.unwrap().text().await.unwrap();
-    metric(&page, "xds_whisk_cold_starts_total", "outcome=\"started\"")
+    metric(&control_metrics(platform).await.unwrap(), "xds_whisk_cold_starts_total", "outcome=\"started\"")
 }
 
 /// A counter of Envoy's stats (the filter's own counters included), summed over matching lines.
@@ -44,10 +34,6 @@ async fn envoy_stat(platform: &Platform, name: &str) -> f64 {
         .await
         .unwrap();
     page.lines().filter_map(|line| line.rsplit(": ").next()?.trim().parse::<f64>().ok()).sum()
-}
-
-fn annotation(record: &Value, key: &str) -> Option<Value> {
-    record["annotations"].as_array()?.iter().find(|kv| kv["key"] == key).map(|kv| kv["value"].clone())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

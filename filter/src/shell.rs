@@ -868,7 +868,7 @@ impl Request {
             answer(state, 202, vec![(headers::ACTIVATION_ID, &activation_id)], body.as_bytes());
             return Action::Pause;
         }
-        state.prefix = pool::action_prefix(&action.namespace, &action_path(&action), &action.revision);
+        state.prefix = pool::action_prefix(&action.namespace, &action.action_path(), &action.revision);
         state.action = Some(action);
         match pool::claim(&EnvoySharedData, &state.prefix) {
             Some(claim) => {
@@ -963,14 +963,6 @@ impl Request {
             answer(state, u32::from(status), vec![(headers::ACTIVATION_ID, &activation_id)], &reply);
         }
         (released == Some(true) && next == SlotState::Free).then(|| state.prefix.clone())
-    }
-}
-
-/// `name` or `pkg/name` of a resolved action.
-fn action_path(action: &ResolvedAction) -> String {
-    match &action.package {
-        Some(package) => format!("{package}/{}", action.name),
-        None => action.name.clone(),
     }
 }
 
