@@ -72,7 +72,7 @@ pub struct Config {
     /// Containers the pool may hold in all.
     #[arg(long, env = "WHISK_MAX_CONTAINERS", default_value_t = 64)]
     pub max_containers: usize,
-    /// Containers one action revision may hold.
+    /// Containers one action revision may hold on one Envoy node (`--max-containers` bounds the total).
     #[arg(long, env = "WHISK_MAX_CONTAINERS_PER_ACTION", default_value_t = 16)]
     pub max_containers_per_action: usize,
 }

@@ -68,7 +68,7 @@ pub struct PlaneConfig {
     pub ack_timeout: Duration,
     /// Containers the pool may hold in all.
     pub max_containers: usize,
-    /// Containers one action revision may hold.
+    /// Containers one action revision may hold on one Envoy node.
     pub max_containers_per_action: usize,
 }
 
@@ -167,9 +167,14 @@ impl<C: ClusterManager> ControlPlane<C> {
                     state.table.len()
                 )));
             }
-            let of_action = state.table.count_of(&action);
+            // Per node: containers never move between Envoys yet, so a cap shared by all nodes would
+            // let one node take every container of an action and starve the others.
+            let of_action = state.table.count_of_on(&action, &request.node_id);
             if of_action >= self.config.max_containers_per_action {
-                return Err(ColdStartError::AtCapacity(format!("{of_action} containers of {action}")));
+                return Err(ColdStartError::AtCapacity(format!(
+                    "{of_action} containers of {action} on {}",
+                    request.node_id
+                )));
             }
             let slot = state.table.reserve(
                 id.clone(),

@@ -100,9 +100,9 @@ impl Table {
         self.containers.values().filter(move |c| c.state == ContainerState::Ready && c.node == node)
     }
 
-    /// Live containers (starting or ready) of one action revision.
-    pub fn count_of(&self, action: &ActionKey) -> usize {
-        self.containers.values().filter(|c| &c.action == action).count()
+    /// Live containers (starting or ready) of one action revision given to `node`.
+    pub fn count_of_on(&self, action: &ActionKey, node: &str) -> usize {
+        self.containers.values().filter(|c| &c.action == action && c.node == node).count()
     }
 
     pub fn count_in(&self, state: ContainerState) -> usize {
@@ -166,6 +166,8 @@ mod tests {
         let ids: Vec<_> = table.ready_on("envoy-1").map(|c| c.id.as_str()).collect();
         assert_eq!(ids, ["a"]);
         assert_eq!(table.count_in(ContainerState::Starting), 1);
+        assert_eq!(table.count_of_on(&action("x"), "envoy-1"), 2);
+        assert_eq!(table.count_of_on(&action("x"), "envoy-2"), 1);
     }
 
     proptest! {
