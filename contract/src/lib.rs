@@ -67,6 +67,10 @@ pub mod paths {
     /// will not use again: out of xDS at once, stopped after the grace (a running activation may
     /// finish). 204, or 404 for an unknown id.
     pub const CONTAINERS: &str = "/v1/containers";
+    /// Control server: `POST` a [`super::UsageReport`] (what one worker of one Envoy node sees of
+    /// the containers it started); 200 [`super::UsageAnswer`] with the collector's marks, unmarks
+    /// and sweeps for them.
+    pub const USAGE: &str = "/v1/usage";
     /// Every path with this prefix is internal: the filter refuses it at the ingress.
     pub const INTERNAL_PREFIX: &str = "/internal/";
 }
@@ -257,6 +261,9 @@ pub struct FilterConfig {
     /// sooner than a new one starts, so cold starts are coalesced.
     #[serde(default = "FilterConfig::default_waiters_per_cold_start")]
     pub waiters_per_cold_start: usize,
+    /// How often each worker reports the use of its containers to the control plane's collector.
+    #[serde(default = "FilterConfig::default_usage_report_period_ms")]
+    pub usage_report_period_ms: u64,
 }
 
 impl FilterConfig {
@@ -284,6 +291,59 @@ impl FilterConfig {
     fn default_waiters_per_cold_start() -> usize {
         2
     }
+    fn default_usage_report_period_ms() -> u64 {
+        1_000
+    }
+}
+
+/// A container's slot as the filter last saw it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SlotUse {
+    /// Free (never used or released).
+    Free,
+    /// Running an activation.
+    Busy,
+    /// Free, and not chosen while an unmarked container of its action is free.
+    Marked,
+    /// Never used again (swept, timed out, abandoned); its removal is on its way.
+    Retired,
+}
+
+/// One container in a [`UsageReport`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerUse {
+    pub id: String,
+    pub state: SlotUse,
+    /// Activations the container has been claimed for since it started; the collector compares it
+    /// with the last report to see use without a report per activation.
+    pub uses: u64,
+}
+
+/// What one worker of an Envoy node reports of the containers it started, off the hot path.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UsageReport {
+    pub node_id: String,
+    pub containers: Vec<ContainerUse>,
+}
+
+/// The collector's answer to a [`UsageReport`], about the reported containers only.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UsageAnswer {
+    /// Stop choosing these while another container of their action is free.
+    #[serde(default)]
+    pub mark: Vec<String>,
+    /// In use again (or recycled): choose them as before.
+    #[serde(default)]
+    pub unmark: Vec<String>,
+    /// Marked, confirmed and unused for the grace period: retire each unless an activation claimed
+    /// it meanwhile, then ask for its removal (`DELETE` on [`paths::CONTAINERS`]).
+    #[serde(default)]
+    pub sweep: Vec<String>,
+    /// Not in the control plane's table (removed, or lost by a restart): no longer routable, so
+    /// retire each that is not running an activation.
+    #[serde(default)]
+    pub unknown: Vec<String>,
 }
 
 /// OpenWhisk's error body: `{"error": "...", "code": "..."}`.

@@ -1,12 +1,14 @@
 //! The warm pool in Envoy's shared data: one key per container slot of an action revision, holding
-//! the container's state, id and address. Claims and releases are compare-and-swap on that key, so
-//! two workers (two Wasm VMs) can never both own one container.
+//! the container's state, id, address and use count. Claims and releases are compare-and-swap on
+//! that key, so two workers (two Wasm VMs) can never both own one container; the collector's marks
+//! and sweeps are CAS on the same key, so a sweep can never take a container an activation holds.
 //!
 //! ```text
-//!  whisk/pool/{namespace}/{pkg/}{name}@{revision}/{slot}  =  "N <id> <ip:port> <init ms>"  new: free, never used
-//!                                                            "F <id> <ip:port>"   free
-//!                                                            "B <id> <ip:port>"   busy (claimed)
-//!                                                            "X <id> <ip:port>"   retired, never reused
+//!  whisk/pool/{namespace}/{pkg/}{name}@{revision}/{slot}  =  "N <id> <ip:port> <uses> <init ms>"  new, never used
+//!                                                            "F <id> <ip:port> <uses>"   free
+//!                                                            "M <id> <ip:port> <uses>"   free, marked by the GC
+//!                                                            "B <id> <ip:port> <uses>"   busy (claimed)
+//!                                                            "X <id> <ip:port> <uses>"   retired, never reused
 //! ```
 //!
 //! Envoy's shared data has no atomic create (a write to a missing key ignores `cas`), so a key is
@@ -20,7 +22,7 @@ use std::fmt;
 const GAP_TOLERANCE: u32 = 8;
 /// Hard bound on slots scanned per claim.
 const MAX_SLOTS: u32 = 4096;
-/// Bound on CAS retries of one release.
+/// Bound on CAS retries of one release or GC transition.
 const RELEASE_ATTEMPTS: usize = 64;
 
 /// The subset of Envoy's shared-data API the pool needs.
@@ -41,6 +43,8 @@ pub enum SlotState {
     /// Just cold-started and free: its first activation carries the `/init` time.
     New,
     Free,
+    /// Free, marked idle by the collector: claimed only when no unmarked container is free.
+    Marked,
     Busy,
     Retired,
 }
@@ -50,9 +54,26 @@ impl SlotState {
         match self {
             Self::New => 'N',
             Self::Free => 'F',
+            Self::Marked => 'M',
             Self::Busy => 'B',
             Self::Retired => 'X',
         }
+    }
+
+    fn from_tag(tag: &str) -> Option<Self> {
+        Some(match tag {
+            "N" => Self::New,
+            "F" => Self::Free,
+            "M" => Self::Marked,
+            "B" => Self::Busy,
+            "X" => Self::Retired,
+            _ => return None,
+        })
+    }
+
+    /// Free, whether marked or not.
+    pub fn is_free(self) -> bool {
+        matches!(self, Self::New | Self::Free | Self::Marked)
     }
 }
 
@@ -62,13 +83,15 @@ pub struct Slot {
     pub state: SlotState,
     pub container_id: String,
     pub address: String,
+    /// Activations claimed in this container so far.
+    pub uses: u64,
     /// `/init` milliseconds, only on a [`SlotState::New`] slot.
     pub init_ms: Option<u64>,
 }
 
 impl Slot {
     fn encode(&self) -> Vec<u8> {
-        let mut text = format!("{} {} {}", self.state.tag(), self.container_id, self.address);
+        let mut text = format!("{} {} {} {}", self.state.tag(), self.container_id, self.address, self.uses);
         if let Some(init_ms) = self.init_ms {
             text.push_str(&format!(" {init_ms}"));
         }
@@ -78,26 +101,17 @@ impl Slot {
     fn decode(bytes: &[u8]) -> Option<Self> {
         let text = std::str::from_utf8(bytes).ok()?;
         let mut parts = text.split(' ');
-        let state = match parts.next()? {
-            "N" => SlotState::New,
-            "F" => SlotState::Free,
-            "B" => SlotState::Busy,
-            "X" => SlotState::Retired,
-            _ => return None,
-        };
+        let state = SlotState::from_tag(parts.next()?)?;
         let container_id = parts.next()?.to_owned();
         let address = parts.next()?.to_owned();
+        let uses = parts.next()?.parse().ok()?;
         let init_ms = match (state, parts.next()) {
             (SlotState::New, Some(ms)) => Some(ms.parse().ok()?),
             (SlotState::New, None) => return None,
             (_, None) => None,
             (_, Some(_)) => return None,
         };
-        Some(Self { state, container_id, address, init_ms })
-    }
-
-    fn claimable(&self) -> bool {
-        matches!(self.state, SlotState::New | SlotState::Free)
+        Some(Self { state, container_id, address, uses, init_ms })
     }
 }
 
@@ -122,40 +136,53 @@ pub fn action_prefix(namespace: &str, action_path: &str, revision: &str) -> Stri
     format!("whisk/pool/{namespace}/{action_path}@{revision}")
 }
 
-fn slot_key(prefix: &str, slot: u32) -> String {
+/// The key of one slot of an action revision.
+pub fn slot_key(prefix: &str, slot: u32) -> String {
     format!("{prefix}/{slot}")
 }
 
-/// Claims the lowest free container of the action revision, if any. Preferring low slots keeps
-/// traffic on few containers, so the others go idle and can be collected.
+/// Claims the lowest free unmarked container of the action revision, or else the lowest marked
+/// one (reviving it beats a cold start; the collector sees the use and unmarks it). Preferring low
+/// slots keeps traffic on few containers, so the others go idle and can be collected.
 pub fn claim(store: &impl SharedData, prefix: &str) -> Option<Claim> {
+    let mut marked: Vec<String> = Vec::new();
     let mut missing_run = 0;
     for slot in 0..MAX_SLOTS {
         let key = slot_key(prefix, slot);
         let Some((bytes, cas)) = store.get(&key) else {
             missing_run += 1;
             if missing_run >= GAP_TOLERANCE {
-                return None;
+                break;
             }
             continue;
         };
         missing_run = 0;
         let Some(current) = Slot::decode(&bytes) else { continue };
-        if !current.claimable() {
-            continue;
+        match current.state {
+            SlotState::New | SlotState::Free => {
+                if let Some(claim) = try_claim(store, key, current, cas) {
+                    return Some(claim);
+                }
+            }
+            SlotState::Marked => marked.push(key),
+            SlotState::Busy | SlotState::Retired => {}
         }
-        let init_ms = current.init_ms;
-        let busy = Slot { state: SlotState::Busy, init_ms: None, ..current };
-        if store.set(&key, &busy.encode(), Some(cas)).is_ok() {
-            return Some(Claim { key, container_id: busy.container_id, address: busy.address, init_ms });
-        }
-        // Lost the race for this one: another worker took it; try the next slot.
     }
-    None
+    marked.into_iter().find_map(|key| {
+        let (bytes, cas) = store.get(&key)?;
+        let current = Slot::decode(&bytes)?;
+        if current.state.is_free() { try_claim(store, key, current, cas) } else { None }
+    })
 }
 
-/// Publishes a container the control plane just started for this worker as new (free, with its
-/// `/init` time for whichever request takes it first).
+fn try_claim(store: &impl SharedData, key: String, current: Slot, cas: u32) -> Option<Claim> {
+    let init_ms = current.init_ms;
+    let busy = Slot { state: SlotState::Busy, init_ms: None, uses: current.uses + 1, ..current };
+    store.set(&key, &busy.encode(), Some(cas)).ok()?;
+    Some(Claim { key, container_id: busy.container_id, address: busy.address, init_ms })
+}
+
+/// Writes a freshly cold-started container into the slot the control plane gave it.
 pub fn insert_new(
     store: &impl SharedData,
     prefix: &str,
@@ -168,14 +195,12 @@ pub fn insert_new(
         state: SlotState::New,
         container_id: container_id.to_owned(),
         address: address.to_owned(),
+        uses: 0,
         init_ms: Some(init_ms),
     };
-    // The slot is ours alone (the control plane gives it to one container at a time), so an
-    // unconditional write is safe; it also replaces a retired predecessor's tombstone.
     let _ = store.set(&slot_key(prefix, slot), &new.encode(), None);
 }
 
-/// Test fixture: a container already claimed by its creator.
 #[cfg(test)]
 pub fn insert_claimed(
     store: &impl SharedData,
@@ -189,27 +214,71 @@ pub fn insert_claimed(
         state: SlotState::Busy,
         container_id: container_id.to_owned(),
         address: address.to_owned(),
+        uses: 1,
         init_ms: None,
     };
     let _ = store.set(&key, &busy.encode(), None);
     Claim { key, container_id: busy.container_id, address: busy.address, init_ms: None }
 }
 
-/// Ends a claim: the container becomes free again, or retired when it may still be running the
-/// activation (reset, timeout) or is unusable. False when the slot no longer holds this container.
+/// Ends a claim: the slot becomes `next` (free again, or retired). False when the slot no longer
+/// holds this claim's container as busy.
 pub fn release(store: &impl SharedData, claim: &Claim, next: SlotState) -> bool {
+    transition(store, &claim.key, &claim.container_id, |state| state == SlotState::Busy, next).is_some()
+}
+
+/// What a slot holds now, when it still holds `container_id`: its state and use count.
+pub fn inspect(store: &impl SharedData, key: &str, container_id: &str) -> Option<(SlotState, u64)> {
+    let (bytes, _) = store.get(key)?;
+    let slot = Slot::decode(&bytes)?;
+    (slot.container_id == container_id).then_some((slot.state, slot.uses))
+}
+
+/// The collector marked the container: it is no longer chosen while an unmarked one is free.
+/// False when it is not free (an activation claimed it: the next report says so).
+pub fn mark(store: &impl SharedData, key: &str, container_id: &str) -> bool {
+    transition(
+        store,
+        key,
+        container_id,
+        |state| matches!(state, SlotState::New | SlotState::Free),
+        SlotState::Marked,
+    )
+    .is_some()
+}
+
+/// The collector unmarked the container.
+pub fn unmark(store: &impl SharedData, key: &str, container_id: &str) -> bool {
+    transition(store, key, container_id, |state| state == SlotState::Marked, SlotState::Free).is_some()
+}
+
+/// Retires a free container for good (a sweep, or the control plane no longer knows it). Only a
+/// free slot is taken, by CAS, so a container an activation holds is never retired this way.
+pub fn retire_free(store: &impl SharedData, key: &str, container_id: &str, only_marked: bool) -> bool {
+    let allowed = |state: SlotState| if only_marked { state == SlotState::Marked } else { state.is_free() };
+    transition(store, key, container_id, allowed, SlotState::Retired).is_some()
+}
+
+/// CAS of the slot at `key` from a state `from` accepts to `to`, while it holds `container_id`.
+fn transition(
+    store: &impl SharedData,
+    key: &str,
+    container_id: &str,
+    from: impl Fn(SlotState) -> bool,
+    to: SlotState,
+) -> Option<Slot> {
     for _ in 0..RELEASE_ATTEMPTS {
-        let Some((bytes, cas)) = store.get(&claim.key) else { return false };
-        let Some(current) = Slot::decode(&bytes) else { return false };
-        if current.container_id != claim.container_id || current.state != SlotState::Busy {
-            return false;
+        let (bytes, cas) = store.get(key)?;
+        let current = Slot::decode(&bytes)?;
+        if current.container_id != container_id || !from(current.state) {
+            return None;
         }
-        let updated = Slot { state: next, init_ms: None, ..current };
-        if store.set(&claim.key, &updated.encode(), Some(cas)).is_ok() {
-            return true;
+        let updated = Slot { state: to, init_ms: None, ..current };
+        if store.set(key, &updated.encode(), Some(cas)).is_ok() {
+            return Some(updated);
         }
     }
-    false
+    None
 }
 
 #[cfg(test)]
@@ -273,8 +342,9 @@ mod tests {
         assert_eq!(first.init_ms, Some(120));
         assert!(release(&store, &first, SlotState::Free));
         assert_eq!(super::claim(&store, PREFIX).unwrap().init_ms, None);
-        assert_eq!(Slot::decode(b"N c0 127.0.0.1:1"), None, "a new slot without init time is damaged");
-        assert_eq!(Slot::decode(b"F c0 127.0.0.1:1 5"), None);
+        assert_eq!(Slot::decode(b"N c0 127.0.0.1:1 0"), None, "a new slot without init time is damaged");
+        assert_eq!(Slot::decode(b"F c0 127.0.0.1:1 0 5"), None);
+        assert_eq!(Slot::decode(b"F c0 127.0.0.1:1"), None, "a slot without use count is damaged");
     }
 
     #[test]
@@ -320,6 +390,43 @@ mod tests {
         assert_eq!(Slot::decode(b"F id"), None);
     }
 
+    #[test]
+    fn a_marked_container_is_chosen_only_when_no_unmarked_one_is_free() {
+        let store = MemoryData::default();
+        for (slot, id) in [(0, "a"), (1, "b")] {
+            let claim = insert_claimed(&store, PREFIX, slot, id, "127.0.0.1:1");
+            release(&store, &claim, SlotState::Free);
+        }
+        let a_key = slot_key(PREFIX, 0);
+        assert!(mark(&store, &a_key, "a"));
+        assert!(!mark(&store, &a_key, "b"), "a mark names its container");
+        assert_eq!(inspect(&store, &a_key, "a"), Some((SlotState::Marked, 1)));
+        let first = claim(&store, PREFIX).unwrap();
+        assert_eq!(first.container_id, "b", "the unmarked container is preferred");
+        let revived = claim(&store, PREFIX).unwrap();
+        assert_eq!(revived.container_id, "a", "a marked container beats a cold start");
+        assert_eq!(inspect(&store, &a_key, "a"), Some((SlotState::Busy, 2)), "its use is counted");
+        assert!(!retire_free(&store, &a_key, "a", true), "a sweep never takes a busy container");
+        assert!(!mark(&store, &a_key, "a"));
+        assert!(release(&store, &revived, SlotState::Free));
+        assert_eq!(inspect(&store, &a_key, "a"), Some((SlotState::Free, 2)));
+    }
+
+    #[test]
+    fn a_sweep_takes_only_a_still_marked_container_and_unmark_restores_it() {
+        let store = MemoryData::default();
+        insert_new(&store, PREFIX, 0, "c0", "127.0.0.1:1", 50);
+        let key = slot_key(PREFIX, 0);
+        assert!(mark(&store, &key, "c0"), "a never-used container can be marked");
+        assert!(unmark(&store, &key, "c0"));
+        assert!(!retire_free(&store, &key, "c0", true), "unmarked: the sweep is stale");
+        assert!(mark(&store, &key, "c0"));
+        assert!(retire_free(&store, &key, "c0", true));
+        assert_eq!(inspect(&store, &key, "c0"), Some((SlotState::Retired, 0)));
+        assert_eq!(claim(&store, PREFIX), None);
+        assert!(!unmark(&store, &key, "c0"), "retired is final");
+    }
+
     /// A step of an interleaving: a worker reads a slot, later writes it with what it read.
     #[derive(Debug, Clone)]
     enum Step {
@@ -327,11 +434,14 @@ mod tests {
         Release(usize),
         Read(usize, u32),
         WriteBusy(usize),
+        /// The collector's transitions on a slot: 0 mark, 1 unmark, 2 sweep.
+        Gc(u32, u8),
     }
 
     proptest! {
         /// Workers whose reads and writes interleave arbitrarily (as Envoy worker threads do) never
-        /// hold one container at the same time: a write based on a stale read fails its CAS.
+        /// hold one container at the same time: a write based on a stale read fails its CAS; and
+        /// the collector's marks and sweeps, interleaved with them, never sweep a held container.
         #[test]
         fn no_container_is_ever_claimed_twice(steps in proptest::collection::vec(
             prop_oneof![
@@ -339,6 +449,7 @@ mod tests {
                 (0usize..4).prop_map(Step::Release),
                 (0usize..4, 0u32..3).prop_map(|(w, s)| Step::Read(w, s)),
                 (0usize..4).prop_map(Step::WriteBusy),
+                (0u32..3, 0u8..3).prop_map(|(s, op)| Step::Gc(s, op)),
             ],
             1..300,
         )) {
@@ -349,6 +460,7 @@ mod tests {
             }
             let mut held: Vec<Option<Claim>> = vec![None; 4];
             let mut reads: Vec<Option<(String, Vec<u8>, u32)>> = vec![None; 4];
+            let mut swept: Vec<String> = Vec::new();
             for step in steps {
                 match step {
                     Step::Claim(worker) if held[worker].is_none() => held[worker] = claim(&store, PREFIX),
@@ -365,15 +477,26 @@ mod tests {
                         // The claim protocol split in two: CAS from what this worker read earlier.
                         if let Some((key, bytes, cas)) = reads[worker].take()
                             && let Some(slot) = Slot::decode(&bytes)
-                            && slot.state == SlotState::Free
+                            && slot.state.is_free()
                         {
-                            let busy = Slot { state: SlotState::Busy, ..slot };
+                            let busy = Slot { state: SlotState::Busy, uses: slot.uses + 1, init_ms: None, ..slot };
                             if store.set(&key, &busy.encode(), Some(cas)).is_ok() {
                                 held[worker] = Some(Claim { key, container_id: busy.container_id, address: busy.address, init_ms: None });
                             }
                         }
                     }
+                    Step::Gc(slot, op) => {
+                        let (key, id) = (slot_key(PREFIX, slot), format!("c{slot}"));
+                        match op {
+                            0 => { mark(&store, &key, &id); }
+                            1 => { unmark(&store, &key, &id); }
+                            _ => if retire_free(&store, &key, &id, true) { swept.push(id) },
+                        }
+                    }
                     _ => {}
+                }
+                for claim in held.iter().flatten() {
+                    prop_assert!(!swept.contains(&claim.container_id), "a held container was swept");
                 }
                 let mut owned: Vec<&str> = held.iter().flatten().map(|c| c.container_id.as_str()).collect();
                 let before = owned.len();

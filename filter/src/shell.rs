@@ -8,6 +8,8 @@
 //!                  ─► serve waiters from free containers (any worker may have freed one)
 //!                  ─► ask the control plane for containers when waiters outnumber starts
 //!                  ─► flush the outbox: records to the management API, non-blocking runs
+//!                  ─► every usage period: report this worker's containers to the collector,
+//!                     apply its marks, unmarks and sweeps (CAS on the slots)
 //!  forward         ─► stamp the container, rewrite the body into /run, resume
 //!  response        ─► classify ─► record ─► release ─► reply; serve this worker's waiters
 //! ```
@@ -30,8 +32,9 @@ use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType, MetricType};
 use whisk_contract::{
-    ActivationRecord, ActivationResponse, ActivationStatus, ColdStartRequest, ColdStartResponse, ErrorBody,
-    FilterConfig, ResolvedAction, clusters, headers, messages, paths,
+    ActivationRecord, ActivationResponse, ActivationStatus, ColdStartRequest, ColdStartResponse,
+    ContainerUse, ErrorBody, FilterConfig, ResolvedAction, SlotUse, UsageAnswer, UsageReport, clusters,
+    headers, messages, paths,
 };
 
 use crate::activation::{self, Timing};
@@ -370,6 +373,13 @@ struct Root {
     generation_poll: Option<u32>,
     /// No generation poll before this time (the last one failed).
     poll_not_before: u64,
+    /// Containers this worker's cold starts put in the pool: id → slot key. This worker reports
+    /// their use to the collector (each container has exactly one reporter).
+    started: BTreeMap<String, String>,
+    /// The usage report in flight, if any.
+    usage_report: Option<u32>,
+    /// No usage report before this time.
+    next_report_ms: u64,
 }
 
 impl Root {
@@ -380,6 +390,108 @@ impl Root {
             cold_starts: HashMap::new(),
             generation_poll: None,
             poll_not_before: 0,
+            started: BTreeMap::new(),
+            usage_report: None,
+            next_report_ms: 0,
+        }
+    }
+
+    /// Tells the collector how this worker's containers are used (off the hot path: one call per
+    /// period for all of them), so idle ones can be marked and swept.
+    fn report_usage(&mut self, shared: &Shared) {
+        let now = now_ms();
+        if self.usage_report.is_some() || now < self.next_report_ms || self.started.is_empty() {
+            return;
+        }
+        self.next_report_ms = now + shared.config.usage_report_period_ms;
+        let mut containers = Vec::with_capacity(self.started.len());
+        let mut gone = Vec::new();
+        for (id, key) in &self.started {
+            let Some((state, uses)) = pool::inspect(&EnvoySharedData, key, id) else {
+                // Its slot holds a successor: it was retired and its removal asked for already.
+                gone.push(id.clone());
+                continue;
+            };
+            let state = match state {
+                SlotState::New | SlotState::Free => SlotUse::Free,
+                SlotState::Marked => SlotUse::Marked,
+                SlotState::Busy => SlotUse::Busy,
+                SlotState::Retired => {
+                    // Reported once; its removal is the retire call's job.
+                    gone.push(id.clone());
+                    SlotUse::Retired
+                }
+            };
+            containers.push(ContainerUse { id: id.clone(), state, uses });
+        }
+        for id in gone {
+            self.started.remove(&id);
+        }
+        if containers.is_empty() {
+            return;
+        }
+        let report = UsageReport { node_id: shared.config.node_id.clone(), containers };
+        let Ok(body) = serde_json::to_vec(&report) else { return };
+        let call = hostcalls::dispatch_http_call(
+            clusters::CONTROL_PLANE,
+            vec![
+                (":method", "POST"),
+                (":path", paths::USAGE),
+                (":authority", "whisk-control"),
+                ("content-type", "application/json"),
+                (headers::INTERNAL_TOKEN, &shared.config.internal_token),
+            ],
+            Some(&body),
+            vec![],
+            Duration::from_secs(5),
+        );
+        match call {
+            Ok(token) => self.usage_report = Some(token),
+            Err(status) => warn!("usage report failed to start: {status:?}"),
+        }
+    }
+
+    /// Applies the collector's answer: each change is a CAS on the slot, so none can take a
+    /// container an activation holds.
+    fn on_usage_answer(&mut self, shared: &Shared, status: u16, body: &[u8]) {
+        self.usage_report = None;
+        let answer = match serde_json::from_slice::<UsageAnswer>(body) {
+            Ok(answer) if status == 200 => answer,
+            _ => {
+                warn!("usage report answered {status}");
+                return;
+            }
+        };
+        for id in &answer.mark {
+            if let Some(key) = self.started.get(id) {
+                pool::mark(&EnvoySharedData, key, id);
+            }
+        }
+        for id in &answer.unmark {
+            if let Some(key) = self.started.get(id) {
+                pool::unmark(&EnvoySharedData, key, id);
+            }
+        }
+        for id in &answer.sweep {
+            if let Some(key) = self.started.get(id)
+                && pool::retire_free(&EnvoySharedData, key, id, true)
+            {
+                self.started.remove(id);
+                shared
+                    .outbox
+                    .borrow_mut()
+                    .push_back(Outgoing::Retire { container_id: id.clone(), grace_ms: 0 });
+            }
+        }
+        for id in &answer.unknown {
+            // Out of xDS already: routing to it could only fail. A busy one is retired when its
+            // activation ends (the next report names it again).
+            if let Some(key) = self.started.get(id)
+                && pool::retire_free(&EnvoySharedData, key, id, false)
+            {
+                warn!("container {id} is unknown to the control plane; retired");
+                self.started.remove(id);
+            }
         }
     }
 
@@ -591,6 +703,7 @@ impl Root {
         match status {
             200 => match serde_json::from_slice::<ColdStartResponse>(&body) {
                 Ok(started) => {
+                    self.started.insert(started.container_id.clone(), pool::slot_key(prefix, started.slot));
                     pool::insert_new(
                         &EnvoySharedData,
                         prefix,
@@ -640,6 +753,13 @@ impl Context for Root {
             self.on_generation(status, &body);
             return;
         }
+        if self.usage_report == Some(token) {
+            let body = self.get_http_call_response_body(0, body_size).unwrap_or_default();
+            if let Some(shared) = self.shared.clone() {
+                self.on_usage_answer(&shared, status, &body);
+            }
+            return;
+        }
         if let Some(prefix) = self.cold_starts.remove(&token) {
             let body = self.get_http_call_response_body(0, body_size).unwrap_or_default();
             if let Some(shared) = self.shared.clone() {
@@ -683,6 +803,7 @@ impl RootContext for Root {
     fn on_tick(&mut self) {
         let Some(shared) = self.shared.clone() else { return };
         self.tend_waiters(&shared);
+        self.report_usage(&shared);
         self.flush_outbox(&shared);
         self.poll_generation(&shared);
     }

@@ -8,7 +8,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use prometheus_client::registry::Registry;
-use whisk_contract::{ColdStartRequest, ErrorBody, headers, messages, paths};
+use whisk_contract::{ColdStartRequest, ErrorBody, UsageReport, headers, messages, paths};
 
 use crate::cluster::ClusterManager;
 use crate::plane::{ColdStartError, ControlPlane};
@@ -29,6 +29,7 @@ pub fn router<C: ClusterManager>(state: Arc<ApiState<C>>) -> Router {
     Router::new()
         .route(paths::COLD_START, post(cold_start::<C>).get(containers::<C>))
         .route(&format!("{}/{{id}}", paths::CONTAINERS), axum::routing::delete(retire::<C>))
+        .route(paths::USAGE, post(usage::<C>))
         .route("/metrics", get(metrics::<C>))
         .route("/health", get(|| async { "ok" }))
         .with_state(state)
@@ -63,6 +64,22 @@ async fn cold_start<C: ClusterManager>(
         Err(failure) => {
             error(StatusCode::SERVICE_UNAVAILABLE, format!("{} ({failure})", messages::NO_CAPACITY))
         }
+    }
+}
+
+/// A filter worker's usage report: the collector's marks, unmarks and sweeps in return.
+async fn usage<C: ClusterManager>(
+    State(state): State<Arc<ApiState<C>>>,
+    request_headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let token = request_headers.get(headers::INTERNAL_TOKEN).and_then(|v| v.to_str().ok());
+    if token != Some(state.internal_token.as_str()) {
+        return error(StatusCode::UNAUTHORIZED, messages::UNAUTHENTICATED);
+    }
+    match serde_json::from_slice::<UsageReport>(&body) {
+        Ok(report) => Json(state.plane.usage(&report)).into_response(),
+        Err(parse) => error(StatusCode::BAD_REQUEST, format!("{} {parse}", messages::MALFORMED_CONTENT)),
     }
 }
 

@@ -8,6 +8,7 @@
 pub mod ads;
 pub mod api;
 pub mod cluster;
+pub mod collector;
 pub mod gc;
 pub mod metrics;
 pub mod placement;
@@ -75,6 +76,25 @@ pub struct Config {
     /// Containers one action revision may hold on one Envoy node (`--max-containers` bounds the total).
     #[arg(long, env = "WHISK_MAX_CONTAINERS_PER_ACTION", default_value_t = 16)]
     pub max_containers_per_action: usize,
+    /// Memory of the machine the local cluster manager starts containers on (Kubernetes: the
+    /// actions' share of the cluster), in MB; a full pool reclaims idle containers of other actions.
+    #[arg(long, env = "WHISK_POOL_MEMORY_MB", default_value_t = 16_384)]
+    pub pool_memory_mb: u64,
+    /// A free container unused this long is marked (OpenWhisk's default: 10 minutes).
+    #[arg(long, env = "WHISK_IDLE_TIMEOUT_MS", default_value_t = 600_000)]
+    pub idle_timeout_ms: u64,
+    /// A marked container unused this long after its node confirmed the mark is swept.
+    #[arg(long, env = "WHISK_GC_GRACE_MS", default_value_t = 30_000)]
+    pub gc_grace_ms: u64,
+    /// While the pool is fragmented, free containers on the nodes to drain unused this long are marked.
+    #[arg(long, env = "WHISK_COMPACT_IDLE_MS", default_value_t = 180_000)]
+    pub compact_idle_ms: u64,
+    /// How often the collector runs a round of marking.
+    #[arg(long, env = "WHISK_GC_INTERVAL_MS", default_value_t = 10_000)]
+    pub gc_interval_ms: u64,
+    /// How often each filter worker reports its containers' use (the filter's configuration).
+    #[arg(long, env = "WHISK_USAGE_REPORT_PERIOD_MS", default_value_t = 1_000)]
+    pub usage_report_period_ms: u64,
 }
 
 /// Runs the server with the configured cluster manager (see [`run_with`]).
@@ -117,6 +137,7 @@ pub async fn run_with<C: ClusterManager>(config: Config, cluster: C) -> anyhow::
             max_wait_ms: 60_000,
             waiters_per_cold_start: 2,
             resolve_cache_max_age_ms: 30_000,
+            usage_report_period_ms: config.usage_report_period_ms,
         },
     });
 
@@ -131,6 +152,15 @@ pub async fn run_with<C: ClusterManager>(config: Config, cluster: C) -> anyhow::
             ack_timeout: Duration::from_millis(config.ack_timeout_ms),
             max_containers: config.max_containers,
             max_containers_per_action: config.max_containers_per_action,
+            gc: gc::GcConfig {
+                idle_timeout_ms: config.idle_timeout_ms,
+                grace_ms: config.gc_grace_ms,
+                compact_idle_ms: config.compact_idle_ms,
+            },
+            capacities: vec![placement::Node::new(
+                cluster_node_name(config.cluster_manager),
+                config.pool_memory_mb,
+            )],
         },
         metrics.clone(),
     ));
@@ -159,16 +189,39 @@ pub async fn run_with<C: ClusterManager>(config: Config, cluster: C) -> anyhow::
             let _ = stop.wait_for(|stopped| *stopped).await;
         })
     };
+    let collector = {
+        let (plane, mut stop) = (plane.clone(), stop.clone());
+        let period = Duration::from_millis(config.gc_interval_ms.max(10));
+        async move {
+            let mut rounds = tokio::time::interval(period);
+            rounds.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = rounds.tick() => plane.collect(),
+                    _ = stop.wait_for(|stopped| *stopped) => break,
+                }
+            }
+        }
+    };
     let signal = async {
         shutdown_signal().await;
         info!("shutting down: stopping containers");
         let _ = stop_sender.send(true);
     };
-    let (grpc, http, ()) = tokio::join!(grpc, http, signal);
+    let (grpc, http, (), ()) = tokio::join!(grpc, http, signal, collector);
     plane.shutdown().await;
     grpc.context("xDS server")?;
     http.context("control API")?;
     Ok(())
+}
+
+/// The placement node the configured cluster manager offers: this machine, or (until node-level
+/// placement reads the cluster's nodes) the cluster as one pool.
+fn cluster_node_name(kind: ClusterManagerKind) -> &'static str {
+    match kind {
+        ClusterManagerKind::Local => "local",
+        ClusterManagerKind::Kubernetes => "cluster",
+    }
 }
 
 /// Resolves on SIGTERM or SIGINT.

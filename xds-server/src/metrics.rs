@@ -1,10 +1,12 @@
-//! Prometheus metrics of the control server: containers by state, cold starts, xDS pushes and NACKs.
+//! Prometheus metrics of the control server: containers by state, cold starts, xDS pushes and NACKs,
+//! the collector's marks, unmarks and sweeps, and the pool's fragmentation.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
+use std::sync::atomic::AtomicU64;
 
 use crate::snapshot::{CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE};
 
@@ -32,6 +34,12 @@ pub struct OutcomeLabel {
     pub outcome: &'static str,
 }
 
+/// Why the collector marked a container.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: &'static str,
+}
+
 /// Every metric the server exposes, registered once.
 #[derive(Debug, Default)]
 pub struct Metrics {
@@ -41,6 +49,11 @@ pub struct Metrics {
     pub xds_pushes: Family<TypeLabel, Counter>,
     pub xds_nacks: Counter,
     pub containers_retired: Counter,
+    pub marks: Family<ReasonLabel, Counter>,
+    pub unmarks: Counter,
+    pub sweeps: Counter,
+    pub containers_marked: Gauge,
+    pub fragmentation: Gauge<f64, AtomicU64>,
 }
 
 impl Metrics {
@@ -66,6 +79,27 @@ impl Metrics {
             "whisk_containers_retired",
             "Containers the data plane retired (timeout, lost client, refused run)",
             self.containers_retired.clone(),
+        );
+        registry.register(
+            "whisk_gc_marks",
+            "Containers the collector marked, by reason (idle, compaction, reclaim)",
+            self.marks.clone(),
+        );
+        registry.register("whisk_gc_unmarks", "Marks cleared by a use", self.unmarks.clone());
+        registry.register(
+            "whisk_gc_sweeps",
+            "Marked containers swept: out of xDS, then stopped",
+            self.sweeps.clone(),
+        );
+        registry.register(
+            "whisk_containers_marked",
+            "Containers marked, not yet swept",
+            self.containers_marked.clone(),
+        );
+        registry.register(
+            "whisk_pool_fragmentation",
+            "Nodes in use over the bin-packing lower bound (1 is compact; 0 with an empty pool)",
+            self.fragmentation.clone(),
         );
     }
 }

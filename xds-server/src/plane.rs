@@ -5,6 +5,11 @@
 //! ```text
 //!  cold start ─► fetch code ─► reserve slot ─► cluster.start ─► POST /init ─► set ready
 //!             ─► publish (version v) ─► wait for node's EDS ACK ≥ v ─► answer {id, address, slot}
+//!  pool full  ─► reclaim: mark idle containers of other actions as due ─► 429 (the filter retries
+//!                after its next usage reports swept them)
+//!
+//!  GC round   ─► mark idle containers (collector) │ usage report ─► marks, unmarks, sweeps
+//!  sweep      ─► the filter retires the slot by CAS ─► DELETE ─► out of xDS ─► ACK ─► stop
 //! ```
 
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -15,9 +20,14 @@ use tokio::sync::watch;
 use tracing::{debug, info, warn};
 use whisk_contract::{ActionCode, ColdStartRequest, ColdStartResponse, headers, paths};
 
+use whisk_contract::{UsageAnswer, UsageReport};
+
 use crate::ads::{AckTracker, Published};
 use crate::cluster::{ClusterError, ClusterManager, ContainerSpec};
-use crate::metrics::{Metrics, OutcomeLabel};
+use crate::collector;
+use crate::gc::{GcConfig, GcState};
+use crate::metrics::{Metrics, OutcomeLabel, ReasonLabel};
+use crate::placement::Node;
 use crate::table::{ActionKey, ContainerState, Table};
 
 /// How long `/init` is retried while the runtime is not listening yet.
@@ -70,6 +80,10 @@ pub struct PlaneConfig {
     pub max_containers: usize,
     /// Containers one action revision may hold on one Envoy node.
     pub max_containers_per_action: usize,
+    /// The collector's timing.
+    pub gc: GcConfig,
+    /// The machines containers are placed on, with their memory (allocation is derived).
+    pub capacities: Vec<Node>,
 }
 
 /// The control plane.
@@ -81,6 +95,8 @@ pub struct ControlPlane<C> {
     http: reqwest::Client,
     config: PlaneConfig,
     metrics: Arc<Metrics>,
+    /// The collector's clock: milliseconds since the plane was made.
+    epoch: Instant,
 }
 
 impl<C: ClusterManager> ControlPlane<C> {
@@ -93,7 +109,12 @@ impl<C: ClusterManager> ControlPlane<C> {
             http: reqwest::Client::new(),
             config,
             metrics,
+            epoch: Instant::now(),
         }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
     }
 
     pub fn subscribe(&self) -> watch::Receiver<Arc<Published>> {
@@ -115,6 +136,8 @@ impl<C: ClusterManager> ControlPlane<C> {
         state.version += 1;
         self.metrics.containers_ready.set(state.table.count_in(ContainerState::Ready) as i64);
         self.metrics.containers_starting.set(state.table.count_in(ContainerState::Starting) as i64);
+        let fragmentation = collector::fragmentation(&state.table, &self.config.capacities);
+        self.metrics.fragmentation.set(fragmentation.unwrap_or(0.0));
         let published = Published { version: state.version, table: state.table.clone() };
         self.published.send_replace(Arc::new(published));
         state.version
@@ -160,7 +183,12 @@ impl<C: ClusterManager> ControlPlane<C> {
         };
         let id = uuid::Uuid::new_v4().simple().to_string();
         let slot = {
+            let now = self.now_ms();
             let mut state = self.lock();
+            let Some(host) = collector::place(&state.table, &self.config.capacities, request.memory_mb)
+            else {
+                return Err(self.reclaim(&mut state, &action, request.memory_mb, now));
+            };
             if state.table.len() >= self.config.max_containers {
                 return Err(ColdStartError::AtCapacity(format!(
                     "{} containers in the pool",
@@ -182,6 +210,11 @@ impl<C: ClusterManager> ControlPlane<C> {
                 request.kind.clone(),
                 request.node_id.clone(),
             );
+            if let Some(container) = state.table.get_mut(&id) {
+                container.host = host;
+                container.memory_mb = request.memory_mb;
+                container.usage.gc = GcState::new(now);
+            }
             self.publish(&mut state);
             slot
         };
@@ -209,6 +242,69 @@ impl<C: ClusterManager> ControlPlane<C> {
                 Err(error)
             }
         }
+    }
+
+    /// No node has room: marks idle containers of other actions as due, so the owning nodes sweep
+    /// them at their next reports; the caller is told to wait (the filter asks again shortly).
+    fn reclaim(
+        &self,
+        state: &mut TableState,
+        action: &ActionKey,
+        memory_mb: u64,
+        now: u64,
+    ) -> ColdStartError {
+        let marked_before = state.table.iter().filter(|c| c.usage.gc.marked_at.is_some()).count();
+        match collector::reclaim(&mut state.table, &self.config.capacities, action, memory_mb, now) {
+            Some(victims) => {
+                let marked_after = state.table.iter().filter(|c| c.usage.gc.marked_at.is_some()).count();
+                let newly = marked_after.saturating_sub(marked_before) as u64;
+                if newly > 0 {
+                    self.metrics.marks.get_or_create(&ReasonLabel { reason: "reclaim" }).inc_by(newly);
+                    info!(action = %action, victims = ?victims, "pool full: reclaiming idle containers");
+                }
+                self.metrics.containers_marked.set(marked_after as i64);
+                ColdStartError::AtCapacity(format!(
+                    "no node has {memory_mb} MB free; freeing {} idle containers",
+                    victims.len()
+                ))
+            }
+            None => {
+                ColdStartError::AtCapacity(format!("no node has {memory_mb} MB free and none can be freed"))
+            }
+        }
+    }
+
+    /// One GC round: marks containers idle for the idle timeout (and compaction victims); the marks
+    /// reach the data plane in the answers to its usage reports.
+    pub fn collect(&self) {
+        let now = self.now_ms();
+        let mut state = self.lock();
+        let collected = collector::collect(&mut state.table, &self.config.capacities, now, &self.config.gc);
+        let marked = state.table.iter().filter(|c| c.usage.gc.marked_at.is_some()).count();
+        let fragmentation = collector::fragmentation(&state.table, &self.config.capacities).unwrap_or(0.0);
+        drop(state);
+        for (reason, ids) in [("idle", &collected.marked), ("compaction", &collected.compacted)] {
+            if !ids.is_empty() {
+                self.metrics.marks.get_or_create(&ReasonLabel { reason }).inc_by(ids.len() as u64);
+                info!(reason, containers = ?ids, "marked");
+            }
+        }
+        self.metrics.containers_marked.set(marked as i64);
+        self.metrics.fragmentation.set(fragmentation);
+    }
+
+    /// A usage report of one worker of one Envoy node: updates the collector's view, answers its
+    /// marks, unmarks and sweeps.
+    pub fn usage(&self, report: &UsageReport) -> UsageAnswer {
+        let now = self.now_ms();
+        let outcome = collector::apply_report(&mut self.lock().table, report, now, &self.config.gc);
+        if outcome.unmarked > 0 {
+            self.metrics.unmarks.inc_by(outcome.unmarked as u64);
+        }
+        if !outcome.answer.sweep.is_empty() {
+            debug!(node = %report.node_id, containers = ?outcome.answer.sweep, "sweep due");
+        }
+        outcome.answer
     }
 
     /// Removes a container from the table (and so from xDS) first, then stops it.
@@ -295,6 +391,12 @@ impl<C: ClusterManager> ControlPlane<C> {
                     "slot": c.slot,
                     "address": c.address,
                     "state": format!("{:?}", c.state).to_lowercase(),
+                    "host": c.host,
+                    "memory_mb": c.memory_mb,
+                    "busy": c.usage.busy,
+                    "uses": c.usage.uses_seen,
+                    "marked": c.usage.gc.marked_at.is_some(),
+                    "mark_confirmed": c.usage.mark_confirmed,
                 })
             })
             .collect()
@@ -304,17 +406,29 @@ impl<C: ClusterManager> ControlPlane<C> {
     /// xDS) now, stopped after `grace` so that an activation still running in it can finish.
     /// False when the id is unknown.
     pub fn retire(self: &Arc<Self>, id: &str, grace: Duration) -> bool {
-        {
+        let (removed, version) = {
             let mut state = self.lock();
-            if state.table.remove(id).is_none() {
+            let Some(removed) = state.table.remove(id) else {
                 return false;
-            }
-            self.publish(&mut state);
+            };
+            let version = self.publish(&mut state);
+            let marked = state.table.iter().filter(|c| c.usage.gc.marked_at.is_some()).count();
+            self.metrics.containers_marked.set(marked as i64);
+            (removed, version)
+        };
+        // A marked container the filter retired is the collector's sweep; any other is the data
+        // plane giving up on it (timeout, lost client, refused run).
+        let swept = removed.usage.gc.marked_at.is_some();
+        if swept {
+            self.metrics.sweeps.inc();
+        } else {
+            self.metrics.containers_retired.inc();
         }
-        self.metrics.containers_retired.inc();
-        info!(container = id, grace_ms = grace.as_millis() as u64, "container retired");
+        info!(container = id, swept, grace_ms = grace.as_millis() as u64, "container retired");
         let (plane, id) = (self.clone(), id.to_owned());
         tokio::spawn(async move {
+            // Out of xDS before it is stopped: wait for its node to apply the removal (bounded).
+            plane.acks.wait_for(&removed.node, version, plane.config.ack_timeout).await;
             tokio::time::sleep(grace).await;
             if let Err(error) = plane.cluster.stop(&id).await {
                 warn!(container = id, %error, "could not stop a retired container");

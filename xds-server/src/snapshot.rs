@@ -330,6 +330,7 @@ mod tests {
                 max_waiting_per_action: 1,
                 max_wait_ms: 1,
                 waiters_per_cold_start: 1,
+                usage_report_period_ms: 1_000,
                 resolve_cache_max_age_ms: 1,
             },
         }

@@ -5,6 +5,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
+use crate::gc::GcState;
+
 /// One action revision: containers are never shared between revisions, so an update never runs
 /// new parameters against old code.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -46,6 +48,26 @@ pub struct Container {
     /// `ip:port`, known once the cluster manager started it.
     pub address: Option<String>,
     pub state: ContainerState,
+    /// The machine it runs on (a placement node), not the Envoy node that routes to it.
+    pub host: String,
+    /// Memory it holds on `host`.
+    pub memory_mb: u64,
+    /// What the collector knows of its use.
+    pub usage: Usage,
+}
+
+/// The collector's view of one container's use, fed by the data plane's usage reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Usage {
+    pub gc: GcState,
+    /// Running an activation at the last report.
+    pub busy: bool,
+    /// The use count of the last report: a higher one means it was used since.
+    pub uses_seen: u64,
+    /// The owning Envoy node reported the container marked: its next report may be told to sweep.
+    pub mark_confirmed: bool,
+    /// Marked to make room for another action's container: swept as soon as the mark is confirmed.
+    pub reclaimed: bool,
 }
 
 /// The table, ordered by id so that snapshots built from it are deterministic.
@@ -62,7 +84,18 @@ impl Table {
         let slot = (0..).find(|slot| !taken.contains(slot)).unwrap_or(0);
         self.containers.insert(
             id.clone(),
-            Container { id, action, kind, slot, node, address: None, state: ContainerState::Starting },
+            Container {
+                id,
+                action,
+                kind,
+                slot,
+                node,
+                address: None,
+                state: ContainerState::Starting,
+                host: String::new(),
+                memory_mb: 0,
+                usage: Usage::default(),
+            },
         );
         slot
     }
@@ -85,6 +118,10 @@ impl Table {
 
     pub fn get(&self, id: &str) -> Option<&Container> {
         self.containers.get(id)
+    }
+
+    pub fn get_mut(&mut self, id: &str) -> Option<&mut Container> {
+        self.containers.get_mut(id)
     }
 
     pub fn len(&self) -> usize {
@@ -112,6 +149,10 @@ impl Table {
     /// Every container, in id order.
     pub fn iter(&self) -> impl Iterator<Item = &Container> {
         self.containers.values()
+    }
+
+    pub fn iter_mut(&mut self) -> impl Iterator<Item = &mut Container> {
+        self.containers.values_mut()
     }
 
     pub fn ids(&self) -> Vec<String> {

@@ -1,0 +1,323 @@
+//! The collector's bookkeeping on the container table: the data plane's usage reports in; marks,
+//! unmarks and sweeps out; idle marking, compaction and reclaim on the policy of [`crate::gc`].
+//! Pure: no I/O, no clock (`now` is milliseconds on the control plane's monotonic clock).
+//!
+//! ```text
+//!  GC round ─► collect: mark idle containers (and compaction victims) in the table
+//!  report   ─► apply_report: a use clears the mark; answer "mark" until the node reports the
+//!              container marked (confirmed), then "sweep" once it stayed unused for the grace
+//!  filter   ─► CAS marked → retired on its slot (never a busy one), then DELETE: out of xDS, stop
+//! ```
+//!
+//! Only the owning Envoy node's word confirms a mark: each container is routed by exactly one node,
+//! and the filter takes a swept container out of its pool by CAS before anything is deleted, so a
+//! container an activation holds is never swept, whatever the timing.
+
+use whisk_contract::{SlotUse, UsageAnswer, UsageReport};
+
+use crate::gc::{self, ContainerView, GcConfig};
+use crate::placement::{self, Node};
+use crate::table::{ActionKey, Container, ContainerState, Table};
+
+/// What the collector sees of a container.
+pub fn view(container: &Container) -> ContainerView<'_> {
+    ContainerView {
+        id: &container.id,
+        action: &container.action,
+        node: &container.host,
+        memory_mb: container.memory_mb,
+        last_used_ms: container.usage.gc.last_used_ms,
+        marked_at: container.usage.gc.marked_at,
+        busy: container.usage.busy || container.state == ContainerState::Starting,
+    }
+}
+
+/// The placement nodes with what the table holds on each (`capacities` give names and sizes).
+pub fn nodes(table: &Table, capacities: &[Node]) -> Vec<Node> {
+    let mut nodes: Vec<Node> =
+        capacities.iter().map(|node| Node { allocated_mb: 0, ..node.clone() }).collect();
+    for container in table.iter() {
+        if let Some(node) = nodes.iter_mut().find(|node| node.name == container.host) {
+            node.allocated_mb += container.memory_mb;
+        }
+    }
+    nodes
+}
+
+/// The node a new container of `memory_mb` goes to (best fit), if it fits anywhere.
+pub fn place(table: &Table, capacities: &[Node], memory_mb: u64) -> Option<String> {
+    placement::place(&nodes(table, capacities), memory_mb).map(|node| node.name.clone())
+}
+
+/// Nodes in use over the packing lower bound (1.0 is compact); `None` with an empty pool.
+pub fn fragmentation(table: &Table, capacities: &[Node]) -> Option<f64> {
+    placement::fragmentation(&nodes(table, capacities))
+}
+
+/// What one report changed.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ReportOutcome {
+    pub answer: UsageAnswer,
+    /// Marks cleared because the container was used after its mark.
+    pub unmarked: usize,
+}
+
+/// Applies one usage report of `node_id`'s worker and answers it.
+pub fn apply_report(table: &mut Table, report: &UsageReport, now: u64, config: &GcConfig) -> ReportOutcome {
+    let mut outcome = ReportOutcome::default();
+    let mut confirmed = Vec::new();
+    for reported in &report.containers {
+        let Some(container) = table.get_mut(&reported.id) else {
+            outcome.answer.unknown.push(reported.id.clone());
+            continue;
+        };
+        if container.node != report.node_id {
+            // Another node routes to it; only the owner's word counts.
+            continue;
+        }
+        let usage = &mut container.usage;
+        let used = reported.state == SlotUse::Busy || reported.uses > usage.uses_seen;
+        usage.uses_seen = usage.uses_seen.max(reported.uses);
+        usage.busy = reported.state == SlotUse::Busy;
+        if used && gc::unmark_on_use(&mut usage.gc, now) {
+            usage.mark_confirmed = false;
+            usage.reclaimed = false;
+            outcome.unmarked += 1;
+        }
+        match (usage.gc.marked_at.is_some(), reported.state) {
+            (true, SlotUse::Free) => {
+                usage.mark_confirmed = false;
+                outcome.answer.mark.push(reported.id.clone());
+            }
+            (true, SlotUse::Marked) => {
+                usage.mark_confirmed = true;
+                confirmed.push(reported.id.clone());
+            }
+            (false, SlotUse::Marked) => outcome.answer.unmark.push(reported.id.clone()),
+            _ => {}
+        }
+    }
+    let confirmed: Vec<&Container> = confirmed.iter().filter_map(|id| table.get(id)).collect();
+    let views: Vec<ContainerView<'_>> = confirmed.iter().map(|c| view(c)).collect();
+    let mut sweep: Vec<String> = gc::sweep(&views, now, config).into_iter().map(str::to_owned).collect();
+    for reclaimed in confirmed.iter().filter(|c| c.usage.reclaimed && !c.usage.busy) {
+        if !sweep.contains(&reclaimed.id) {
+            sweep.push(reclaimed.id.clone());
+        }
+    }
+    outcome.answer.sweep = sweep;
+    outcome
+}
+
+/// What one GC round marked.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Collected {
+    /// Idle for the idle timeout.
+    pub marked: Vec<String>,
+    /// Marked early to drain a node in excess of the packing lower bound.
+    pub compacted: Vec<String>,
+}
+
+/// One GC round at `now`: marks idle containers, and compaction victims while the pool is
+/// fragmented. Marks reach the data plane in the answers to its next reports.
+pub fn collect(table: &mut Table, capacities: &[Node], now: u64, config: &GcConfig) -> Collected {
+    let nodes = nodes(table, capacities);
+    let (marked, compacted) = {
+        let views: Vec<ContainerView<'_>> =
+            table.iter().filter(|c| c.state == ContainerState::Ready).map(view).collect();
+        let marked: Vec<String> = gc::mark(&views, now, config).into_iter().map(str::to_owned).collect();
+        let compacted: Vec<String> = gc::compact(&views, &nodes, now, config)
+            .into_iter()
+            .filter(|id| !marked.iter().any(|m| m == id))
+            .map(str::to_owned)
+            .collect();
+        (marked, compacted)
+    };
+    for id in marked.iter().chain(&compacted) {
+        if let Some(container) = table.get_mut(id) {
+            gc::set_marked(&mut container.usage.gc, now);
+            container.usage.mark_confirmed = false;
+        }
+    }
+    Collected { marked, compacted }
+}
+
+/// The pool has no room for a container of `memory_mb` for `for_action`: picks free containers of
+/// other actions to free (marked ones first, on the emptiest node that can make room) and marks
+/// them as due, so that the owning nodes' next reports sweep them. The victims' ids, or `None`
+/// when no node can be given room.
+pub fn reclaim(
+    table: &mut Table,
+    capacities: &[Node],
+    for_action: &ActionKey,
+    memory_mb: u64,
+    now: u64,
+) -> Option<Vec<String>> {
+    let nodes = nodes(table, capacities);
+    let victims: Vec<String> = {
+        let views: Vec<ContainerView<'_>> = table.iter().map(view).collect();
+        let plan = gc::reclaim(&views, &nodes, for_action, memory_mb, now)?;
+        plan.victims.into_iter().map(str::to_owned).collect()
+    };
+    // Due at once: a victim is swept as soon as its node confirms the mark, not a grace later.
+    for id in &victims {
+        if let Some(container) = table.get_mut(id) {
+            let usage = &mut container.usage;
+            usage.gc.marked_at.get_or_insert(now);
+            usage.reclaimed = true;
+        }
+    }
+    Some(victims)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::table::action;
+    use proptest::prelude::*;
+    use whisk_contract::ContainerUse;
+
+    const CONFIG: GcConfig = GcConfig { idle_timeout_ms: 1_000, grace_ms: 500, compact_idle_ms: 1_000 };
+    const NODE: &str = "envoy-1";
+
+    fn capacities(capacity_mb: u64) -> Vec<Node> {
+        vec![Node::new("local", capacity_mb)]
+    }
+
+    fn start(table: &mut Table, id: &str, name: &str, now: u64) {
+        table.reserve(id.into(), action(name), "nodejs:20".into(), NODE.into());
+        table.set_ready(id, format!("127.0.0.1:{}", 4000 + table.len()));
+        let container = table.get_mut(id).unwrap();
+        container.host = "local".into();
+        container.memory_mb = 256;
+        container.usage.gc = gc::GcState::new(now);
+    }
+
+    fn report(containers: &[(&str, SlotUse, u64)]) -> UsageReport {
+        UsageReport {
+            node_id: NODE.into(),
+            containers: containers
+                .iter()
+                .map(|(id, state, uses)| ContainerUse { id: (*id).into(), state: *state, uses: *uses })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn an_idle_container_is_marked_then_confirmed_then_swept_after_the_grace() {
+        let mut table = Table::default();
+        start(&mut table, "a", "x", 0);
+        assert_eq!(collect(&mut table, &capacities(1024), 999, &CONFIG), Collected::default());
+        let collected = collect(&mut table, &capacities(1024), 1_000, &CONFIG);
+        assert_eq!(collected.marked, ["a"]);
+
+        let outcome = apply_report(&mut table, &report(&[("a", SlotUse::Free, 0)]), 1_100, &CONFIG);
+        assert_eq!(outcome.answer.mark, ["a"], "the node is told until it confirms");
+        assert!(outcome.answer.sweep.is_empty());
+        let outcome = apply_report(&mut table, &report(&[("a", SlotUse::Marked, 0)]), 1_200, &CONFIG);
+        assert_eq!(outcome.answer, UsageAnswer::default(), "confirmed, within the grace");
+        let outcome = apply_report(&mut table, &report(&[("a", SlotUse::Marked, 0)]), 1_500, &CONFIG);
+        assert_eq!(outcome.answer.sweep, ["a"]);
+    }
+
+    #[test]
+    fn a_use_after_the_mark_clears_it_and_restarts_the_idle_clock() {
+        let mut table = Table::default();
+        start(&mut table, "a", "x", 0);
+        collect(&mut table, &capacities(1024), 1_000, &CONFIG);
+        apply_report(&mut table, &report(&[("a", SlotUse::Marked, 0)]), 1_100, &CONFIG);
+        // The filter claimed the marked container (its only free one) and released it.
+        let outcome = apply_report(&mut table, &report(&[("a", SlotUse::Free, 1)]), 1_600, &CONFIG);
+        assert_eq!(outcome.unmarked, 1);
+        assert_eq!(outcome.answer, UsageAnswer::default());
+        assert_eq!(table.get("a").unwrap().usage.gc.marked_at, None);
+        assert!(collect(&mut table, &capacities(1024), 2_599, &CONFIG).marked.is_empty());
+        assert_eq!(collect(&mut table, &capacities(1024), 2_600, &CONFIG).marked, ["a"]);
+    }
+
+    #[test]
+    fn a_busy_container_is_never_marked_nor_swept() {
+        let mut table = Table::default();
+        start(&mut table, "a", "x", 0);
+        apply_report(&mut table, &report(&[("a", SlotUse::Busy, 1)]), 10, &CONFIG);
+        assert!(collect(&mut table, &capacities(1024), 60_000, &CONFIG).marked.is_empty());
+        // A mark that raced a claim: the node reports it busy, so the mark is dropped.
+        let outcome = apply_report(&mut table, &report(&[("a", SlotUse::Free, 1)]), 60_001, &CONFIG);
+        assert!(outcome.answer.sweep.is_empty());
+        assert_eq!(collect(&mut table, &capacities(1024), 61_001, &CONFIG).marked, ["a"]);
+        let outcome = apply_report(&mut table, &report(&[("a", SlotUse::Busy, 2)]), 70_000, &CONFIG);
+        assert_eq!(outcome.unmarked, 1);
+        assert!(outcome.answer.sweep.is_empty());
+    }
+
+    #[test]
+    fn unknown_containers_and_other_nodes_reports() {
+        let mut table = Table::default();
+        start(&mut table, "a", "x", 0);
+        collect(&mut table, &capacities(1024), 5_000, &CONFIG);
+        let stranger = UsageReport {
+            node_id: "envoy-2".into(),
+            containers: vec![ContainerUse { id: "a".into(), state: SlotUse::Marked, uses: 0 }],
+        };
+        assert_eq!(apply_report(&mut table, &stranger, 9_000, &CONFIG).answer, UsageAnswer::default());
+        assert!(!table.get("a").unwrap().usage.mark_confirmed, "only the owner confirms");
+        let outcome = apply_report(&mut table, &report(&[("gone", SlotUse::Free, 3)]), 9_000, &CONFIG);
+        assert_eq!(outcome.answer.unknown, ["gone"]);
+    }
+
+    #[test]
+    fn a_full_pool_reclaims_other_actions_idle_containers_and_sweeps_them_at_once() {
+        let mut table = Table::default();
+        start(&mut table, "a", "x", 0);
+        start(&mut table, "b", "y", 100);
+        assert_eq!(place(&table, &capacities(512), 256), None);
+        let victims = reclaim(&mut table, &capacities(512), &action("z"), 256, 200).unwrap();
+        assert_eq!(victims, ["a"], "the longest idle goes first");
+        assert_eq!(
+            reclaim(&mut table, &capacities(512), &action("z"), 256, 210).unwrap(),
+            ["a"],
+            "asking again picks the same, marked victim"
+        );
+        assert_eq!(reclaim(&mut table, &capacities(512), &action("x"), 512, 210), None, "own action");
+        let outcome = apply_report(&mut table, &report(&[("a", SlotUse::Free, 0)]), 250, &CONFIG);
+        assert_eq!(outcome.answer.mark, ["a"]);
+        let outcome = apply_report(&mut table, &report(&[("a", SlotUse::Marked, 0)]), 300, &CONFIG);
+        assert_eq!(outcome.answer.sweep, ["a"], "no grace for a reclaimed victim");
+        table.remove("a");
+        assert_eq!(place(&table, &capacities(512), 256).as_deref(), Some("local"));
+        assert_eq!(fragmentation(&table, &capacities(512)), Some(1.0));
+    }
+
+    fn slot_use() -> impl Strategy<Value = SlotUse> {
+        prop_oneof![Just(SlotUse::Free), Just(SlotUse::Busy), Just(SlotUse::Marked), Just(SlotUse::Retired)]
+    }
+
+    proptest! {
+        /// Whatever the reports and rounds, a sweep is only ever answered for a container the same
+        /// report showed marked and not used since the last one: never for a busy one.
+        #[test]
+        fn sweeps_only_name_containers_reported_marked_and_unused(
+            steps in proptest::collection::vec((0usize..3, slot_use(), 0u64..3, any::<bool>(), 0u64..700), 1..120)
+        ) {
+            let mut table = Table::default();
+            for (index, id) in ["a", "b", "c"].iter().enumerate() {
+                start(&mut table, id, &format!("action{index}"), 0);
+            }
+            let mut uses = [0u64; 3];
+            let mut now = 0;
+            for (index, state, extra_uses, round, pause) in steps {
+                now += pause;
+                if round {
+                    collect(&mut table, &capacities(4096), now, &CONFIG);
+                }
+                let id = ["a", "b", "c"][index];
+                uses[index] += extra_uses;
+                let outcome = apply_report(&mut table, &report(&[(id, state, uses[index])]), now, &CONFIG);
+                if outcome.answer.sweep.iter().any(|swept| swept == id) {
+                    prop_assert_eq!(state, SlotUse::Marked);
+                    prop_assert_eq!(extra_uses, 0);
+                }
+            }
+        }
+    }
+}
