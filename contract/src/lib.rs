@@ -204,9 +204,10 @@ pub struct ColdStartResponse {
     pub container_id: String,
     /// `ip:port`, the value for [`headers::CONTAINER_ADDRESS`].
     pub address: String,
-    /// The container's slot among the containers of its action revision, unique while the
-    /// container lives: the filter writes the container into its shared-data table at this slot,
-    /// so no two writers ever create the same key (creating a shared-data key is not atomic).
+    /// The container's slot among the containers of its action revision on this Envoy node, unique
+    /// while the container lives: the filter writes the container into its shared-data table at
+    /// this slot, so no two writers ever create the same key (creating a shared-data key is not
+    /// atomic).
     pub slot: u32,
     /// Milliseconds spent in `/init`: the activation's `initTime` annotation.
     pub init_ms: u64,

@@ -77,10 +77,17 @@ pub struct Table {
 }
 
 impl Table {
-    /// Reserves a container id for `action` on `node` at the lowest free slot of that action.
+    /// Reserves a container id for `action` on `node` at the lowest free slot of that action on
+    /// that node. Per node, because slots are keys in one Envoy's shared data: numbering them
+    /// across nodes would leave each Envoy long runs of other nodes' slots, and the filter's scan
+    /// stops at a gap of a few missing slots.
     pub fn reserve(&mut self, id: String, action: ActionKey, kind: String, node: String) -> u32 {
-        let taken: BTreeSet<u32> =
-            self.containers.values().filter(|c| c.action == action).map(|c| c.slot).collect();
+        let taken: BTreeSet<u32> = self
+            .containers
+            .values()
+            .filter(|c| c.action == action && c.node == node)
+            .map(|c| c.slot)
+            .collect();
         let slot = (0..).find(|slot| !taken.contains(slot)).unwrap_or(0);
         self.containers.insert(
             id.clone(),
@@ -196,6 +203,15 @@ mod tests {
     }
 
     #[test]
+    fn slots_are_numbered_per_node_so_no_envoy_sees_another_nodes_gaps() {
+        let mut table = Table::default();
+        assert_eq!(table.reserve("a".into(), action("x"), "k".into(), "envoy-1".into()), 0);
+        assert_eq!(table.reserve("b".into(), action("x"), "k".into(), "envoy-1".into()), 1);
+        assert_eq!(table.reserve("c".into(), action("x"), "k".into(), "envoy-2".into()), 0);
+        assert_eq!(table.reserve("d".into(), action("x"), "k".into(), "envoy-2".into()), 1);
+    }
+
+    #[test]
     fn only_ready_containers_of_the_node_are_routable() {
         let mut table = Table::test().with_ready("a", "x", "envoy-1", "127.0.0.1:1").with_ready(
             "b",
@@ -212,22 +228,22 @@ mod tests {
     }
 
     proptest! {
-        /// Whatever the order of starts and removals, two live containers of one action never share
-        /// a slot: the filter's shared-data keys stay single-writer.
+        /// Whatever the order of starts and removals, two live containers of one action on one node
+        /// never share a slot: the filter's shared-data keys stay single-writer.
         #[test]
-        fn live_slots_are_unique_per_action(ops in proptest::collection::vec((0u8..3, any::<bool>(), 0usize..8), 1..200)) {
+        fn live_slots_are_unique_per_action_and_node(ops in proptest::collection::vec((0u8..3, any::<bool>(), 0usize..8, 0u8..2), 1..200)) {
             let mut table = Table::default();
             let mut next = 0u32;
-            for (action_index, add, victim) in ops {
+            for (action_index, add, victim, node) in ops {
                 if add {
                     next += 1;
-                    table.reserve(format!("c{next}"), action(&format!("a{action_index}")), "k".into(), "n".into());
+                    table.reserve(format!("c{next}"), action(&format!("a{action_index}")), "k".into(), format!("n{node}"));
                 } else if let Some(id) = table.ids().get(victim % table.len().max(1)).cloned() {
                     table.remove(&id);
                 }
                 let mut seen = BTreeSet::new();
                 for container in table.containers.values() {
-                    prop_assert!(seen.insert((container.action.clone(), container.slot)));
+                    prop_assert!(seen.insert((container.action.clone(), container.node.clone(), container.slot)));
                 }
             }
         }
