@@ -201,8 +201,9 @@ interface! {
         name: &str,
         build: impl FnOnce(Option<Package>) -> Result<Package, E>,
     ) -> Result<Package, E>;
-    /// Deletes the package if `check`, shown it and the number of actions it holds, agrees; in one
-    /// transaction, so no action can slip into a package being deleted. `None` if there was none.
+    /// Deletes the package and the actions it holds if `check`, shown it and the number of those
+    /// actions, agrees; in one transaction, so no action can slip into a package being deleted (nor
+    /// outlive it). `None` if there was none.
     fn delete_package<E: From<StoreError>>(
         &self,
         namespace: &str,

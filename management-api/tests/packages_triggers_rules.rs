@@ -158,7 +158,7 @@ async fn packaged_actions_live_in_their_package(backend: Backend) {
 
     let (status, body) = delete(&h, &h.guest, "/api/v1/namespaces/_/packages/utils").await;
     assert_eq!(status, StatusCode::CONFLICT);
-    assert_error(&body, "Package not empty (contains 1 entity)");
+    assert_error(&body, "Package not empty (contains 1 entity). Set force param or delete package contents.");
 
     let (status, body) = resolve(&h, "_", "utils%2Fecho", Some(&h.guest)).await;
     assert_eq!(status, StatusCode::OK, "{body}");
@@ -189,6 +189,26 @@ async fn packaged_actions_live_in_their_package(backend: Backend) {
     ok(delete(&h, &h.guest, "/api/v1/namespaces/_/packages/utils").await);
     let (status, _) = resolve(&h, "_", "utils%2Fecho", Some(&h.guest)).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
+
+    // `force=true` takes the package's actions with it, and only them.
+    ok(put(&h, &h.guest, "/api/v1/namespaces/_/packages/tools", json!({})).await);
+    for name in ["a", "b"] {
+        ok(put(&h, &h.guest, &format!("/api/v1/namespaces/_/actions/tools/{name}"), code("nodejs:20")).await);
+    }
+    let (status, body) = delete(&h, &h.guest, "/api/v1/namespaces/_/packages/tools?force=maybe").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_error(&body, "not a boolean for query parameter 'force'");
+    let (status, _) = delete(&h, &h.guest, "/api/v1/namespaces/_/packages/tools?force=false").await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    let deleted = ok(delete(&h, &h.guest, "/api/v1/namespaces/_/packages/tools?force=true").await);
+    assert_eq!(deleted["name"], "tools");
+    for uri in ["/api/v1/namespaces/_/packages/tools", "/api/v1/namespaces/_/actions/tools/a"] {
+        let (status, _) = get(&h, &h.guest, uri).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{uri}");
+    }
+    let left = ok(get(&h, &h.guest, "/api/v1/namespaces/_/actions").await);
+    let names: Vec<_> = left.as_array().unwrap().iter().map(|a| a["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["plain"]);
 }
 
 async fn bindings_reach_published_packages_with_merged_parameters(backend: Backend) {

@@ -328,6 +328,18 @@ fn a_package_is_deleted_only_when_the_check_agrees(store: Store) {
     let deleted = store.delete_package::<StoreError>("guest", "p", |_, _| Ok(())).unwrap();
     assert_eq!(deleted.map(|p| p.name).as_deref(), Some("p"));
     assert_eq!(store.delete_package::<StoreError>("guest", "p", |_, _| Ok(())).unwrap(), None);
+
+    // A check that agrees despite the contents (`?force=true`) takes them along.
+    put_package(&store, package("q", 1));
+    put_in(&store, "q", "x").unwrap();
+    put_in(&store, "q", "y").unwrap();
+    let forced = store.delete_package::<StoreError>("guest", "q", |_, contained| {
+        assert_eq!(contained, 2);
+        Ok(())
+    });
+    assert_eq!(forced.unwrap().map(|p| p.name).as_deref(), Some("q"));
+    assert_eq!(store.package_actions("guest/q").unwrap(), vec![]);
+    assert_eq!(store.count_actions("guest").unwrap(), 0);
 }
 
 fn triggers_carry_the_rules_that_name_them(store: Store) {
