@@ -61,6 +61,15 @@ async fn action_lifecycle_in_openwhisks_shape(backend: Backend) {
     .await;
     assert_eq!(without_code["exec"], json!({"kind": "nodejs:20", "binary": false}));
 
+    // The invoke itself is the data plane's: here only an action that exists gets this far.
+    let (status, invoked) = send(
+        &h.router,
+        request(Method::POST, "/api/v1/namespaces/_/actions/hello", Some(&h.guest), Some(json!({}))),
+    )
+    .await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_error(&invoked, "served by the ingress");
+
     let (status, conflict) = send(
         &h.router,
         request(Method::PUT, "/api/v1/namespaces/_/actions/hello", Some(&h.guest), Some(hello())),
@@ -173,8 +182,8 @@ async fn bad_input_gets_openwhisk_errors(backend: Backend) {
         ),
         (
             request(Method::POST, "/api/v1/namespaces/_/actions/x", Some(&h.guest), Some(json!({}))),
-            StatusCode::SERVICE_UNAVAILABLE,
-            "served by the ingress",
+            StatusCode::NOT_FOUND,
+            "does not exist",
         ),
         (
             request(Method::GET, "/api/v1/nothing/here", Some(&h.guest), None),
