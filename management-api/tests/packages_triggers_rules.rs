@@ -7,14 +7,12 @@
 
 mod support;
 
-use std::sync::{Arc, Mutex};
-
-use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::http::{Method, StatusCode};
 use management_api::Key;
 use serde_json::{Value, json};
 use support::{
     Backend, Harness, assert_error, create, harness, harness_with_ingress, internal, on_every_backend,
-    request, resolve, send,
+    request, resolve, send, stand_in_ingress,
 };
 use whisk_contract::{ActionCode, ActivationRecord, ResolvedAction};
 
@@ -390,43 +388,6 @@ async fn triggers_and_rules_lifecycle(backend: Backend) {
         assert_eq!(status, StatusCode::NOT_FOUND);
     }
     assert_eq!(ok(get(&h, &h.guest, trigger_uri).await)["rules"], json!({}));
-}
-
-/// What the stand-in ingress saw: path and query, `authorization`, body.
-type Seen = Arc<Mutex<Vec<(String, String, Value)>>>;
-
-/// An HTTP server on 127.0.0.1:0 that records every request and answers like the data plane: 202
-/// with an id, except 404 for actions named `missing`.
-async fn stand_in_ingress() -> (String, Seen) {
-    let seen: Seen = Arc::default();
-    let recorder = Arc::clone(&seen);
-    let app = axum::Router::new().fallback(move |uri: Uri, headers: HeaderMap, body: axum::body::Bytes| {
-        let recorder = Arc::clone(&recorder);
-        async move {
-            let authorization =
-                headers.get("authorization").map(|v| v.to_str().unwrap().to_owned()).unwrap_or_default();
-            let path = uri.path_and_query().unwrap().to_string();
-            let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-            let number = {
-                let mut seen = recorder.lock().unwrap();
-                seen.push((path.clone(), authorization, body));
-                seen.len()
-            };
-            if path.contains("/missing") {
-                let error = json!({"error": "The requested resource does not exist.", "code": "c"});
-                (StatusCode::NOT_FOUND, axum::Json(error))
-            } else {
-                (
-                    StatusCode::ACCEPTED,
-                    axum::Json(json!({"activationId": format!("rule-activation-{number}")})),
-                )
-            }
-        }
-    });
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    (format!("http://{address}"), seen)
 }
 
 async fn firing_invokes_active_rules_through_the_ingress_and_records_the_trigger(backend: Backend) {
