@@ -191,6 +191,10 @@ interface! {
         limit: u64,
     ) -> Result<Vec<ActivationRecord>, StoreError>;
     fn count_activations(&self, namespace: &str, filter: &ActivationFilter) -> Result<u64, StoreError>;
+    /// Deletes up to `limit` records of any namespace that started before `cutoff` (epoch ms),
+    /// oldest first; returns how many. Retention calls it until a batch comes back short, so that
+    /// no single transaction holds the activation table for long.
+    fn delete_activations_before(&self, cutoff: u64, limit: u64) -> Result<u64, StoreError>;
 
     fn get_package(&self, namespace: &str, name: &str) -> Result<Option<Package>, StoreError>;
     /// Creates or replaces a package atomically: `build` sees the current one and returns the new

@@ -60,6 +60,7 @@ on_every_backend!(
     ties_list_by_namespace_then_name_in_byte_order,
     a_failed_build_writes_nothing,
     activations_are_idempotent_and_filtered,
+    expired_activations_go_oldest_first_in_batches_across_namespaces,
     packages_and_bindings_round_trip_and_list,
     packaged_actions_need_their_package_and_list_with_the_namespace,
     a_package_is_deleted_only_when_the_check_agrees,
@@ -282,6 +283,24 @@ fn activations_are_idempotent_and_filtered(store: Store) {
     // Equal starts order by id, descending.
     store.put_activations(&[record("b", "z", 40), record("c", "z", 40)]).unwrap();
     assert_eq!(ids(store.list_activations("guest", &all, 0, 2).unwrap()), ["c", "b"]);
+}
+
+fn expired_activations_go_oldest_first_in_batches_across_namespaces(store: Store) {
+    let elsewhere = ActivationRecord { namespace: "alice".into(), ..record("b1", "x", 5) };
+    let records = [record("a3", "x", 30), record("a1", "x", 10), elsewhere, record("a2", "y", 20)];
+    store.put_activations(&records).unwrap();
+    let remaining =
+        |namespace: &str| store.count_activations(namespace, &ActivationFilter::default()).unwrap();
+    // One at a time, the oldest first, whatever its namespace.
+    assert_eq!(store.delete_activations_before(30, 1).unwrap(), 1);
+    assert_eq!((remaining("guest"), remaining("alice")), (3, 0));
+    assert_eq!(store.delete_activations_before(30, 1).unwrap(), 1);
+    assert_eq!(store.get_activation("guest", "a1").unwrap(), None);
+    // A short batch: only what started strictly before the cutoff goes.
+    assert_eq!(store.delete_activations_before(30, 10).unwrap(), 1);
+    assert_eq!(store.delete_activations_before(30, 10).unwrap(), 0);
+    assert_eq!(store.get_activation("guest", "a3").unwrap(), Some(records[0].clone()));
+    assert_eq!(remaining("guest"), 1);
 }
 
 fn packages_and_bindings_round_trip_and_list(store: Store) {
