@@ -533,9 +533,24 @@ pub async fn delete(
 }
 
 /// `POST /api/v1/namespaces/{ns}/actions/{[pkg/]name}`: invokes are served by the data plane; one
-/// that reaches this server bypassed the ingress.
-pub async fn invoke() -> ApiError {
-    ApiError::InvokeAtIngress
+/// that reaches this server bypassed the ingress. It still gets the answers the ingress would give
+/// before running anything (401 for a bad key, 403 for another namespace, 404 for an action that does
+/// not exist), so that a client pointed at the wrong port learns what is wrong with its request
+/// first; an invoke that would run gets 503.
+pub async fn invoke(
+    State(state): State<AppState>,
+    subject: Subject,
+    ApiPath(route): ApiPath<ActionRoute>,
+) -> ApiError {
+    let located = async {
+        let namespace = authorize(&subject, &route.namespace)?;
+        let action_name = route.action_name()?;
+        state.db(move |store| locate_action(store, &namespace, &action_name, false)).await
+    };
+    match located.await {
+        Ok(_) => ApiError::InvokeAtIngress,
+        Err(error) => error,
+    }
 }
 
 #[cfg(test)]

@@ -39,7 +39,10 @@ pub enum ApiError {
     #[error("{RESOURCE_EXISTS}")]
     Conflict,
     /// A package still holding actions cannot be deleted.
-    #[error("Package not empty (contains {0} {entities})", entities = if *.0 == 1 { "entity" } else { "entities" })]
+    #[error(
+        "Package not empty (contains {0} {entities}). Set force param or delete package contents.",
+        entities = if *.0 == 1 { "entity" } else { "entities" }
+    )]
     PackageNotEmpty(u64),
     #[error("{PACKAGE_CANNOT_BECOME_BINDING}")]
     PackageCannotBecomeBinding,
@@ -205,8 +208,13 @@ mod tests {
             "The request content was malformed:\nexpected value"
         );
         assert_eq!(ApiError::Conflict.to_string(), "resource already exists");
-        assert_eq!(ApiError::PackageNotEmpty(1).to_string(), "Package not empty (contains 1 entity)");
-        assert_eq!(ApiError::PackageNotEmpty(3).to_string(), "Package not empty (contains 3 entities)");
+        assert_eq!(
+            ApiError::PackageNotEmpty(1).to_string(),
+            "Package not empty (contains 1 entity). Set force param or delete package contents."
+        );
+        assert!(
+            ApiError::PackageNotEmpty(3).to_string().starts_with("Package not empty (contains 3 entities).")
+        );
         assert_eq!(
             ApiError::ReservedPackageName("default".into()).to_string(),
             "Package name 'default' is reserved."

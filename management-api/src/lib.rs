@@ -29,6 +29,7 @@ pub mod names;
 pub mod namespaces;
 pub mod packages;
 pub mod paging;
+pub mod retention;
 pub mod rules;
 pub mod state;
 pub mod store;
@@ -37,6 +38,7 @@ pub mod triggers;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use axum::extract::DefaultBodyLimit;
 use axum::middleware;
@@ -123,6 +125,10 @@ pub struct Config {
     /// Base URL of the data plane's ingress: firing a trigger invokes its rules' actions there.
     #[arg(long, env = "WHISK_INGRESS_URL", default_value = ingress::DEFAULT_INGRESS_URL, value_parser = ingress_url)]
     pub ingress_url: String,
+    /// How long activation records are kept, counted from their start (`7d`, `12h`, `30m`; `0s`
+    /// keeps them forever). Older ones are deleted in the background.
+    #[arg(long, env = "WHISK_ACTIVATION_TTL", default_value = retention::DEFAULT_TTL, value_parser = humantime::parse_duration)]
+    pub activation_ttl: Duration,
 }
 
 impl std::fmt::Debug for Config {
@@ -133,6 +139,7 @@ impl std::fmt::Debug for Config {
             .field("database", &self.database)
             .field("seed_guest", &self.seed_guest)
             .field("ingress_url", &self.ingress_url)
+            .field("activation_ttl", &humantime::format_duration(self.activation_ttl).to_string())
             .finish_non_exhaustive()
     }
 }
@@ -259,26 +266,41 @@ pub async fn run(config: Config) -> Result<(), Error> {
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|source| Error::Bind { address: config.listen, source })?;
-    serve(listener, state, shutdown_signal()).await
+    serve(listener, state, config.activation_ttl, shutdown_signal()).await
 }
 
 /// Serves on an already bound listener until `shutdown` completes (what tests and e2e use to pick
-/// port 0 and stop the server at will).
+/// port 0 and stop the server at will), deleting activation records older than `activation_ttl` in
+/// the background meanwhile ([`retention`]; zero keeps them). Returns once requests are drained and
+/// the retention task has stopped.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: AppState,
+    activation_ttl: Duration,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
     if let Ok(address) = listener.local_addr() {
         tracing::info!(%address, "management API listening");
     }
+    let (stop_retention, retention_stopped) = tokio::sync::watch::channel(false);
+    let retaining = state.clone();
+    let retention = tokio::spawn(async move {
+        retention::run(retaining.store(), retaining.metrics(), activation_ttl, retention_stopped).await;
+    });
     let closing = state.clone();
     let shutdown = async move {
         shutdown.await;
         // Held generation polls would keep a graceful shutdown waiting for their 30 s: answer them.
         closing.generation().bump();
+        // A sweep under way ends after its batch.
+        stop_retention.send_replace(true);
     };
-    axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await.map_err(Error::Serve)?;
+    // Also when serving fails: the dropped sender stops the retention task.
+    let served = axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await;
+    if let Err(error) = retention.await {
+        tracing::warn!(%error, "the activation retention task failed");
+    }
+    served.map_err(Error::Serve)?;
     tracing::info!("management API stopped");
     Ok(())
 }
@@ -328,5 +350,34 @@ pub fn delete_user(database: &Database, namespace: &str) -> Result<(), Error> {
         Ok(())
     } else {
         Err(Error::NoSuchNamespace(namespace.to_owned()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(flatten)]
+        config: Config,
+    }
+
+    #[test]
+    fn the_activation_ttl_reads_humantime_and_defaults_to_a_week() {
+        let parse = |ttl: &[&str]| {
+            let args = [&["management-api", "--internal-token", "t"], ttl].concat();
+            Cli::try_parse_from(args).map(|cli| cli.config.activation_ttl)
+        };
+        const DAY: u64 = 24 * 60 * 60;
+        assert_eq!(parse(&[]).unwrap(), Duration::from_secs(7 * DAY));
+        assert_eq!(parse(&["--activation-ttl", "12h"]).unwrap(), Duration::from_secs(12 * 60 * 60));
+        assert_eq!(parse(&["--activation-ttl", "1w 2d"]).unwrap(), Duration::from_secs(9 * DAY));
+        assert_eq!(parse(&["--activation-ttl", "0s"]).unwrap(), Duration::ZERO);
+        for bad in ["soon", "7", "-1d"] {
+            assert!(parse(&["--activation-ttl", bad]).is_err(), "{bad}");
+        }
     }
 }

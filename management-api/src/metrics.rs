@@ -1,4 +1,5 @@
-//! Prometheus metrics: requests by method, route and status, and their latency by route.
+//! Prometheus metrics: requests by method, route and status, their latency by route, and the
+//! activation records retention deleted.
 //!
 //! Routes are labelled by their pattern (`/api/v1/namespaces/{ns}/actions/{name}`), never by the
 //! concrete path, so user-chosen names cannot blow up the number of series.
@@ -38,6 +39,7 @@ pub struct Metrics {
     registry: Registry,
     requests: Family<RequestLabels, Counter>,
     latency: LatencyFamily,
+    expired_activations: Counter,
 }
 
 impl Default for Metrics {
@@ -55,7 +57,18 @@ impl Metrics {
             Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.0001, 2.0, 16)));
         registry.register("http_requests", "HTTP requests by method, route and status", requests.clone());
         registry.register("http_request_duration_seconds", "HTTP request latency by route", latency.clone());
-        Self { registry, requests, latency }
+        let expired_activations = Counter::default();
+        registry.register(
+            "activations_deleted",
+            "Activation records deleted because they outlived the activation TTL",
+            expired_activations.clone(),
+        );
+        Self { registry, requests, latency, expired_activations }
+    }
+
+    /// Counts activation records retention deleted.
+    pub fn count_expired_activations(&self, deleted: u64) {
+        self.expired_activations.inc_by(deleted);
     }
 
     fn record(&self, method: &str, route: &str, status: StatusCode, seconds: f64) {

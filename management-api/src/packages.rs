@@ -407,19 +407,27 @@ pub async fn put(
     Ok(Json(package.view(None)).into_response())
 }
 
-/// `DELETE /api/v1/namespaces/{ns}/packages/{name}`: a package must be empty first (409); a binding
-/// can always go.
+#[derive(Debug, Deserialize)]
+pub struct DeleteQuery {
+    force: Option<String>,
+}
+
+/// `DELETE /api/v1/namespaces/{ns}/packages/{name}?force=`: a package must be empty first (409),
+/// unless `force=true`, which deletes its actions with it (as OpenWhisk does); a binding can always
+/// go.
 pub async fn delete(
     State(state): State<AppState>,
     subject: Subject,
     ApiPath((namespace, name)): ApiPath<(String, String)>,
+    ApiQuery(query): ApiQuery<DeleteQuery>,
 ) -> Result<Response, ApiError> {
     let namespace = authorize(&subject, &namespace)?;
     check_package_name(&name)?;
+    let force = parse_bool("force", query.force.as_deref())?.unwrap_or(false);
     let package = state
         .db(move |store| {
             store.delete_package(&namespace, &name, |package, contained| {
-                if package.binding.is_none() && contained > 0 {
+                if package.binding.is_none() && contained > 0 && !force {
                     Err(ApiError::PackageNotEmpty(contained))
                 } else {
                     Ok(())

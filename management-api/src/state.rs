@@ -49,6 +49,11 @@ impl AppState {
         }
     }
 
+    /// The store, for work that is no request's (activation retention).
+    pub fn store(&self) -> Arc<Store> {
+        Arc::clone(&self.inner.store)
+    }
+
     /// The entity generation (changes on every write; the data plane's resolve caches follow it).
     pub fn generation(&self) -> &Generation {
         &self.inner.generation

@@ -191,6 +191,10 @@ interface! {
         limit: u64,
     ) -> Result<Vec<ActivationRecord>, StoreError>;
     fn count_activations(&self, namespace: &str, filter: &ActivationFilter) -> Result<u64, StoreError>;
+    /// Deletes up to `limit` records of any namespace that started before `cutoff` (epoch ms),
+    /// oldest first; returns how many. Retention calls it until a batch comes back short, so that
+    /// no single transaction holds the activation table for long.
+    fn delete_activations_before(&self, cutoff: u64, limit: u64) -> Result<u64, StoreError>;
 
     fn get_package(&self, namespace: &str, name: &str) -> Result<Option<Package>, StoreError>;
     /// Creates or replaces a package atomically: `build` sees the current one and returns the new
@@ -201,8 +205,9 @@ interface! {
         name: &str,
         build: impl FnOnce(Option<Package>) -> Result<Package, E>,
     ) -> Result<Package, E>;
-    /// Deletes the package if `check`, shown it and the number of actions it holds, agrees; in one
-    /// transaction, so no action can slip into a package being deleted. `None` if there was none.
+    /// Deletes the package and the actions it holds if `check`, shown it and the number of those
+    /// actions, agrees; in one transaction, so no action can slip into a package being deleted (nor
+    /// outlive it). `None` if there was none.
     fn delete_package<E: From<StoreError>>(
         &self,
         namespace: &str,

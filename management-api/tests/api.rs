@@ -7,6 +7,8 @@
 
 mod support;
 
+use std::time::Duration;
+
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode};
 use http_body_util::BodyExt as _;
@@ -32,6 +34,7 @@ on_every_backend!(
     activation_records_are_listed_and_read,
     health_and_metrics_are_served,
     serve_answers_over_tcp_and_stops_gracefully,
+    expired_activations_are_deleted_while_serving,
 );
 
 async fn action_lifecycle_in_openwhisks_shape(backend: Backend) {
@@ -60,6 +63,15 @@ async fn action_lifecycle_in_openwhisks_shape(backend: Backend) {
     )
     .await;
     assert_eq!(without_code["exec"], json!({"kind": "nodejs:20", "binary": false}));
+
+    // The invoke itself is the data plane's: here only an action that exists gets this far.
+    let (status, invoked) = send(
+        &h.router,
+        request(Method::POST, "/api/v1/namespaces/_/actions/hello", Some(&h.guest), Some(json!({}))),
+    )
+    .await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_error(&invoked, "served by the ingress");
 
     let (status, conflict) = send(
         &h.router,
@@ -173,8 +185,8 @@ async fn bad_input_gets_openwhisk_errors(backend: Backend) {
         ),
         (
             request(Method::POST, "/api/v1/namespaces/_/actions/x", Some(&h.guest), Some(json!({}))),
-            StatusCode::SERVICE_UNAVAILABLE,
-            "served by the ingress",
+            StatusCode::NOT_FOUND,
+            "does not exist",
         ),
         (
             request(Method::GET, "/api/v1/nothing/here", Some(&h.guest), None),
@@ -479,12 +491,13 @@ async fn serve_answers_over_tcp_and_stops_gracefully(backend: Backend) {
         internal_token: TOKEN.into(),
         seed_guest: true,
         ingress_url: management_api::ingress::DEFAULT_INGRESS_URL.into(),
+        activation_ttl: Duration::from_secs(7 * 24 * 60 * 60),
     };
     let state = management_api::open_state(&config).unwrap();
     let listener = tokio::net::TcpListener::bind(config.listen).await.unwrap();
     let address = listener.local_addr().unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(management_api::serve(listener, state, async move {
+    let server = tokio::spawn(management_api::serve(listener, state, config.activation_ttl, async move {
         let _ = stopped.await;
     }));
     let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
@@ -510,4 +523,59 @@ async fn serve_answers_over_tcp_and_stops_gracefully(backend: Backend) {
     drop(store);
     management_api::delete_user(&database, "bob").unwrap();
     assert!(management_api::delete_user(&database, "bob").is_err());
+}
+
+async fn expired_activations_are_deleted_while_serving(backend: Backend) {
+    let directory = tempfile::tempdir().unwrap();
+    let (database, _keeper) = backend.database(directory.path());
+    let ttl = Duration::from_secs(60 * 60);
+    let now = management_api::state::epoch_millis();
+    let an_hour = u64::try_from(ttl.as_millis()).unwrap();
+    database
+        .open()
+        .unwrap()
+        .put_activations(&[
+            record("old1", "hello", now - 3 * an_hour, "guest"),
+            record("old2", "hello", now - an_hour - 60_000, "alice"),
+            record("fresh", "hello", now - an_hour + 60_000, "guest"),
+        ])
+        .unwrap();
+    let config = management_api::Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        database,
+        internal_token: TOKEN.into(),
+        seed_guest: true,
+        ingress_url: management_api::ingress::DEFAULT_INGRESS_URL.into(),
+        activation_ttl: ttl,
+    };
+    let state = management_api::open_state(&config).unwrap();
+    let router = management_api::router(state.clone());
+    let listener = tokio::net::TcpListener::bind(config.listen).await.unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(management_api::serve(listener, state, ttl, async move {
+        let _ = stopped.await;
+    }));
+
+    // The first sweep runs as the server starts; it counts what it deleted once it is done.
+    let metrics = || async {
+        let response = router.clone().oneshot(request(Method::GET, "/metrics", None, None)).await.unwrap();
+        String::from_utf8(response.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap()
+    };
+    let mut text = String::new();
+    for _ in 0..100 {
+        text = metrics().await;
+        if text.contains("whisk_management_activations_deleted_total 2") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(text.contains("whisk_management_activations_deleted_total 2"), "{text}");
+    let guest = Key::parse(GUEST_KEY).unwrap();
+    let list = request(Method::GET, "/api/v1/namespaces/_/activations", Some(&guest), None);
+    let (_, left) = send(&router, list).await;
+    let ids: Vec<_> = left.as_array().unwrap().iter().map(|r| r["activationId"].clone()).collect();
+    assert_eq!(ids, ["fresh"]);
+
+    stop.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(5), server).await.unwrap().unwrap().unwrap();
 }

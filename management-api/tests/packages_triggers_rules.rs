@@ -7,14 +7,12 @@
 
 mod support;
 
-use std::sync::{Arc, Mutex};
-
-use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::http::{Method, StatusCode};
 use management_api::Key;
 use serde_json::{Value, json};
 use support::{
     Backend, Harness, assert_error, create, harness, harness_with_ingress, internal, on_every_backend,
-    request, resolve, send,
+    request, resolve, send, stand_in_ingress,
 };
 use whisk_contract::{ActionCode, ActivationRecord, ResolvedAction};
 
@@ -158,7 +156,7 @@ async fn packaged_actions_live_in_their_package(backend: Backend) {
 
     let (status, body) = delete(&h, &h.guest, "/api/v1/namespaces/_/packages/utils").await;
     assert_eq!(status, StatusCode::CONFLICT);
-    assert_error(&body, "Package not empty (contains 1 entity)");
+    assert_error(&body, "Package not empty (contains 1 entity). Set force param or delete package contents.");
 
     let (status, body) = resolve(&h, "_", "utils%2Fecho", Some(&h.guest)).await;
     assert_eq!(status, StatusCode::OK, "{body}");
@@ -189,6 +187,26 @@ async fn packaged_actions_live_in_their_package(backend: Backend) {
     ok(delete(&h, &h.guest, "/api/v1/namespaces/_/packages/utils").await);
     let (status, _) = resolve(&h, "_", "utils%2Fecho", Some(&h.guest)).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
+
+    // `force=true` takes the package's actions with it, and only them.
+    ok(put(&h, &h.guest, "/api/v1/namespaces/_/packages/tools", json!({})).await);
+    for name in ["a", "b"] {
+        ok(put(&h, &h.guest, &format!("/api/v1/namespaces/_/actions/tools/{name}"), code("nodejs:20")).await);
+    }
+    let (status, body) = delete(&h, &h.guest, "/api/v1/namespaces/_/packages/tools?force=maybe").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_error(&body, "not a boolean for query parameter 'force'");
+    let (status, _) = delete(&h, &h.guest, "/api/v1/namespaces/_/packages/tools?force=false").await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    let deleted = ok(delete(&h, &h.guest, "/api/v1/namespaces/_/packages/tools?force=true").await);
+    assert_eq!(deleted["name"], "tools");
+    for uri in ["/api/v1/namespaces/_/packages/tools", "/api/v1/namespaces/_/actions/tools/a"] {
+        let (status, _) = get(&h, &h.guest, uri).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{uri}");
+    }
+    let left = ok(get(&h, &h.guest, "/api/v1/namespaces/_/actions").await);
+    let names: Vec<_> = left.as_array().unwrap().iter().map(|a| a["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["plain"]);
 }
 
 async fn bindings_reach_published_packages_with_merged_parameters(backend: Backend) {
@@ -370,43 +388,6 @@ async fn triggers_and_rules_lifecycle(backend: Backend) {
         assert_eq!(status, StatusCode::NOT_FOUND);
     }
     assert_eq!(ok(get(&h, &h.guest, trigger_uri).await)["rules"], json!({}));
-}
-
-/// What the stand-in ingress saw: path and query, `authorization`, body.
-type Seen = Arc<Mutex<Vec<(String, String, Value)>>>;
-
-/// An HTTP server on 127.0.0.1:0 that records every request and answers like the data plane: 202
-/// with an id, except 404 for actions named `missing`.
-async fn stand_in_ingress() -> (String, Seen) {
-    let seen: Seen = Arc::default();
-    let recorder = Arc::clone(&seen);
-    let app = axum::Router::new().fallback(move |uri: Uri, headers: HeaderMap, body: axum::body::Bytes| {
-        let recorder = Arc::clone(&recorder);
-        async move {
-            let authorization =
-                headers.get("authorization").map(|v| v.to_str().unwrap().to_owned()).unwrap_or_default();
-            let path = uri.path_and_query().unwrap().to_string();
-            let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-            let number = {
-                let mut seen = recorder.lock().unwrap();
-                seen.push((path.clone(), authorization, body));
-                seen.len()
-            };
-            if path.contains("/missing") {
-                let error = json!({"error": "The requested resource does not exist.", "code": "c"});
-                (StatusCode::NOT_FOUND, axum::Json(error))
-            } else {
-                (
-                    StatusCode::ACCEPTED,
-                    axum::Json(json!({"activationId": format!("rule-activation-{number}")})),
-                )
-            }
-        }
-    });
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    (format!("http://{address}"), seen)
 }
 
 async fn firing_invokes_active_rules_through_the_ingress_and_records_the_trigger(backend: Backend) {

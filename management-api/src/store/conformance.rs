@@ -60,6 +60,7 @@ on_every_backend!(
     ties_list_by_namespace_then_name_in_byte_order,
     a_failed_build_writes_nothing,
     activations_are_idempotent_and_filtered,
+    expired_activations_go_oldest_first_in_batches_across_namespaces,
     packages_and_bindings_round_trip_and_list,
     packaged_actions_need_their_package_and_list_with_the_namespace,
     a_package_is_deleted_only_when_the_check_agrees,
@@ -284,6 +285,24 @@ fn activations_are_idempotent_and_filtered(store: Store) {
     assert_eq!(ids(store.list_activations("guest", &all, 0, 2).unwrap()), ["c", "b"]);
 }
 
+fn expired_activations_go_oldest_first_in_batches_across_namespaces(store: Store) {
+    let elsewhere = ActivationRecord { namespace: "alice".into(), ..record("b1", "x", 5) };
+    let records = [record("a3", "x", 30), record("a1", "x", 10), elsewhere, record("a2", "y", 20)];
+    store.put_activations(&records).unwrap();
+    let remaining =
+        |namespace: &str| store.count_activations(namespace, &ActivationFilter::default()).unwrap();
+    // One at a time, the oldest first, whatever its namespace.
+    assert_eq!(store.delete_activations_before(30, 1).unwrap(), 1);
+    assert_eq!((remaining("guest"), remaining("alice")), (3, 0));
+    assert_eq!(store.delete_activations_before(30, 1).unwrap(), 1);
+    assert_eq!(store.get_activation("guest", "a1").unwrap(), None);
+    // A short batch: only what started strictly before the cutoff goes.
+    assert_eq!(store.delete_activations_before(30, 10).unwrap(), 1);
+    assert_eq!(store.delete_activations_before(30, 10).unwrap(), 0);
+    assert_eq!(store.get_activation("guest", "a3").unwrap(), Some(records[0].clone()));
+    assert_eq!(remaining("guest"), 1);
+}
+
 fn packages_and_bindings_round_trip_and_list(store: Store) {
     put_package(&store, package("a", 1));
     let binding =
@@ -328,6 +347,18 @@ fn a_package_is_deleted_only_when_the_check_agrees(store: Store) {
     let deleted = store.delete_package::<StoreError>("guest", "p", |_, _| Ok(())).unwrap();
     assert_eq!(deleted.map(|p| p.name).as_deref(), Some("p"));
     assert_eq!(store.delete_package::<StoreError>("guest", "p", |_, _| Ok(())).unwrap(), None);
+
+    // A check that agrees despite the contents (`?force=true`) takes them along.
+    put_package(&store, package("q", 1));
+    put_in(&store, "q", "x").unwrap();
+    put_in(&store, "q", "y").unwrap();
+    let forced = store.delete_package::<StoreError>("guest", "q", |_, contained| {
+        assert_eq!(contained, 2);
+        Ok(())
+    });
+    assert_eq!(forced.unwrap().map(|p| p.name).as_deref(), Some("q"));
+    assert_eq!(store.package_actions("guest/q").unwrap(), vec![]);
+    assert_eq!(store.count_actions("guest").unwrap(), 0);
 }
 
 fn triggers_carry_the_rules_that_name_them(store: Store) {

@@ -40,7 +40,10 @@ mod packages;
 mod triggers;
 
 /// Migrations in order; migration `i` (from 0) brings the schema to version `i + 1`.
-const MIGRATIONS: &[&str] = &[include_str!("../../migrations/postgres/0001_init.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("../../migrations/postgres/0001_init.sql"),
+    include_str!("../../migrations/postgres/0002_activation_retention.sql"),
+];
 
 /// Connections one store opens at most; more concurrent calls wait for one to come back.
 pub const POOL_SIZE: usize = 8;
@@ -391,6 +394,21 @@ impl PostgresStore {
                 )
                 .await?;
             unsigned(&row, 0)
+        })
+    }
+
+    /// Deletes up to `limit` records of any namespace that started before `cutoff` (epoch ms),
+    /// oldest first; returns how many.
+    pub fn delete_activations_before(&self, cutoff: u64, limit: u64) -> Result<u64, StoreError> {
+        let (cutoff, limit) = (bigint("cutoff", cutoff)?, bigint("limit", limit)?);
+        self.run(async |client| {
+            Ok(client
+                .execute(
+                    "DELETE FROM activations WHERE activation_id IN
+                        (SELECT activation_id FROM activations WHERE start < $1 ORDER BY start LIMIT $2)",
+                    &[&cutoff, &limit],
+                )
+                .await?)
         })
     }
 

@@ -31,6 +31,7 @@ pub const DATABASE_FILE: &str = "whisk.db";
 const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/sqlite/0001_init.sql"),
     include_str!("../../migrations/sqlite/0002_packages_triggers_rules.sql"),
+    include_str!("../../migrations/sqlite/0003_activation_retention.sql"),
 ];
 
 /// How long a statement waits for another process's write lock before failing.
@@ -274,6 +275,18 @@ impl SqliteStore {
         Ok(statement
             .query_row(params![namespace, filter.name, filter.since, filter.upto], |row| row.get(0))?)
     }
+
+    /// Deletes up to `limit` records of any namespace that started before `cutoff` (epoch ms),
+    /// oldest first; returns how many.
+    pub fn delete_activations_before(&self, cutoff: u64, limit: u64) -> Result<u64, StoreError> {
+        let connection = self.connection();
+        let mut statement = connection.prepare_cached(
+            "DELETE FROM activations WHERE activation_id IN
+                (SELECT activation_id FROM activations WHERE start < ?1 ORDER BY start LIMIT ?2)",
+        )?;
+        let deleted = statement.execute(params![cutoff, limit])?;
+        Ok(u64::try_from(deleted).unwrap_or(u64::MAX))
+    }
 }
 
 /// `?1` namespace, `?2` name or NULL, `?3` since or NULL, `?4` upto or NULL.
@@ -444,7 +457,7 @@ mod tests {
             insert_action(&connection, &action("old", 1)).unwrap();
         }
         let store = SqliteStore::open(directory.path()).unwrap();
-        assert_eq!(store.schema_version().unwrap(), 2);
+        assert_eq!(store.schema_version().unwrap(), MIGRATIONS.len());
         assert_eq!(store.list_actions("guest", 0, 30).unwrap()[0].name, "old");
         assert_eq!(store.count_packages("guest").unwrap(), 0);
     }

@@ -1,5 +1,6 @@
 //! What the integration tests share: a server behind `Router::oneshot` on either store backend, two
-//! keys, and request and assertion helpers.
+//! keys, request and assertion helpers, and a stand-in for the ingress that trigger fires invoke
+//! through.
 //!
 //! Each test is an `async fn(Backend)`; [`on_every_backend!`] runs it as `sqlite::<test>` and as
 //! `postgres::<test>`, the latter in a private schema of the server at `WHISK_TEST_POSTGRES_URL`
@@ -13,11 +14,11 @@
 
 use std::io::Write as _;
 use std::path::Path;
-use std::sync::Once;
+use std::sync::{Arc, Mutex, Once};
 
 use axum::Router;
 use axum::body::Body;
-use axum::http::{Method, Request, StatusCode};
+use axum::http::{HeaderMap, Method, Request, StatusCode, Uri};
 use http_body_util::BodyExt as _;
 use management_api::auth::GUEST_KEY;
 use management_api::ingress::DEFAULT_INGRESS_URL;
@@ -175,4 +176,41 @@ pub fn assert_error(body: &Value, message: &str) {
 pub async fn resolve(h: &Harness, namespace: &str, action: &str, key: Option<&Key>) -> (StatusCode, Value) {
     let uri = format!("/internal/v1/resolve?namespace={namespace}&action={action}");
     send(&h.router, internal(Method::GET, &uri, key, None)).await
+}
+
+/// What the stand-in ingress saw: path and query, `authorization`, body.
+pub type Seen = Arc<Mutex<Vec<(String, String, Value)>>>;
+
+/// An HTTP server on 127.0.0.1:0 that records every request and answers like the data plane: 202
+/// with an id, except 404 for actions named `missing`.
+pub async fn stand_in_ingress() -> (String, Seen) {
+    let seen: Seen = Arc::default();
+    let recorder = Arc::clone(&seen);
+    let app = axum::Router::new().fallback(move |uri: Uri, headers: HeaderMap, body: axum::body::Bytes| {
+        let recorder = Arc::clone(&recorder);
+        async move {
+            let authorization =
+                headers.get("authorization").map(|v| v.to_str().unwrap().to_owned()).unwrap_or_default();
+            let path = uri.path_and_query().unwrap().to_string();
+            let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+            let number = {
+                let mut seen = recorder.lock().unwrap();
+                seen.push((path.clone(), authorization, body));
+                seen.len()
+            };
+            if path.contains("/missing") {
+                let error = json!({"error": "The requested resource does not exist.", "code": "c"});
+                (StatusCode::NOT_FOUND, axum::Json(error))
+            } else {
+                (
+                    StatusCode::ACCEPTED,
+                    axum::Json(json!({"activationId": format!("rule-activation-{number}")})),
+                )
+            }
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (format!("http://{address}"), seen)
 }

@@ -64,8 +64,8 @@ impl PostgresStore {
         })
     }
 
-    /// Deletes the package if `check`, shown it and the number of actions it holds, agrees; in one
-    /// transaction holding the package's lock, which a packaged action's write also takes, so no
+    /// Deletes the package and the actions it holds if `check`, shown it and the number of those
+    /// actions, agrees; in one transaction holding the package's lock, which a packaged action's write also takes, so no
     /// action can slip into a package being deleted. `None` if there was none.
     pub fn delete_package<E: From<StoreError>>(
         &self,
@@ -84,6 +84,10 @@ impl PostgresStore {
                 .await
                 .map_err(StoreError::from)?;
             check(&package, unsigned(&row, 0)?)?;
+            transaction
+                .execute("DELETE FROM actions WHERE namespace = $1", &[&package.path()])
+                .await
+                .map_err(StoreError::from)?;
             transaction
                 .execute("DELETE FROM packages WHERE namespace = $1 AND name = $2", &[&namespace, &name])
                 .await

@@ -54,8 +54,9 @@ impl SqliteStore {
         Ok(package)
     }
 
-    /// Deletes the package if `check`, shown it and the number of actions it holds, agrees; in one
-    /// transaction, so no action can slip into a package being deleted. `None` if there was none.
+    /// Deletes the package and the actions it holds if `check`, shown it and the number of those
+    /// actions, agrees; in one transaction, so no action can slip into a package being deleted.
+    /// `None` if there was none.
     pub fn delete_package<E: From<StoreError>>(
         &self,
         namespace: &str,
@@ -74,6 +75,9 @@ impl SqliteStore {
             })
             .map_err(StoreError::from)?;
         check(&package, contained)?;
+        transaction
+            .execute("DELETE FROM actions WHERE namespace = ?1", [package.path()])
+            .map_err(StoreError::from)?;
         transaction
             .execute("DELETE FROM packages WHERE namespace = ?1 AND name = ?2", [namespace, name])
             .map_err(StoreError::from)?;
