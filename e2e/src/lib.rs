@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
+use xds_server::cluster::local::owned_runtimes;
 
 /// OpenWhisk standalone's well-known guest key.
 pub const GUEST_KEY: &str =
@@ -278,7 +279,8 @@ impl Platform {
         wait_http_ok(&format!("{}/health", self.management_url()), READY_TIMEOUT)
     }
 
-    fn start_xds(&mut self) -> anyhow::Result<()> {
+    /// Starts the control server (it adopts the containers a crashed predecessor left running).
+    pub fn start_xds(&mut self) -> anyhow::Result<()> {
         let ports = &self.options.ports;
         let process = self.spawn(
             "xds-server",
@@ -297,6 +299,8 @@ impl Platform {
                 .arg(&self.artifacts.runtime)
                 .arg("--api-host")
                 .arg(format!("http://127.0.0.1:{}", ports.ingress))
+                .arg("--owner")
+                .arg(self.owner())
                 .args(&self.options.xds_args)
                 .env("WHISK_INTERNAL_TOKEN", &self.internal_token),
         )?;
@@ -364,13 +368,27 @@ impl Platform {
         self.start_management()
     }
 
-    /// Stops and starts the control server; Envoy keeps its configuration and warm containers
-    /// meanwhile (the containers are the old server's children and stop with it).
+    /// Stops and starts the control server; Envoy keeps its configuration meanwhile (the old
+    /// server stops its containers on SIGTERM unless run with `--keep-containers-on-exit`).
     pub fn restart_xds(&mut self) -> anyhow::Result<()> {
         if let Some(mut process) = self.xds.take() {
             process.stop();
         }
         self.start_xds()
+    }
+
+    /// Kills the control server without warning (SIGKILL), as a crash or an OOM kill would: its
+    /// runtime processes keep running. [`Platform::start_xds`] brings a new one up.
+    pub fn crash_xds(&mut self) {
+        if let Some(mut process) = self.xds.take() {
+            let _ = process.child.kill();
+            let _ = process.child.wait();
+        }
+    }
+
+    /// The owner label of this platform's containers (`--owner` of the control server).
+    pub fn owner(&self) -> String {
+        format!("whisk-e2e-{}", self.options.ports.control)
     }
 
     fn processes(&self) -> impl Iterator<Item = &Process> {
@@ -396,6 +414,10 @@ impl Platform {
         }
         for mut process in [self.xds.take(), self.management.take()].into_iter().flatten() {
             process.stop();
+        }
+        // Runtimes a crashed or slow control server left behind are ours to stop too.
+        for runtime in owned_runtimes(&self.owner()) {
+            let _ = kill(Pid::from_raw(runtime.pid), Signal::SIGKILL);
         }
     }
 

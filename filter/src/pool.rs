@@ -227,6 +227,25 @@ pub fn release(store: &impl SharedData, claim: &Claim, next: SlotState) -> bool 
     transition(store, &claim.key, &claim.container_id, |state| state == SlotState::Busy, next).is_some()
 }
 
+/// True when the action revision has a container that is not retired: a waiter will get it when
+/// it frees up, even if no new container can be started now.
+pub fn holds_live(store: &impl SharedData, prefix: &str) -> bool {
+    let mut missing_run = 0;
+    for slot in 0..MAX_SLOTS {
+        match store.get(&slot_key(prefix, slot)).and_then(|(bytes, _)| Slot::decode(&bytes)) {
+            Some(found) if found.state != SlotState::Retired => return true,
+            Some(_) => missing_run = 0,
+            None => {
+                missing_run += 1;
+                if missing_run >= GAP_TOLERANCE {
+                    return false;
+                }
+            }
+        }
+    }
+    false
+}
+
 /// What a slot holds now, when it still holds `container_id`: its state and use count.
 pub fn inspect(store: &impl SharedData, key: &str, container_id: &str) -> Option<(SlotState, u64)> {
     let (bytes, _) = store.get(key)?;
@@ -410,6 +429,19 @@ mod tests {
         assert!(!mark(&store, &a_key, "a"));
         assert!(release(&store, &revived, SlotState::Free));
         assert_eq!(inspect(&store, &a_key, "a"), Some((SlotState::Free, 2)));
+    }
+
+    #[test]
+    fn a_pool_holds_live_containers_until_all_are_retired() {
+        let store = MemoryData::default();
+        assert!(!holds_live(&store, PREFIX));
+        let first = insert_claimed(&store, PREFIX, 0, "a", "127.0.0.1:1");
+        assert!(holds_live(&store, PREFIX), "a busy container frees up eventually");
+        release(&store, &first, SlotState::Retired);
+        assert!(!holds_live(&store, PREFIX));
+        let second = insert_claimed(&store, PREFIX, 2, "b", "127.0.0.1:2");
+        release(&store, &second, SlotState::Free);
+        assert!(holds_live(&store, PREFIX), "found across a gap");
     }
 
     #[test]

@@ -52,6 +52,8 @@ proxy_wasm::main! {{
 const WAITING_TICK: Duration = Duration::from_millis(1);
 /// After the control plane refused a container (capacity), how long before asking again.
 const REFUSED_BACKOFF_MS: u64 = 50;
+/// After a cold start failed while warm containers exist, how long before asking again.
+const FAILED_BACKOFF_MS: u64 = 500;
 /// Bound on the callouts that carry an activation: the longest action timeout plus room.
 const RUN_TIMEOUT_MS: u64 = 310_000;
 /// How much later than the action's time limit Envoy gives up on the container.
@@ -732,6 +734,13 @@ impl Root {
                     );
                     answer_without_container(shared, state, response);
                 });
+            }
+            // The control plane is unreachable or failing (a restart, say) while the action has
+            // containers here: its waiters keep waiting for one of those to free up, as at
+            // capacity, rather than fail now; the wait limit still bounds them.
+            _ if pool::holds_live(&EnvoySharedData, prefix) => {
+                warn!("cold start for {prefix} failed with status {status}; waiting for a warm container");
+                shared.refused_until.borrow_mut().insert(prefix.to_owned(), now_ms() + FAILED_BACKOFF_MS);
             }
             _ => {
                 warn!("cold start for {prefix} failed with status {status}");

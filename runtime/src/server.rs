@@ -163,7 +163,12 @@ fn inherited_to_remove(names: impl Iterator<Item = OsString>) -> Vec<OsString> {
     names
         .filter(|name| {
             let name = name.to_string_lossy();
-            name.starts_with("ACTION_RUNTIME_") || name.starts_with(envelope::ENV_PREFIX)
+            // WHISK_*: the cluster manager's labels of this runtime; the action process must not
+            // carry them (they are not the action's business, and a restarted control plane
+            // adopts whatever process carries them).
+            name.starts_with("ACTION_RUNTIME_")
+                || name.starts_with(envelope::ENV_PREFIX)
+                || name.starts_with("WHISK_")
         })
         .collect()
 }
@@ -281,10 +286,11 @@ mod tests {
 
     #[test]
     fn strips_own_config_and_stale_activation_vars() {
-        let names = ["PATH", "ACTION_RUNTIME_KIND", "__OW_API_KEY", "HOME"].map(OsString::from);
+        let names =
+            ["PATH", "ACTION_RUNTIME_KIND", "__OW_API_KEY", "HOME", "WHISK_OWNER"].map(OsString::from);
         assert_eq!(
             inherited_to_remove(names.into_iter()),
-            vec![OsString::from("ACTION_RUNTIME_KIND"), OsString::from("__OW_API_KEY")]
+            ["ACTION_RUNTIME_KIND", "__OW_API_KEY", "WHISK_OWNER"].map(OsString::from)
         );
     }
 }

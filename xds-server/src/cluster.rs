@@ -10,13 +10,26 @@ use std::future::Future;
 
 use crate::table::ActionKey;
 
-/// What to start.
-#[derive(Debug, Clone)]
+/// What to start. Everything here is written on the container (labels of a process or pod), so
+/// that a restarted control plane can rebuild its table from the running containers.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ContainerSpec {
     pub id: String,
     pub action: ActionKey,
     pub kind: String,
     pub memory_mb: u64,
+    /// The Envoy node that routes to it.
+    pub node: String,
+    /// Its slot among the action revision's containers on that node (the filter's shared-data key).
+    pub slot: u32,
+}
+
+/// A container found running when the control plane starts (restart recovery).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Adopted {
+    pub spec: ContainerSpec,
+    /// `ip:port` of its runtime protocol endpoint.
+    pub address: String,
 }
 
 /// A started (not yet initialised) container.
@@ -49,6 +62,8 @@ pub enum ClusterError {
     PodFailed { id: String, pod: String, reason: String },
     #[error("pod {pod} of container {id} was not ready after {timeout:?} (last seen: {last})")]
     PodTimeout { id: String, pod: String, timeout: std::time::Duration, last: String },
+    #[error("could not list the running containers to adopt them: {0}")]
+    Discovery(String),
 }
 
 /// Which cluster manager the server runs with.
@@ -69,4 +84,8 @@ pub trait ClusterManager: Send + Sync + 'static {
     fn stop(&self, id: &str) -> impl Future<Output = Result<(), ClusterError>> + Send;
     /// Stops every container this manager started (server shutdown).
     fn stop_all(&self) -> impl Future<Output = ()> + Send;
+    /// Finds the initialised containers a previous run of this server left running, and takes
+    /// them over (later `stop`s reach them). Containers it cannot adopt (not ready, unreadable
+    /// labels) are stopped rather than left behind.
+    fn adopt(&self) -> impl Future<Output = Result<Vec<Adopted>, ClusterError>> + Send;
 }

@@ -76,6 +76,7 @@ pub fn apply_report(table: &mut Table, report: &UsageReport, now: u64, config: &
             continue;
         }
         let usage = &mut container.usage;
+        usage.unclaimed_since = None;
         let used = reported.state == SlotUse::Busy || reported.uses > usage.uses_seen;
         usage.uses_seen = usage.uses_seen.max(reported.uses);
         usage.busy = reported.state == SlotUse::Busy;
@@ -116,15 +117,35 @@ pub struct Collected {
     pub marked: Vec<String>,
     /// Marked early to drain a node in excess of the packing lower bound.
     pub compacted: Vec<String>,
+    /// Adopted at a restart and named by no report for `unclaimed_timeout_ms`: no filter holds
+    /// them (their cold start died with the previous server), so nothing routes to them; the
+    /// caller removes and stops them.
+    pub orphans: Vec<String>,
 }
 
 /// One GC round at `now`: marks idle containers, and compaction victims while the pool is
 /// fragmented. Marks reach the data plane in the answers to its next reports.
-pub fn collect(table: &mut Table, capacities: &[Node], now: u64, config: &GcConfig) -> Collected {
+pub fn collect(
+    table: &mut Table,
+    capacities: &[Node],
+    now: u64,
+    config: &GcConfig,
+    unclaimed_timeout_ms: u64,
+) -> Collected {
+    let orphans: Vec<String> = table
+        .iter()
+        .filter(|c| {
+            c.usage.unclaimed_since.is_some_and(|since| now.saturating_sub(since) >= unclaimed_timeout_ms)
+        })
+        .map(|c| c.id.clone())
+        .collect();
     let nodes = nodes(table, capacities);
     let (marked, compacted) = {
-        let views: Vec<ContainerView<'_>> =
-            table.iter().filter(|c| c.state == ContainerState::Ready).map(view).collect();
+        let views: Vec<ContainerView<'_>> = table
+            .iter()
+            .filter(|c| c.state == ContainerState::Ready && c.usage.unclaimed_since.is_none())
+            .map(view)
+            .collect();
         let marked: Vec<String> = gc::mark(&views, now, config).into_iter().map(str::to_owned).collect();
         let compacted: Vec<String> = gc::compact(&views, &nodes, now, config)
             .into_iter()
@@ -139,7 +160,7 @@ pub fn collect(table: &mut Table, capacities: &[Node], now: u64, config: &GcConf
             container.usage.mark_confirmed = false;
         }
     }
-    Collected { marked, compacted }
+    Collected { marked, compacted, orphans }
 }
 
 /// The pool has no room for a container of `memory_mb` for `for_action`: picks free containers of
@@ -179,6 +200,7 @@ mod tests {
 
     const CONFIG: GcConfig = GcConfig { idle_timeout_ms: 1_000, grace_ms: 500, compact_idle_ms: 1_000 };
     const NODE: &str = "envoy-1";
+    const UNCLAIMED: u64 = 10_000;
 
     fn capacities(capacity_mb: u64) -> Vec<Node> {
         vec![Node::new("local", capacity_mb)]
@@ -207,8 +229,8 @@ mod tests {
     fn an_idle_container_is_marked_then_confirmed_then_swept_after_the_grace() {
         let mut table = Table::default();
         start(&mut table, "a", "x", 0);
-        assert_eq!(collect(&mut table, &capacities(1024), 999, &CONFIG), Collected::default());
-        let collected = collect(&mut table, &capacities(1024), 1_000, &CONFIG);
+        assert_eq!(collect(&mut table, &capacities(1024), 999, &CONFIG, UNCLAIMED), Collected::default());
+        let collected = collect(&mut table, &capacities(1024), 1_000, &CONFIG, UNCLAIMED);
         assert_eq!(collected.marked, ["a"]);
 
         let outcome = apply_report(&mut table, &report(&[("a", SlotUse::Free, 0)]), 1_100, &CONFIG);
@@ -224,15 +246,15 @@ mod tests {
     fn a_use_after_the_mark_clears_it_and_restarts_the_idle_clock() {
         let mut table = Table::default();
         start(&mut table, "a", "x", 0);
-        collect(&mut table, &capacities(1024), 1_000, &CONFIG);
+        collect(&mut table, &capacities(1024), 1_000, &CONFIG, UNCLAIMED);
         apply_report(&mut table, &report(&[("a", SlotUse::Marked, 0)]), 1_100, &CONFIG);
         // The filter claimed the marked container (its only free one) and released it.
         let outcome = apply_report(&mut table, &report(&[("a", SlotUse::Free, 1)]), 1_600, &CONFIG);
         assert_eq!(outcome.unmarked, 1);
         assert_eq!(outcome.answer, UsageAnswer::default());
         assert_eq!(table.get("a").unwrap().usage.gc.marked_at, None);
-        assert!(collect(&mut table, &capacities(1024), 2_599, &CONFIG).marked.is_empty());
-        assert_eq!(collect(&mut table, &capacities(1024), 2_600, &CONFIG).marked, ["a"]);
+        assert!(collect(&mut table, &capacities(1024), 2_599, &CONFIG, UNCLAIMED).marked.is_empty());
+        assert_eq!(collect(&mut table, &capacities(1024), 2_600, &CONFIG, UNCLAIMED).marked, ["a"]);
     }
 
     #[test]
@@ -240,11 +262,11 @@ mod tests {
         let mut table = Table::default();
         start(&mut table, "a", "x", 0);
         apply_report(&mut table, &report(&[("a", SlotUse::Busy, 1)]), 10, &CONFIG);
-        assert!(collect(&mut table, &capacities(1024), 60_000, &CONFIG).marked.is_empty());
+        assert!(collect(&mut table, &capacities(1024), 60_000, &CONFIG, UNCLAIMED).marked.is_empty());
         // A mark that raced a claim: the node reports it busy, so the mark is dropped.
         let outcome = apply_report(&mut table, &report(&[("a", SlotUse::Free, 1)]), 60_001, &CONFIG);
         assert!(outcome.answer.sweep.is_empty());
-        assert_eq!(collect(&mut table, &capacities(1024), 61_001, &CONFIG).marked, ["a"]);
+        assert_eq!(collect(&mut table, &capacities(1024), 61_001, &CONFIG, UNCLAIMED).marked, ["a"]);
         let outcome = apply_report(&mut table, &report(&[("a", SlotUse::Busy, 2)]), 70_000, &CONFIG);
         assert_eq!(outcome.unmarked, 1);
         assert!(outcome.answer.sweep.is_empty());
@@ -254,7 +276,7 @@ mod tests {
     fn unknown_containers_and_other_nodes_reports() {
         let mut table = Table::default();
         start(&mut table, "a", "x", 0);
-        collect(&mut table, &capacities(1024), 5_000, &CONFIG);
+        collect(&mut table, &capacities(1024), 5_000, &CONFIG, UNCLAIMED);
         let stranger = UsageReport {
             node_id: "envoy-2".into(),
             containers: vec![ContainerUse { id: "a".into(), state: SlotUse::Marked, uses: 0 }],
@@ -288,6 +310,22 @@ mod tests {
         assert_eq!(fragmentation(&table, &capacities(512)), Some(1.0));
     }
 
+    #[test]
+    fn an_adopted_container_no_report_names_is_an_orphan_after_the_timeout() {
+        let mut table = Table::default();
+        start(&mut table, "claimed", "x", 0);
+        start(&mut table, "orphan", "y", 0);
+        for id in ["claimed", "orphan"] {
+            table.get_mut(id).unwrap().usage.unclaimed_since = Some(0);
+        }
+        apply_report(&mut table, &report(&[("claimed", SlotUse::Free, 4)]), 500, &CONFIG);
+        let early = collect(&mut table, &capacities(1024), 9_999, &CONFIG, UNCLAIMED);
+        assert!(early.orphans.is_empty());
+        assert!(!early.marked.contains(&"orphan".to_owned()), "an unclaimed container is not marked");
+        let late = collect(&mut table, &capacities(1024), 10_000, &CONFIG, UNCLAIMED);
+        assert_eq!(late.orphans, ["orphan"]);
+    }
+
     fn slot_use() -> impl Strategy<Value = SlotUse> {
         prop_oneof![Just(SlotUse::Free), Just(SlotUse::Busy), Just(SlotUse::Marked), Just(SlotUse::Retired)]
     }
@@ -308,7 +346,7 @@ mod tests {
             for (index, state, extra_uses, round, pause) in steps {
                 now += pause;
                 if round {
-                    collect(&mut table, &capacities(4096), now, &CONFIG);
+                    collect(&mut table, &capacities(4096), now, &CONFIG, 10_000);
                 }
                 let id = ["a", "b", "c"][index];
                 uses[index] += extra_uses;

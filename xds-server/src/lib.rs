@@ -92,6 +92,15 @@ pub struct Config {
     /// How often the collector runs a round of marking.
     #[arg(long, env = "WHISK_GC_INTERVAL_MS", default_value_t = 10_000)]
     pub gc_interval_ms: u64,
+    /// Labels every container this server starts, so that after a restart it adopts its own
+    /// containers and no other platform's on the same machine or namespace (default: the control
+    /// listen address).
+    #[arg(long, env = "WHISK_OWNER")]
+    pub owner: Option<String>,
+    /// Leave the containers running on shutdown, for the next run to adopt (a rolling update on
+    /// Kubernetes); by default shutdown stops them.
+    #[arg(long, env = "WHISK_KEEP_CONTAINERS_ON_EXIT")]
+    pub keep_containers_on_exit: bool,
     /// How often each filter worker reports its containers' use (the filter's configuration).
     #[arg(long, env = "WHISK_USAGE_REPORT_PERIOD_MS", default_value_t = 1_000)]
     pub usage_report_period_ms: u64,
@@ -107,7 +116,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 .context("--runtime-bin (WHISK_RUNTIME_BIN) is required by the local cluster manager")?;
             let runtime_bin = std::fs::canonicalize(runtime_bin)
                 .with_context(|| format!("runtime binary {}", runtime_bin.display()))?;
-            run_with(config, LocalProcesses::new(runtime_bin)).await
+            let owner = config.owner.clone().unwrap_or_else(|| config.control_listen.to_string());
+            run_with(config, LocalProcesses::new(runtime_bin, owner)).await
         }
         ClusterManagerKind::Kubernetes => {
             let cluster = KubeCluster::connect(&config.kube).await.context("Kubernetes cluster manager")?;
@@ -161,9 +171,16 @@ pub async fn run_with<C: ClusterManager>(config: Config, cluster: C) -> anyhow::
                 cluster_node_name(config.cluster_manager),
                 config.pool_memory_mb,
             )],
+            // Ten report periods, at least 30 s: a node that is up names its containers every period.
+            unclaimed_timeout: Duration::from_millis((config.usage_report_period_ms * 10).max(30_000)),
         },
         metrics.clone(),
     ));
+
+    // Before Envoy can connect: its first snapshot must already hold the warm containers it routes
+    // to, or a restart would empty its endpoints.
+    let adopted = plane.adopt().await.context("adopting the running containers")?;
+    info!(adopted, "container table rebuilt from the running containers");
 
     let ads = Ads::new(topology, plane.subscribe(), plane.acks(), metrics).into_service();
     let xds_listener = TcpListener::bind(config.xds_listen).await.context("xDS listen address")?;
@@ -197,7 +214,7 @@ pub async fn run_with<C: ClusterManager>(config: Config, cluster: C) -> anyhow::
             rounds.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tokio::select! {
-                    _ = rounds.tick() => plane.collect(),
+                    _ = rounds.tick() => plane.collect().await,
                     _ = stop.wait_for(|stopped| *stopped) => break,
                 }
             }
@@ -209,7 +226,11 @@ pub async fn run_with<C: ClusterManager>(config: Config, cluster: C) -> anyhow::
         let _ = stop_sender.send(true);
     };
     let (grpc, http, (), ()) = tokio::join!(grpc, http, signal, collector);
-    plane.shutdown().await;
+    if config.keep_containers_on_exit {
+        info!("leaving the containers running for the next run to adopt");
+    } else {
+        plane.shutdown().await;
+    }
     grpc.context("xDS server")?;
     http.context("control API")?;
     Ok(())

@@ -28,7 +28,7 @@ use crate::collector;
 use crate::gc::{GcConfig, GcState};
 use crate::metrics::{Metrics, OutcomeLabel, ReasonLabel};
 use crate::placement::Node;
-use crate::table::{ActionKey, ContainerState, Table};
+use crate::table::{ActionKey, Container, ContainerState, Table, Usage};
 
 /// How long `/init` is retried while the runtime is not listening yet.
 const LISTEN_WAIT: Duration = Duration::from_secs(10);
@@ -84,6 +84,8 @@ pub struct PlaneConfig {
     pub gc: GcConfig,
     /// The machines containers are placed on, with their memory (allocation is derived).
     pub capacities: Vec<Node>,
+    /// How long an adopted container may go unreported by its Envoy node before it is stopped.
+    pub unclaimed_timeout: Duration,
 }
 
 /// The control plane.
@@ -223,6 +225,8 @@ impl<C: ClusterManager> ControlPlane<C> {
             action,
             kind: request.kind.clone(),
             memory_mb: request.memory_mb,
+            node: request.node_id.clone(),
+            slot,
         };
         match self.start_and_init(&spec, &code).await {
             Ok((address, init_ms)) => {
@@ -276,13 +280,22 @@ impl<C: ClusterManager> ControlPlane<C> {
 
     /// One GC round: marks containers idle for the idle timeout (and compaction victims); the marks
     /// reach the data plane in the answers to its usage reports.
-    pub fn collect(&self) {
+    pub async fn collect(&self) {
         let now = self.now_ms();
-        let mut state = self.lock();
-        let collected = collector::collect(&mut state.table, &self.config.capacities, now, &self.config.gc);
-        let marked = state.table.iter().filter(|c| c.usage.gc.marked_at.is_some()).count();
-        let fragmentation = collector::fragmentation(&state.table, &self.config.capacities).unwrap_or(0.0);
-        drop(state);
+        let (collected, marked, fragmentation) = {
+            let mut state = self.lock();
+            let collected = collector::collect(
+                &mut state.table,
+                &self.config.capacities,
+                now,
+                &self.config.gc,
+                self.config.unclaimed_timeout.as_millis() as u64,
+            );
+            let marked = state.table.iter().filter(|c| c.usage.gc.marked_at.is_some()).count();
+            let fragmentation =
+                collector::fragmentation(&state.table, &self.config.capacities).unwrap_or(0.0);
+            (collected, marked, fragmentation)
+        };
         for (reason, ids) in [("idle", &collected.marked), ("compaction", &collected.compacted)] {
             if !ids.is_empty() {
                 self.metrics.marks.get_or_create(&ReasonLabel { reason }).inc_by(ids.len() as u64);
@@ -291,6 +304,48 @@ impl<C: ClusterManager> ControlPlane<C> {
         }
         self.metrics.containers_marked.set(marked as i64);
         self.metrics.fragmentation.set(fragmentation);
+        for id in collected.orphans {
+            warn!(container = %id, "adopted container claimed by no Envoy node; stopping it");
+            self.discard(&id).await;
+        }
+    }
+
+    /// Rebuilds the table from the containers a previous run left running (restart recovery) and
+    /// publishes it; call before Envoy connects. The number adopted.
+    pub async fn adopt(&self) -> Result<usize, ClusterError> {
+        let found = self.cluster.adopt().await?;
+        let now = self.now_ms();
+        let mut refused = Vec::new();
+        let count = {
+            let mut state = self.lock();
+            for adopted in found {
+                let spec = adopted.spec;
+                let container = Container {
+                    id: spec.id.clone(),
+                    action: spec.action,
+                    kind: spec.kind,
+                    slot: spec.slot,
+                    node: spec.node,
+                    address: Some(adopted.address),
+                    state: ContainerState::Ready,
+                    host: self.config.capacities.first().map(|node| node.name.clone()).unwrap_or_default(),
+                    memory_mb: spec.memory_mb,
+                    usage: Usage { gc: GcState::new(now), unclaimed_since: Some(now), ..Usage::default() },
+                };
+                if !state.table.insert_adopted(container) {
+                    refused.push(spec.id);
+                }
+            }
+            self.publish(&mut state);
+            state.table.len()
+        };
+        for id in refused {
+            warn!(container = %id, "adopted container clashes with another's id or slot; stopping it");
+            if let Err(error) = self.cluster.stop(&id).await {
+                warn!(container = %id, %error, "could not stop a clashing container");
+            }
+        }
+        Ok(count)
     }
 
     /// A usage report of one worker of one Envoy node: updates the collector's view, answers its

@@ -68,6 +68,9 @@ pub struct Usage {
     pub mark_confirmed: bool,
     /// Marked to make room for another action's container: swept as soon as the mark is confirmed.
     pub reclaimed: bool,
+    /// Adopted after a restart at this time and not reported by its Envoy node since: a container
+    /// whose cold start never reached the filter, discarded if no report names it in time.
+    pub unclaimed_since: Option<u64>,
 }
 
 /// The table, ordered by id so that snapshots built from it are deterministic.
@@ -125,6 +128,19 @@ impl Table {
 
     pub fn get(&self, id: &str) -> Option<&Container> {
         self.containers.get(id)
+    }
+
+    /// Puts a running, initialised container found at start-up back in the table, at its slot.
+    /// False (and nothing changed) when its id or its slot on its node is taken.
+    pub fn insert_adopted(&mut self, container: Container) -> bool {
+        let clash = self.containers.values().any(|c| {
+            c.id == container.id
+                || (c.action == container.action && c.node == container.node && c.slot == container.slot)
+        });
+        if !clash {
+            self.containers.insert(container.id.clone(), container);
+        }
+        !clash
     }
 
     pub fn get_mut(&mut self, id: &str) -> Option<&mut Container> {

@@ -7,6 +7,7 @@
 //!        ─► "<podIP>:8080"            409 → PodExists · ImagePullBackOff/Failed → PodFailed · timeout
 //!  stop  ─► DELETE pod (short grace; 404 = already gone)
 //!  stop_all ─► list pods labelled managed-by=whisk-xds-server ─► DELETE each
+//!  adopt    ─► list them ─► Ready with a readable identity: adopted · anything else: DELETE
 //! ```
 //!
 //! Waiting uses kube-runtime's watcher, never polling: it re-lists by itself after a `410 Gone`
@@ -26,7 +27,7 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use super::pod::{self, MANAGED_BY, PodConfig, Readiness, RuntimeImage, RuntimeImages};
-use super::{ClusterError, ClusterManager, ContainerSpec, StartedContainer};
+use super::{Adopted, ClusterError, ClusterManager, ContainerSpec, StartedContainer};
 
 /// First and longest pause between two watch errors.
 const WATCH_RETRY_MIN: Duration = Duration::from_millis(10);
@@ -235,6 +236,37 @@ impl ClusterManager for KubeCluster {
         .await;
         info!(count, "all action pods deleted");
     }
+
+    /// Lists the pods this server manages: a Ready pod whose identity reads back is adopted; a pod
+    /// still starting (its cold start died with the previous server), failed or unreadable is
+    /// deleted, since nothing would ever route to it.
+    async fn adopt(&self) -> Result<Vec<Adopted>, ClusterError> {
+        let selector = format!("{}={}", MANAGED_BY.0, MANAGED_BY.1);
+        let pods = self
+            .pods
+            .list(&ListParams::default().labels(&selector))
+            .await
+            .map_err(|error| ClusterError::Discovery(error.to_string()))?;
+        let mut adopted = Vec::new();
+        for found in pods.items {
+            let name = found.metadata.name.clone().unwrap_or_default();
+            let identity = pod::spec_from_meta(&found.metadata);
+            match (identity, pod::readiness(&found)) {
+                (Ok(spec), Readiness::Ready(ip)) => {
+                    let address = SocketAddr::new(ip, pod::RUNTIME_PORT).to_string();
+                    info!(container = %spec.id, action = %spec.action, pod = %name, %address, "pod adopted");
+                    adopted.push(Adopted { spec, address });
+                }
+                (identity, readiness) => {
+                    warn!(pod = %name, identity = ?identity.err(), ?readiness, "deleting a pod that cannot be adopted");
+                    if let Err(error) = self.delete(&name).await {
+                        warn!(%error, "could not delete a pod left by a previous run");
+                    }
+                }
+            }
+        }
+        Ok(adopted)
+    }
 }
 
 #[cfg(test)]
@@ -393,6 +425,29 @@ mod tests {
 
     fn at(pod: &Pod, version: &str, status: PodStatus) -> Pod {
         fixtures::with_status(pod, version, status)
+    }
+
+    #[tokio::test]
+    async fn adopt_takes_ready_pods_and_deletes_the_rest() {
+        let (cluster, mut server) = cluster(Duration::from_secs(5));
+        let scenario = tokio::spawn(async move {
+            let (received, send) = server.expect(Method::GET, PODS).await;
+            assert_eq!(
+                received.query.get("labelSelector").map(String::as_str),
+                Some("app.kubernetes.io/managed-by=whisk-xds-server")
+            );
+            let config = PodConfig::test();
+            let ready = at(&pod::pod_for(&spec("aaa"), &config).unwrap(), "5", fixtures::ready("10.0.0.7"));
+            let starting = at(&pod::pod_for(&spec("bbb"), &config).unwrap(), "6", fixtures::pending());
+            let list = json!({"apiVersion": "v1", "kind": "PodList", "metadata": {"resourceVersion": "9"},
+                              "items": [ready, starting]});
+            ApiServer::reply(send, StatusCode::OK, &list);
+            let (_, send) = server.expect(Method::DELETE, &format!("{PODS}/whisk-bbb")).await;
+            ApiServer::reply(send, StatusCode::OK, &status(200, "", ""));
+        });
+        let adopted = cluster.adopt().await.unwrap();
+        scenario.await.unwrap();
+        assert_eq!(adopted, [Adopted { spec: spec("aaa"), address: "10.0.0.7:8080".into() }]);
     }
 
     #[tokio::test]

@@ -1,6 +1,7 @@
 //! The embedded default cluster manager: every container is an `action-runtime` process listening on
-//! a free loopback port. Its labels (namespace, action, revision, container id) travel as environment
-//! variables of the process.
+//! a free loopback port. Its labels (owner, container id, action revision, kind, memory, Envoy
+//! node, slot, address) travel as environment variables of the process, where a restarted control
+//! plane reads them back from `/proc/<pid>/environ` to adopt the processes.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
@@ -14,22 +15,129 @@ use tokio::process::{Child, Command};
 use tokio::sync::Mutex;
 use tracing::{info, warn};
 
-use super::{ClusterError, ClusterManager, ContainerSpec, StartedContainer};
+use super::{Adopted, ClusterError, ClusterManager, ContainerSpec, StartedContainer};
+use crate::table::ActionKey;
 
 /// How long a runtime gets to stop on SIGTERM before it is killed.
 const STOP_GRACE: Duration = Duration::from_secs(2);
+
+/// The environment variables that label a runtime process.
+pub mod labels {
+    /// Which control plane owns it: two platforms on one machine never adopt each other's.
+    pub const OWNER: &str = "WHISK_OWNER";
+    pub const CONTAINER_ID: &str = "WHISK_CONTAINER_ID";
+    pub const NAMESPACE: &str = "WHISK_NAMESPACE";
+    /// Empty for an action outside a package.
+    pub const PACKAGE: &str = "WHISK_PACKAGE";
+    pub const ACTION: &str = "WHISK_ACTION";
+    pub const REVISION: &str = "WHISK_REVISION";
+    pub const KIND: &str = "WHISK_KIND";
+    pub const MEMORY_MB: &str = "WHISK_MEMORY_MB";
+    pub const NODE: &str = "WHISK_ENVOY_NODE";
+    pub const SLOT: &str = "WHISK_SLOT";
+    pub const ADDRESS: &str = "WHISK_ADDRESS";
+}
+
+/// A runtime this manager can stop: its own child, or a process adopted after a restart.
+#[derive(Debug)]
+enum Runtime {
+    Child(Child),
+    Adopted(Pid),
+}
 
 /// Runtime processes on this machine.
 #[derive(Debug)]
 pub struct LocalProcesses {
     runtime_bin: PathBuf,
+    owner: String,
     host: IpAddr,
-    children: Mutex<HashMap<String, Child>>,
+    children: Mutex<HashMap<String, Runtime>>,
+}
+
+/// A runtime process of some owner found in `/proc`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FoundRuntime {
+    pub pid: i32,
+    pub env: HashMap<String, String>,
+}
+
+/// The runtime processes labelled with `owner`, from `/proc/<pid>/environ` (processes of other
+/// users, or gone meanwhile, are skipped).
+pub fn owned_runtimes(owner: &str) -> Vec<FoundRuntime> {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    entries
+        .filter_map(Result::ok)
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<i32>().ok())
+        .filter_map(|pid| {
+            let environ = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
+            let env = parse_environ(&environ);
+            (env.get(labels::OWNER).map(String::as_str) == Some(owner)).then_some(FoundRuntime { pid, env })
+        })
+        .collect()
+}
+
+/// `KEY=value` entries separated by NUL bytes.
+fn parse_environ(bytes: &[u8]) -> HashMap<String, String> {
+    bytes
+        .split(|byte| *byte == 0)
+        .filter_map(|entry| {
+            let text = std::str::from_utf8(entry).ok()?;
+            let (key, value) = text.split_once('=')?;
+            Some((key.to_owned(), value.to_owned()))
+        })
+        .collect()
+}
+
+/// Why a labelled process cannot be adopted.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+#[error("runtime process {pid} has no valid {label}")]
+pub struct BadLabel {
+    pub pid: i32,
+    pub label: &'static str,
+}
+
+/// The container a runtime process runs, read back from its labels.
+pub fn adopted_from(found: &FoundRuntime) -> Result<Adopted, BadLabel> {
+    let get = |label: &'static str| -> Result<String, BadLabel> {
+        found
+            .env
+            .get(label)
+            .filter(|value| !value.is_empty())
+            .cloned()
+            .ok_or(BadLabel { pid: found.pid, label })
+    };
+    let number = |label: &'static str| -> Result<u64, BadLabel> {
+        get(label)?.parse().map_err(|_| BadLabel { pid: found.pid, label })
+    };
+    let address = get(labels::ADDRESS)?;
+    address.parse::<SocketAddr>().map_err(|_| BadLabel { pid: found.pid, label: labels::ADDRESS })?;
+    let spec = ContainerSpec {
+        id: get(labels::CONTAINER_ID)?,
+        action: ActionKey {
+            namespace: get(labels::NAMESPACE)?,
+            package: found.env.get(labels::PACKAGE).filter(|package| !package.is_empty()).cloned(),
+            name: get(labels::ACTION)?,
+            revision: get(labels::REVISION)?,
+        },
+        kind: get(labels::KIND)?,
+        memory_mb: number(labels::MEMORY_MB)?,
+        node: get(labels::NODE)?,
+        slot: u32::try_from(number(labels::SLOT)?)
+            .map_err(|_| BadLabel { pid: found.pid, label: labels::SLOT })?,
+    };
+    Ok(Adopted { spec, address })
 }
 
 impl LocalProcesses {
-    pub fn new(runtime_bin: PathBuf) -> Self {
-        Self { runtime_bin, host: IpAddr::V4(Ipv4Addr::LOCALHOST), children: Mutex::new(HashMap::new()) }
+    /// `owner` labels every process started, so that only this control plane (after a restart
+    /// too) adopts them.
+    pub fn new(runtime_bin: PathBuf, owner: impl Into<String>) -> Self {
+        Self {
+            runtime_bin,
+            owner: owner.into(),
+            host: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            children: Mutex::new(HashMap::new()),
+        }
     }
 
     /// A port the kernel says is free now; the runtime binds it a moment later (loopback only, so
@@ -41,16 +149,32 @@ impl LocalProcesses {
             .map_err(|source| ClusterError::NoPort { id: id.to_owned(), source })
     }
 
-    async fn terminate(id: &str, mut child: Child) {
-        if let Some(pid) = child.id().and_then(|pid| i32::try_from(pid).ok()) {
-            // SIGTERM first: the runtime stops its action process and removes its work dir.
-            let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
-            if tokio::time::timeout(STOP_GRACE, child.wait()).await.is_ok() {
-                return;
+    async fn terminate(id: &str, runtime: Runtime) {
+        match runtime {
+            Runtime::Child(mut child) => {
+                if let Some(pid) = child.id().and_then(|pid| i32::try_from(pid).ok()) {
+                    // SIGTERM first: the runtime stops its action process and removes its work dir.
+                    let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
+                    if tokio::time::timeout(STOP_GRACE, child.wait()).await.is_ok() {
+                        return;
+                    }
+                    warn!(container = id, "runtime ignored SIGTERM; killing it");
+                }
+                let _ = child.kill().await;
             }
-            warn!(container = id, "runtime ignored SIGTERM; killing it");
+            Runtime::Adopted(pid) => {
+                // Not our child: whoever adopted the orphan reaps it; we watch it disappear.
+                let _ = kill(pid, Signal::SIGTERM);
+                let deadline = tokio::time::Instant::now() + STOP_GRACE;
+                while kill(pid, None).is_ok() && tokio::time::Instant::now() < deadline {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                if kill(pid, None).is_ok() {
+                    warn!(container = id, "adopted runtime ignored SIGTERM; killing it");
+                    let _ = kill(pid, Signal::SIGKILL);
+                }
+            }
         }
-        let _ = child.kill().await;
     }
 }
 
@@ -65,19 +189,26 @@ impl ClusterManager for LocalProcesses {
             .arg(&spec.id)
             .arg("--kind")
             .arg(&spec.kind)
-            .env("WHISK_CONTAINER_ID", &spec.id)
-            .env("WHISK_NAMESPACE", &spec.action.namespace)
-            .env("WHISK_PACKAGE", spec.action.package.as_deref().unwrap_or(""))
-            .env("WHISK_ACTION", &spec.action.name)
-            .env("WHISK_REVISION", &spec.action.revision)
-            .env("WHISK_MEMORY_MB", spec.memory_mb.to_string())
+            .env(labels::OWNER, &self.owner)
+            .env(labels::CONTAINER_ID, &spec.id)
+            .env(labels::NAMESPACE, &spec.action.namespace)
+            .env(labels::PACKAGE, spec.action.package.as_deref().unwrap_or(""))
+            .env(labels::ACTION, &spec.action.name)
+            .env(labels::REVISION, &spec.action.revision)
+            .env(labels::KIND, &spec.kind)
+            .env(labels::MEMORY_MB, spec.memory_mb.to_string())
+            .env(labels::NODE, &spec.node)
+            .env(labels::SLOT, spec.slot.to_string())
+            .env(labels::ADDRESS, &address)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .kill_on_drop(true)
+            // Warm containers outlive this server (a restart adopts them); shutdown stops them
+            // explicitly unless told to keep them.
+            .kill_on_drop(false)
             .spawn()
             .map_err(|source| ClusterError::Spawn { id: spec.id.clone(), source })?;
         info!(container = %spec.id, action = %spec.action, %address, pid = child.id(), "runtime started");
-        self.children.lock().await.insert(spec.id.clone(), child);
+        self.children.lock().await.insert(spec.id.clone(), Runtime::Child(child));
         Ok(StartedContainer { address })
     }
 
@@ -97,5 +228,114 @@ impl ClusterManager for LocalProcesses {
         }))
         .await;
         info!(count, "all runtimes stopped");
+    }
+
+    async fn adopt(&self) -> Result<Vec<Adopted>, ClusterError> {
+        let mut adopted = Vec::new();
+        let mut children = self.children.lock().await;
+        for found in owned_runtimes(&self.owner) {
+            // Only the runtime itself: a process it started (an action) must never be taken for it.
+            // A binary replaced since (an upgrade) shows as "<path> (deleted)".
+            let exe = std::fs::read_link(format!("/proc/{}/exe", found.pid)).unwrap_or_default();
+            let exe = exe.to_string_lossy();
+            let ours = self.runtime_bin.to_string_lossy();
+            if exe != ours && exe != format!("{ours} (deleted)") {
+                continue;
+            }
+            match adopted_from(&found) {
+                Ok(container) => {
+                    info!(container = %container.spec.id, action = %container.spec.action, pid = found.pid,
+                        address = %container.address, "runtime adopted");
+                    children.insert(container.spec.id.clone(), Runtime::Adopted(Pid::from_raw(found.pid)));
+                    adopted.push(container);
+                }
+                Err(error) => {
+                    warn!(%error, "stopping a runtime that cannot be adopted");
+                    Self::terminate("unreadable", Runtime::Adopted(Pid::from_raw(found.pid))).await;
+                }
+            }
+        }
+        Ok(adopted)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn found(entries: &[(&str, &str)]) -> FoundRuntime {
+        FoundRuntime {
+            pid: 42,
+            env: entries.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
+        }
+    }
+
+    const LABELS: [(&str, &str); 11] = [
+        (labels::OWNER, "127.0.0.1:3235"),
+        (labels::CONTAINER_ID, "c1"),
+        (labels::NAMESPACE, "guest"),
+        (labels::PACKAGE, ""),
+        (labels::ACTION, "hello"),
+        (labels::REVISION, "r7"),
+        (labels::KIND, "nodejs:20"),
+        (labels::MEMORY_MB, "256"),
+        (labels::NODE, "envoy-1"),
+        (labels::SLOT, "3"),
+        (labels::ADDRESS, "127.0.0.1:4001"),
+    ];
+
+    #[test]
+    fn a_labelled_process_is_read_back_as_the_container_it_runs() {
+        let adopted = adopted_from(&found(&LABELS)).unwrap();
+        assert_eq!(adopted.address, "127.0.0.1:4001");
+        assert_eq!(
+            adopted.spec,
+            ContainerSpec {
+                id: "c1".into(),
+                action: ActionKey {
+                    namespace: "guest".into(),
+                    package: None,
+                    name: "hello".into(),
+                    revision: "r7".into()
+                },
+                kind: "nodejs:20".into(),
+                memory_mb: 256,
+                node: "envoy-1".into(),
+                slot: 3,
+            }
+        );
+        let mut packaged = LABELS;
+        packaged[3] = (labels::PACKAGE, "utils");
+        assert_eq!(adopted_from(&found(&packaged)).unwrap().spec.action.package.as_deref(), Some("utils"));
+    }
+
+    #[test]
+    fn missing_or_bad_labels_are_refused() {
+        for (index, bad) in [(1, ""), (7, "lots"), (9, "-1"), (10, "not-an-address")] {
+            let mut labels = LABELS;
+            labels[index].1 = bad;
+            let label = labels[index].0;
+            assert_eq!(adopted_from(&found(&labels)), Err(BadLabel { pid: 42, label }), "{label}={bad}");
+        }
+    }
+
+    #[test]
+    fn environ_is_nul_separated_key_values() {
+        let env = parse_environ(b"A=1\0B=x=y\0junk\0\0");
+        assert_eq!(env.get("A").map(String::as_str), Some("1"));
+        assert_eq!(env.get("B").map(String::as_str), Some("x=y"));
+        assert_eq!(env.len(), 2);
+    }
+
+    #[test]
+    fn labelled_processes_are_found_by_their_owner_only() {
+        let owner = format!("test-owner-{}", std::process::id());
+        let mut mine =
+            std::process::Command::new("sleep").arg("30").env(labels::OWNER, &owner).spawn().unwrap();
+        let mut other =
+            std::process::Command::new("sleep").arg("30").env(labels::OWNER, "someone-else").spawn().unwrap();
+        let found: Vec<i32> = owned_runtimes(&owner).into_iter().map(|runtime| runtime.pid).collect();
+        let _ = (mine.kill(), other.kill(), mine.wait(), other.wait());
+        assert_eq!(found, [i32::try_from(mine.id()).unwrap()]);
     }
 }

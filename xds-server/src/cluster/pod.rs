@@ -45,8 +45,12 @@ pub mod keys {
     pub const ACTION: &str = "whisk/action";
     pub const REVISION: &str = "whisk/revision";
     pub const KIND: &str = "whisk/kind";
+    /// The Envoy node that routes to the pod.
+    pub const NODE: &str = "whisk/envoy-node";
     /// Annotation only.
     pub const MEMORY_MB: &str = "whisk/memory-mb";
+    /// Annotation only: the filter's slot on that node.
+    pub const SLOT: &str = "whisk/slot";
 }
 
 const MAX_LABEL_VALUE: usize = 63;
@@ -247,6 +251,7 @@ fn identity(spec: &ContainerSpec) -> Vec<(&'static str, &str)> {
         (keys::ACTION, spec.action.name.as_str()),
         (keys::REVISION, spec.action.revision.as_str()),
         (keys::KIND, spec.kind.as_str()),
+        (keys::NODE, spec.node.as_str()),
     ];
     if let Some(package) = &spec.action.package {
         fields.push((keys::PACKAGE, package.as_str()));
@@ -268,6 +273,7 @@ pub fn annotations(spec: &ContainerSpec) -> BTreeMap<String, String> {
     let mut annotations: BTreeMap<String, String> =
         identity(spec).into_iter().map(|(key, value)| (key.to_owned(), value.to_owned())).collect();
     annotations.insert(keys::MEMORY_MB.into(), spec.memory_mb.to_string());
+    annotations.insert(keys::SLOT.into(), spec.slot.to_string());
     annotations
 }
 
@@ -304,13 +310,15 @@ pub fn spec_from_meta(meta: &ObjectMeta) -> Result<ContainerSpec, IdentityError>
     let required = |key: &'static str| -> Result<String, IdentityError> {
         exact(key)?.ok_or_else(|| IdentityError::Missing { pod: pod.clone(), key })
     };
-    let memory = annotations
-        .get(keys::MEMORY_MB)
-        .ok_or_else(|| IdentityError::Missing { pod: pod.clone(), key: keys::MEMORY_MB })?;
-    let memory_mb = memory.parse().map_err(|_| IdentityError::Bad {
+    let number = |key: &'static str| -> Result<u64, IdentityError> {
+        let value = annotations.get(key).ok_or_else(|| IdentityError::Missing { pod: pod.clone(), key })?;
+        value.parse().map_err(|_| IdentityError::Bad { pod: pod.clone(), key, value: value.clone() })
+    };
+    let memory_mb = number(keys::MEMORY_MB)?;
+    let slot = u32::try_from(number(keys::SLOT)?).map_err(|_| IdentityError::Bad {
         pod: pod.clone(),
-        key: keys::MEMORY_MB,
-        value: memory.clone(),
+        key: keys::SLOT,
+        value: annotations.get(keys::SLOT).cloned().unwrap_or_default(),
     })?;
     Ok(ContainerSpec {
         id: required(keys::CONTAINER_ID)?,
@@ -322,6 +330,8 @@ pub fn spec_from_meta(meta: &ObjectMeta) -> Result<ContainerSpec, IdentityError>
         },
         kind: required(keys::KIND)?,
         memory_mb,
+        node: required(keys::NODE)?,
+        slot,
     })
 }
 
@@ -422,6 +432,8 @@ pub(crate) mod fixtures {
             },
             kind: "nodejs:20".into(),
             memory_mb: 256,
+            node: "envoy-1".into(),
+            slot: 0,
         }
     }
 
@@ -559,9 +571,11 @@ mod tests {
             revision in "[0-9a-z-]{1,20}",
             kind in "(nodejs|python)(:[0-9.]{1,5})?",
             memory_mb in 128u64..4096,
+            node in "\\PC{1,40}",
+            slot in 0u32..10_000,
         ) {
             let spec = ContainerSpec {
-                id, action: ActionKey { namespace, package, name, revision }, kind, memory_mb,
+                id, action: ActionKey { namespace, package, name, revision }, kind, memory_mb, node, slot,
             };
             let mut config = PodConfig::test();
             config.images = RuntimeImages::new([
@@ -574,6 +588,8 @@ mod tests {
             prop_assert_eq!(back.action, spec.action);
             prop_assert_eq!(back.kind, spec.kind);
             prop_assert_eq!(back.memory_mb, spec.memory_mb);
+            prop_assert_eq!(back.node, spec.node);
+            prop_assert_eq!(back.slot, spec.slot);
         }
     }
 
