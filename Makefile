@@ -31,11 +31,12 @@ test: build
 	scripts/postgres-test.sh $(CARGO) test --workspace
 
 ## bench: release builds, then every scenario (or SCENARIO=name) beside its same-run baseline;
-## one JSON object per figure is appended to target/bench/results.jsonl
+## one JSON object per figure is appended to target/bench/results.jsonl (the api scenario also
+## runs on a throwaway PostgreSQL when one can be started)
 bench: deps
 	$(CARGO) build --release -p management-api -p xds-server -p action-runtime -p e2e
 	$(CARGO) build -p whisk-filter --target wasm32-wasip1 --release
-	$(CARGO) run --release --quiet -p e2e --bin whisk-bench -- --scenario "$(SCENARIO)"
+	scripts/postgres-test.sh $(CARGO) run --release --quiet -p e2e --bin whisk-bench -- --scenario "$(SCENARIO)"
 
 ## lint: formatting and clippy, for the host and for the wasm filter
 lint: deps

@@ -5,6 +5,7 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use std::sync::atomic::AtomicU64;
 
@@ -40,8 +41,13 @@ pub struct ReasonLabel {
     pub reason: &'static str,
 }
 
+/// Upper bounds, in seconds, of the publish-to-ACK histogram: fine below 20 ms, where the
+/// targets are.
+const PUBLISH_BUCKETS: [f64; 16] =
+    [0.0005, 0.001, 0.002, 0.003, 0.004, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.1, 0.25, 0.5, 1.0];
+
 /// Every metric the server exposes, registered once.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Metrics {
     pub cold_starts: Family<OutcomeLabel, Counter>,
     pub containers_ready: Gauge,
@@ -54,6 +60,27 @@ pub struct Metrics {
     pub sweeps: Counter,
     pub containers_marked: Gauge,
     pub fragmentation: Gauge<f64, AtomicU64>,
+    /// From publishing a new container's endpoint to its Envoy node acknowledging (applying) it.
+    pub publish_to_ack: Histogram,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self {
+            cold_starts: Family::default(),
+            containers_ready: Gauge::default(),
+            containers_starting: Gauge::default(),
+            xds_pushes: Family::default(),
+            xds_nacks: Counter::default(),
+            containers_retired: Counter::default(),
+            marks: Family::default(),
+            unmarks: Counter::default(),
+            sweeps: Counter::default(),
+            containers_marked: Gauge::default(),
+            fragmentation: Gauge::default(),
+            publish_to_ack: Histogram::new(PUBLISH_BUCKETS),
+        }
+    }
 }
 
 impl Metrics {
@@ -95,6 +122,11 @@ impl Metrics {
             "whisk_containers_marked",
             "Containers marked, not yet swept",
             self.containers_marked.clone(),
+        );
+        registry.register(
+            "whisk_publish_to_ack_seconds",
+            "From publishing a new container to its Envoy node acknowledging the endpoints",
+            self.publish_to_ack.clone(),
         );
         registry.register(
             "whisk_pool_fragmentation",

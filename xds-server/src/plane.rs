@@ -235,7 +235,13 @@ impl<C: ClusterManager> ControlPlane<C> {
                     state.table.set_ready(&id, address.clone());
                     self.publish(&mut state)
                 };
-                if !self.acks.wait_for(&request.node_id, version, self.config.ack_timeout).await {
+                let published = Instant::now();
+                let acknowledged =
+                    self.acks.wait_for(&request.node_id, version, self.config.ack_timeout).await;
+                if acknowledged {
+                    self.metrics.publish_to_ack.observe(published.elapsed().as_secs_f64());
+                }
+                if !acknowledged {
                     self.discard(&id).await;
                     return Err(ColdStartError::NotAcknowledged { node: request.node_id.clone() });
                 }

@@ -6,6 +6,12 @@
 //!   `/run` sent straight to a container, and through a plain Envoy (router only) to that container.
 //! - `warm-throughput`: saturating clients for a fixed time; baseline: plain Envoy to a container.
 //! - `cold-start`: Node.js and Python cold invokes; baseline: the bare runtime start plus `/init`.
+//! - `publish`: from the control plane publishing a new container to its Envoy node acknowledging
+//!   the endpoints (the control server's histogram), over cold starts with one and four Envoys;
+//!   absolute targets.
+//! - `api`: the management API alone: an activation list over 1,000,000 stored records (plain, and
+//!   filtered by name and time) and action GET throughput; absolute targets. SQLite, and PostgreSQL
+//!   too when `WHISK_TEST_POSTGRES_URL` names a server (`make bench` provides a throwaway one).
 
 use std::fs::{self, OpenOptions};
 use std::io::Write;
@@ -20,6 +26,7 @@ use clap::Parser;
 use e2e::client::{Client, metric};
 use e2e::{Artifacts, GUEST_KEY, Options, Platform, Ports, free_port, workspace_root};
 use serde_json::{Value, json};
+use whisk_contract::{ActivationRecord, ActivationResponse, ActivationStatus, KeyValue};
 
 const TRIVIAL_JS: &str = "function main(p) { return {ok: true, n: p.n}; }";
 const TRIVIAL_PY: &str = "def main(args):\n    return {'ok': True}\n";
@@ -45,6 +52,12 @@ struct Args {
     /// Envoy worker threads.
     #[arg(long, default_value_t = 2)]
     concurrency: u32,
+    /// Cold starts measured by the publish scenario, per Envoy count.
+    #[arg(long, default_value_t = 40)]
+    publishes: usize,
+    /// Activation records stored before the list is measured.
+    #[arg(long, default_value_t = 1_000_000)]
+    records: usize,
 }
 
 /// One scenario's figures.
@@ -363,6 +376,59 @@ impl Bench {
         }])
     }
 
+    /// Publish-to-ACK over `publishes` cold starts spread over `platform`'s Envoys.
+    async fn publish_on(&self, platform: &Platform, replicas: usize) -> anyhow::Result<Figure> {
+        let clients: Vec<Client> =
+            (0..replicas).map(|replica| Client::new(&platform.api_host_of(replica), GUEST_KEY)).collect();
+        for n in 0..self.args.publishes {
+            let name = format!("publish-{replicas}-{n}");
+            clients[0].create_action(&name, "nodejs:20", TRIVIAL_JS).await?;
+            let reply = clients[n % replicas].invoke(&name, &json!({}), true).await?;
+            if reply.status != 200 {
+                bail!("cold invoke of {name} answered {} {}", reply.status, reply.body);
+            }
+        }
+        let page = reqwest::get(format!("{}/metrics", platform.control_url())).await?.text().await?;
+        let buckets = histogram(&page, "xds_whisk_publish_to_ack_seconds_bucket");
+        let (p50, p99) = (bucket_quantile(&buckets, 0.5) * 1000.0, bucket_quantile(&buckets, 0.99) * 1000.0);
+        let target_ms = if replicas == 1 { 20.0 } else { 50.0 };
+        Ok(Figure {
+            scenario: format!("publish-{replicas}-envoy"),
+            unit: "ms (p99, bucket bound)",
+            value: p99,
+            baseline: target_ms,
+            target: 1.0,
+            lower_is_better: true,
+            extra: json!({
+                "p50_ms": round(p50), "samples": buckets.last().map_or(0.0, |(_, count)| *count),
+                "absolute_target_ms": target_ms, "envoys": replicas,
+                "note": "quantiles are histogram bucket upper bounds; ACK = Envoy accepted the EDS update",
+            }),
+        })
+    }
+
+    async fn publish(&self) -> anyhow::Result<Vec<Figure>> {
+        let one = self.publish_on(&self.platform, 1).await?;
+        let mut options = bench_options(self.dir.path().join("four"), self.args.concurrency)?;
+        options.replicas = 4;
+        options.node_id = "envoy-publish".into();
+        let four = Platform::start(options, self.artifacts.clone())?;
+        let four = self.publish_on(&four, 4).await?;
+        Ok(vec![one, four])
+    }
+
+    async fn api(&self) -> anyhow::Result<Vec<Figure>> {
+        let mut figures = api_figures(&self.artifacts, &self.http, self.dir.path(), None, &self.args).await?;
+        if let Ok(url) = std::env::var("WHISK_TEST_POSTGRES_URL") {
+            figures.extend(
+                api_figures(&self.artifacts, &self.http, self.dir.path(), Some(&url), &self.args).await?,
+            );
+        } else {
+            eprintln!("api on PostgreSQL skipped: WHISK_TEST_POSTGRES_URL is not set");
+        }
+        Ok(figures)
+    }
+
     async fn containers(&self) -> f64 {
         let page = match reqwest::get(format!("{}/metrics", self.platform.control_url())).await {
             Ok(response) => response.text().await.unwrap_or_default(),
@@ -403,6 +469,169 @@ impl Bench {
         }
         Ok(figures)
     }
+}
+
+/// `(upper bound, cumulative count)` of a Prometheus histogram, in bucket order.
+fn histogram(page: &str, name: &str) -> Vec<(f64, f64)> {
+    page.lines()
+        .filter(|line| line.starts_with(name))
+        .filter_map(|line| {
+            let bound = line.split("le=\"").nth(1)?.split('"').next()?;
+            let bound = if bound == "+Inf" { f64::INFINITY } else { bound.parse().ok()? };
+            Some((bound, line.rsplit(' ').next()?.parse().ok()?))
+        })
+        .collect()
+}
+
+/// The upper bound of the bucket holding quantile `q` (a conservative estimate).
+fn bucket_quantile(buckets: &[(f64, f64)], q: f64) -> f64 {
+    let total = buckets.last().map_or(0.0, |(_, count)| *count);
+    if total == 0.0 {
+        return f64::NAN;
+    }
+    buckets.iter().find(|(_, count)| *count >= q * total).map_or(f64::NAN, |(bound, _)| *bound)
+}
+
+/// One management API on a fresh store: 1 M records loaded, then the list and GET measured.
+async fn api_figures(
+    artifacts: &Artifacts,
+    http: &reqwest::Client,
+    dir: &Path,
+    postgres: Option<&str>,
+    args: &Args,
+) -> anyhow::Result<Vec<Figure>> {
+    let store = if postgres.is_some() { "postgres" } else { "sqlite" };
+    let port = free_port()?;
+    let base = format!("http://127.0.0.1:{port}");
+    let token = format!("bench-{}", std::process::id());
+    let mut command = Command::new(&artifacts.management_api);
+    command
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .arg("--data-dir")
+        .arg(dir.join(format!("api-{store}")))
+        .env("WHISK_INTERNAL_TOKEN", &token)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    if let Some(url) = postgres {
+        command.env("WHISK_DATABASE_URL", url);
+    }
+    let _api = Guard(command.spawn().context("starting the management API")?);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !http.get(format!("{base}/health")).send().await.is_ok_and(|r| r.status().is_success()) {
+        if Instant::now() > deadline {
+            bail!("the management API on {store} did not come up");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let client = Client::new(&base, GUEST_KEY);
+    client.create_action("hello", "nodejs:20", TRIVIAL_JS).await?;
+
+    // 1,000 batches of 1,000 records over 100 action names and 30 days, four batches in flight.
+    let run = std::process::id();
+    let day_ms = 86_400_000u64;
+    let now_ms =
+        u64::try_from(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis())?;
+    let loaded = Instant::now();
+    let batch = 1_000;
+    let batches = args.records.div_ceil(batch);
+    let mut in_flight = Vec::new();
+    for b in 0..batches {
+        let records: Vec<ActivationRecord> = (0..batch)
+            .map(|i| {
+                let n = (b * batch + i) as u64;
+                let start = now_ms - (n * 7919 % (30 * day_ms));
+                ActivationRecord {
+                    activation_id: format!("{run:08x}{n:024x}"),
+                    namespace: "guest".into(),
+                    name: format!("action-{}", n % 100),
+                    version: "0.0.1".into(),
+                    subject: "guest".into(),
+                    publish: false,
+                    start,
+                    end: start + 5,
+                    duration: 5,
+                    response: ActivationResponse::new(ActivationStatus::Success, json!({"n": n})),
+                    logs: Vec::new(),
+                    annotations: vec![KeyValue {
+                        key: "path".into(),
+                        value: json!(format!("guest/action-{}", n % 100)),
+                    }],
+                }
+            })
+            .collect();
+        let request = http
+            .post(format!("{base}/internal/v1/activations"))
+            .header("x-whisk-internal-token", &token)
+            .json(&records);
+        in_flight.push(tokio::spawn(async move { request.send().await.map(|r| r.status()) }));
+        if in_flight.len() == 4 {
+            let status = in_flight.remove(0).await??;
+            if !status.is_success() {
+                bail!("storing records answered {status}");
+            }
+        }
+        if (b + 1) % 100 == 0 {
+            eprintln!(
+                "  {store}: {} records stored ({:.0} s)",
+                (b + 1) * batch,
+                loaded.elapsed().as_secs_f64()
+            );
+        }
+    }
+    for task in in_flight {
+        task.await??;
+    }
+    let load_seconds = loaded.elapsed().as_secs_f64();
+
+    let (user, password) = GUEST_KEY.split_once(':').unwrap_or((GUEST_KEY, ""));
+    let mut figures = Vec::new();
+    let since = now_ms - 3 * day_ms;
+    let upto = now_ms - day_ms;
+    for (label, query) in [
+        ("api-list", "limit=30".to_owned()),
+        ("api-list-filtered", format!("name=action-42&since={since}&upto={upto}&limit=30")),
+        ("api-list-docs", "limit=30&docs=true&skip=60".to_owned()),
+    ] {
+        let url = format!("{base}/api/v1/namespaces/_/activations?{query}");
+        let samples = sequential(200, |_| http.get(&url).basic_auth(user, Some(password))).await?;
+        let (p50, _, p99) = summary(samples);
+        figures.push(Figure {
+            scenario: format!("{label}-{store}"),
+            unit: "ms (p50)",
+            value: p50,
+            baseline: 10.0,
+            target: 1.0,
+            lower_is_better: true,
+            extra: json!({"p99_ms": round(p99), "records": args.records, "query": query, "absolute_target_ms": 10.0,
+                          "load_seconds": round(load_seconds)}),
+        });
+    }
+    let (user, password) = (user.to_owned(), password.to_owned());
+    let (get, url) = (http.clone(), format!("{base}/api/v1/namespaces/_/actions/hello"));
+    let (rps, errors) =
+        saturate(args.clients, args.seconds, move |_| get.get(&url).basic_auth(&user, Some(&password))).await;
+    figures.push(Figure {
+        scenario: format!("api-get-action-{store}"),
+        unit: "req/s",
+        value: rps,
+        baseline: 5_000.0,
+        target: 1.0,
+        lower_is_better: false,
+        extra: json!({"errors": errors, "clients": args.clients, "absolute_target_rps": 5_000}),
+    });
+    Ok(figures)
+}
+
+fn bench_options(dir: PathBuf, concurrency: u32) -> anyhow::Result<Options> {
+    Ok(Options {
+        ports: Ports::free()?,
+        data_dir: dir.join("data"),
+        work_dir: dir.join("run"),
+        envoy_concurrency: concurrency,
+        node_id: "envoy-bench".into(),
+        xds_args: Vec::new(),
+        replicas: 1,
+    })
 }
 
 /// Plain Envoy with several upstreams (round robin).
@@ -460,21 +689,13 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let dir = tempfile::tempdir()?;
     let artifacts = Artifacts::from_workspace()?;
-    let options = Options {
-        ports: Ports::free()?,
-        data_dir: dir.path().join("data"),
-        work_dir: dir.path().join("run"),
-        envoy_concurrency: args.concurrency,
-        node_id: "envoy-bench".into(),
-        xds_args: Vec::new(),
-        replicas: 1,
-    };
+    let options = bench_options(dir.path().to_path_buf(), args.concurrency)?;
     let platform = Platform::start(options, artifacts.clone())?;
     let client = Client::new(&platform.api_host(), GUEST_KEY);
     let http = reqwest::Client::builder().pool_max_idle_per_host(256).build()?;
     let bench = Bench { args, artifacts, platform, client, http, dir };
 
-    let scenarios = ["warm-latency", "cold-start", "warm-throughput"];
+    let scenarios = ["warm-latency", "cold-start", "warm-throughput", "publish", "api"];
     let wanted: Vec<&str> = match &bench.args.scenario {
         Some(one) => scenarios.iter().copied().filter(|s| one.is_empty() || s == one).collect(),
         None => scenarios.to_vec(),
@@ -492,6 +713,8 @@ async fn main() -> anyhow::Result<()> {
         let figures = match scenario {
             "warm-latency" => bench.warm_latency().await?,
             "cold-start" => bench.cold_start().await?,
+            "publish" => bench.publish().await?,
+            "api" => bench.api().await?,
             _ => bench.warm_throughput().await?,
         };
         for figure in figures {

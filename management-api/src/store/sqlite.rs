@@ -257,8 +257,9 @@ impl SqliteStore {
     ) -> Result<Vec<ActivationRecord>, StoreError> {
         let connection = self.connection();
         let mut statement = connection.prepare_cached(&format!(
-            "SELECT record FROM activations WHERE {ACTIVATION_FILTER}
-             ORDER BY start DESC, activation_id DESC LIMIT ?5 OFFSET ?6"
+            "SELECT record FROM activations WHERE {}
+             ORDER BY start DESC, activation_id DESC LIMIT ?5 OFFSET ?6",
+            activation_filter(filter)
         ))?;
         let records = statement
             .query_map(params![namespace, filter.name, filter.since, filter.upto, limit, skip], |row| {
@@ -270,8 +271,10 @@ impl SqliteStore {
 
     pub fn count_activations(&self, namespace: &str, filter: &ActivationFilter) -> Result<u64, StoreError> {
         let connection = self.connection();
-        let mut statement = connection
-            .prepare_cached(&format!("SELECT COUNT(*) FROM activations WHERE {ACTIVATION_FILTER}"))?;
+        let mut statement = connection.prepare_cached(&format!(
+            "SELECT COUNT(*) FROM activations WHERE {}",
+            activation_filter(filter)
+        ))?;
         Ok(statement
             .query_row(params![namespace, filter.name, filter.since, filter.upto], |row| row.get(0))?)
     }
@@ -290,8 +293,16 @@ impl SqliteStore {
 }
 
 /// `?1` namespace, `?2` name or NULL, `?3` since or NULL, `?4` upto or NULL.
-const ACTIVATION_FILTER: &str = "namespace = ?1 AND (?2 IS NULL OR name = ?2)
-    AND (?3 IS NULL OR start >= ?3) AND (?4 IS NULL OR start <= ?4)";
+/// The `WHERE` of an activation list, one text per filter shape: SQLite plans a statement once, and
+/// `(?2 IS NULL OR name = ?2)` would keep it off the name index for every shape (11.8 ms instead of
+/// under 1 ms for a name and time filter over 1 M records, `make bench SCENARIO=api`).
+fn activation_filter(filter: &ActivationFilter) -> &'static str {
+    if filter.name.is_some() {
+        "namespace = ?1 AND name = ?2 AND (?3 IS NULL OR start >= ?3) AND (?4 IS NULL OR start <= ?4)"
+    } else {
+        "namespace = ?1 AND ?2 IS NULL AND (?3 IS NULL OR start >= ?3) AND (?4 IS NULL OR start <= ?4)"
+    }
+}
 
 /// The columns [`action_from_row`] reads; `?2` says whether to load the code.
 const ACTION_COLUMNS: &str = "namespace, name, version, revision, kind, CASE WHEN ?2 THEN code ELSE '' END,
