@@ -1,8 +1,8 @@
 //! Mark and sweep with real Envoy and real runtime processes: an idle container is marked, its
 //! Envoy confirms, it is swept (out of xDS, then stopped) and the next invoke cold-starts a fresh
 //! one; a container running an activation longer than idle timeout + grace is never swept; a marked
-//! container that is used again is revived without a cold start; a full pool frees idle containers
-//! of other actions instead of refusing.
+//! container that is used again is revived without a cold start; an update retires the old
+//! revision's containers; a full pool frees idle containers of other actions instead of refusing.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -131,6 +131,23 @@ async fn idle_containers_are_marked_and_swept_busy_ones_never_and_a_used_mark_is
     })
     .await;
     assert!(metric(&control_metrics(&platform).await.unwrap(), "xds_whisk_gc_unmarks_total", "") >= 1.0);
+
+    // Update: the next invoke runs the new code in a new container; the old revision's container
+    // is swept at once, long before its idle timeout.
+    let old = containers_of(&platform, "revive").await;
+    let update = json!({"exec": {"kind": "nodejs:20", "code": "function main(p) { return {v: 2}; }"}});
+    let put = client.put("/api/v1/namespaces/_/actions/revive?overwrite=true", &update).await.unwrap();
+    assert_eq!(put.status, 200, "{}", put.body);
+    let new = client.invoke("revive", &json!({}), false).await.unwrap();
+    assert_eq!(new.body["response"]["result"], json!({"v": 2}), "{}", new.body);
+    let old_id = old[0]["id"].clone();
+    wait_for(&platform, "revive", Duration::from_secs(5), "old revision swept", |seen| {
+        seen.len() == 1 && seen[0]["id"] != old_id
+    })
+    .await;
+    assert!(
+        metric(&control_metrics(&platform).await.unwrap(), "xds_whisk_gc_marks_total", "revision") >= 1.0
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -85,6 +85,11 @@ pub fn apply_report(table: &mut Table, report: &UsageReport, now: u64, config: &
             usage.reclaimed = false;
             outcome.unmarked += 1;
         }
+        if usage.obsolete {
+            // Of an old revision: no new activation will come, so a use does not revive it.
+            usage.gc.marked_at.get_or_insert(now);
+            usage.reclaimed = true;
+        }
         match (usage.gc.marked_at.is_some(), reported.state) {
             (true, SlotUse::Free) => {
                 usage.mark_confirmed = false;
@@ -189,6 +194,28 @@ pub fn reclaim(
         }
     }
     Some(victims)
+}
+
+/// A cold start of `current` means every container of an older revision of the same action on
+/// that Envoy node will never be chosen again (the filter keys its pool by revision): marks them
+/// as due, so the node's next report sweeps each one as soon as it is free. Their ids.
+pub fn retire_old_revisions(table: &mut Table, current: &ActionKey, node: &str, now: u64) -> Vec<String> {
+    let mut retired = Vec::new();
+    for container in table.iter_mut() {
+        let action = &container.action;
+        let older = action.namespace == current.namespace
+            && action.package == current.package
+            && action.name == current.name
+            && action.revision != current.revision
+            && container.node == node;
+        if older && !container.usage.obsolete {
+            container.usage.gc.marked_at.get_or_insert(now);
+            container.usage.reclaimed = true;
+            container.usage.obsolete = true;
+            retired.push(container.id.clone());
+        }
+    }
+    retired
 }
 
 #[cfg(test)]
@@ -324,6 +351,25 @@ mod tests {
         assert!(!early.marked.contains(&"orphan".to_owned()), "an unclaimed container is not marked");
         let late = collect(&mut table, &capacities(1024), 10_000, &CONFIG, UNCLAIMED);
         assert_eq!(late.orphans, ["orphan"]);
+    }
+
+    #[test]
+    fn a_new_revision_retires_the_old_revisions_containers_on_its_node() {
+        let mut table = Table::default();
+        start(&mut table, "old", "x", 0);
+        start(&mut table, "other", "y", 0);
+        let mut current = action("x");
+        current.revision = "r2".into();
+        assert_eq!(retire_old_revisions(&mut table, &current, NODE, 50), ["old"]);
+        assert!(retire_old_revisions(&mut table, &current, NODE, 60).is_empty(), "once");
+        assert!(retire_old_revisions(&mut table, &current, "envoy-2", 60).is_empty(), "per node");
+        // Busy: swept only once its activation ended and the node reported it free and marked.
+        let outcome = apply_report(&mut table, &report(&[("old", SlotUse::Busy, 1)]), 70, &CONFIG);
+        assert!(outcome.answer.sweep.is_empty());
+        let outcome = apply_report(&mut table, &report(&[("old", SlotUse::Free, 1)]), 80, &CONFIG);
+        assert_eq!(outcome.answer.mark, ["old"], "a use does not revive an old revision");
+        let outcome = apply_report(&mut table, &report(&[("old", SlotUse::Marked, 1)]), 90, &CONFIG);
+        assert_eq!(outcome.answer.sweep, ["old"]);
     }
 
     fn slot_use() -> impl Strategy<Value = SlotUse> {

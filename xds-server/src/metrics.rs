@@ -109,7 +109,7 @@ impl Metrics {
         );
         registry.register(
             "whisk_gc_marks",
-            "Containers the collector marked, by reason (idle, compaction, reclaim)",
+            "Containers the collector marked, by reason (idle, compaction, reclaim, revision)",
             self.marks.clone(),
         );
         registry.register("whisk_gc_unmarks", "Marks cleared by a use", self.unmarks.clone());

@@ -187,6 +187,14 @@ impl<C: ClusterManager> ControlPlane<C> {
         let slot = {
             let now = self.now_ms();
             let mut state = self.lock();
+            let obsolete = collector::retire_old_revisions(&mut state.table, &action, &request.node_id, now);
+            if !obsolete.is_empty() {
+                self.metrics
+                    .marks
+                    .get_or_create(&ReasonLabel { reason: "revision" })
+                    .inc_by(obsolete.len() as u64);
+                info!(action = %action, containers = ?obsolete, "retiring the containers of older revisions");
+            }
             let Some(host) = collector::place(&state.table, &self.config.capacities, request.memory_mb)
             else {
                 return Err(self.reclaim(&mut state, &action, request.memory_mb, now));

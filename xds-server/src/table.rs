@@ -71,6 +71,8 @@ pub struct Usage {
     /// Adopted after a restart at this time and not reported by its Envoy node since: a container
     /// whose cold start never reached the filter, discarded if no report names it in time.
     pub unclaimed_since: Option<u64>,
+    /// Of an action revision that was replaced: swept as soon as it is free, whatever its use.
+    pub obsolete: bool,
 }
 
 /// The table, ordered by id so that snapshots built from it are deterministic.
