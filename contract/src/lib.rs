@@ -91,6 +91,14 @@ pub mod messages {
     pub const RUNTIME_TIMED_OUT: &str = "The action exceeded its time limit.";
 
     /// OpenWhisk's message for an activation ended by its time limit.
+    pub fn too_many_per_minute(count: u64, allowed: u64) -> String {
+        format!("Too many requests in the last minute (count: {count}, allowed: {allowed}).")
+    }
+
+    pub fn too_many_concurrent(count: u64, allowed: u64) -> String {
+        format!("Too many concurrent requests in flight (count: {count}, allowed: {allowed}).")
+    }
+
     pub fn timeout(limit_ms: u64) -> String {
         format!("The action exceeded its time limits of {limit_ms} milliseconds.")
     }
@@ -143,6 +151,27 @@ pub struct ResolvedAction {
     pub annotations: Vec<KeyValue>,
     /// The namespace of the key that invoked (the activation's `subject` and record namespace).
     pub subject: String,
+    /// The invoking namespace's rate limits, which the filter enforces.
+    #[serde(default)]
+    pub subject_limits: NamespaceLimits,
+}
+
+/// Per-namespace invocation limits (OpenWhisk's `concurrentInvocations` and
+/// `invocationsPerMinute`), enforced by each Envoy on the invoking namespace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NamespaceLimits {
+    /// Activations of the namespace in flight (running or waiting for a container) at once.
+    pub concurrent_invocations: u64,
+    /// Invokes the namespace may start in one minute.
+    pub invocations_per_minute: u64,
+}
+
+impl Default for NamespaceLimits {
+    /// OpenWhisk's system defaults: 100 concurrent, 120 per minute.
+    fn default() -> Self {
+        Self { concurrent_invocations: 100, invocations_per_minute: 120 }
+    }
 }
 
 impl ResolvedAction {
@@ -453,6 +482,7 @@ mod tests {
             parameters: vec![],
             annotations: vec![],
             subject: "guest".into(),
+            subject_limits: NamespaceLimits::default(),
         };
         assert_eq!(action.fully_qualified_name(), "/guest/hello");
         action.package = Some("utils".into());

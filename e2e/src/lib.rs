@@ -72,8 +72,18 @@ pub struct Options {
     pub node_id: String,
     /// Extra flags for the control server (limits, timeouts).
     pub xds_args: Vec<String>,
+    /// Extra flags for the management API's `serve` (namespace limits, retention).
+    pub management_args: Vec<String>,
     /// Envoy replicas in front of the same control plane (node ids `{node_id}`, `{node_id}-1`, …).
     pub replicas: usize,
+}
+
+/// Namespace limits far above what any test or benchmark sends: OpenWhisk's defaults (120 invokes
+/// a minute) would throttle the load tests; the limits have their own test.
+pub fn unthrottled() -> Vec<String> {
+    ["--invocations-per-minute", "1000000000", "--concurrent-invocations", "1000000"]
+        .map(String::from)
+        .to_vec()
 }
 
 impl Options {
@@ -86,6 +96,7 @@ impl Options {
             envoy_concurrency: 2,
             node_id: node_id.to_owned(),
             xds_args: Vec::new(),
+            management_args: unthrottled(),
             replicas: 1,
         })
     }
@@ -273,6 +284,7 @@ impl Platform {
                 // Triggers invoke their rules' actions through the data plane.
                 .arg("--ingress-url")
                 .arg(format!("http://127.0.0.1:{}", ports.ingress))
+                .args(&self.options.management_args)
                 .env("WHISK_INTERNAL_TOKEN", &self.internal_token),
         )?;
         self.management = Some(process);

@@ -74,6 +74,7 @@ pub(crate) fn action() -> ResolvedAction {
         parameters: vec![KeyValue { key: "greeting".into(), value: json!("hi") }],
         annotations: vec![],
         subject: "guest".into(),
+        subject_limits: whisk_contract::NamespaceLimits::default(),
     }
 }
 

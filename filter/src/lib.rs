@@ -12,6 +12,7 @@
 pub mod activation;
 pub mod cache;
 pub mod envelope;
+pub mod limits;
 pub mod pool;
 pub mod route;
 

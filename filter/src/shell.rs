@@ -40,6 +40,7 @@ use whisk_contract::{
 use crate::activation::{self, Timing};
 use crate::cache;
 use crate::envelope::{self, RunContext};
+use crate::limits;
 use crate::pool::{self, CasMismatch, Claim, SharedData, SlotState};
 use crate::route::{self, Invocation, Route};
 
@@ -156,6 +157,8 @@ struct State {
     invocation: Option<Invocation>,
     /// A non-blocking invoke relayed by this Envoy's own root context.
     internal_activation_id: Option<String>,
+    /// The invoking namespace counted in flight by this request, to count out when it ends.
+    in_flight: Option<String>,
     authorization: String,
     original_path: String,
     body: Vec<u8>,
@@ -294,6 +297,26 @@ impl Shared {
                 respond(self, &mut state);
             }
         }
+    }
+}
+
+/// The invoking namespace's limits: a client's invoke counts against the minute's allowance (its
+/// relayed non-blocking run does not count twice); a blocking invoke or a relayed run counts in
+/// flight until its stream ends, and a non-blocking invoke is refused at the door when the
+/// namespace is already at its in-flight limit (its run, once admitted, is never refused).
+fn admit(state: &mut State, action: &ResolvedAction, blocking: bool) -> Result<(), limits::Refusal> {
+    let (namespace, allowed) = (action.subject.as_str(), action.subject_limits);
+    let relayed = state.internal_activation_id.is_some();
+    if !relayed {
+        limits::count_invoke(&EnvoySharedData, namespace, now_ms() / 60_000, allowed.invocations_per_minute)?;
+    }
+    if relayed || blocking {
+        let allowed = if relayed { u64::MAX } else { allowed.concurrent_invocations };
+        limits::enter(&EnvoySharedData, namespace, allowed)?;
+        state.in_flight = Some(namespace.to_owned());
+        Ok(())
+    } else {
+        limits::check_room(&EnvoySharedData, namespace, allowed.concurrent_invocations)
     }
 }
 
@@ -840,6 +863,7 @@ impl Request {
             phase: Phase::Receiving,
             invocation: None,
             internal_activation_id: None,
+            in_flight: None,
             authorization: String::new(),
             original_path: String::new(),
             body: Vec::new(),
@@ -982,6 +1006,10 @@ impl Request {
     /// callback (let it continue by returning `Continue`).
     fn proceed(&self, state: &mut State, action: ResolvedAction, in_callout: bool) -> Action {
         let blocking = state.invocation.as_ref().is_some_and(|i| i.blocking);
+        if let Err(refusal) = admit(state, &action, blocking) {
+            answer_error(state, 429, &refusal.message());
+            return Action::Pause;
+        }
         if state.internal_activation_id.is_none() && !blocking {
             // Non-blocking: answer now with the id; the run goes through this Envoy's ingress as an
             // internal blocking invoke, started by the worker's root context.
@@ -1244,6 +1272,9 @@ impl HttpContext for Request {
     fn on_log(&mut self) {
         let Ok(mut state) = self.state.try_borrow_mut() else { return };
         state.phase = Phase::Ended;
+        if let Some(namespace) = state.in_flight.take() {
+            limits::leave(&EnvoySharedData, &namespace);
+        }
         // The stream ended before the container answered (client gone, reset): the container may
         // still be running the activation, so it is retired, never handed out again.
         if let Some(claim) = state.claim.take() {

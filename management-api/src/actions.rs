@@ -13,7 +13,7 @@ use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
-use whisk_contract::{ActionCode, ActionLimits, KeyValue, ResolvedAction};
+use whisk_contract::{ActionCode, ActionLimits, KeyValue, NamespaceLimits, ResolvedAction};
 
 use crate::error::{ApiError, ApiJson, ApiPath, ApiQuery};
 use crate::names::{self, validate_entity_name, validate_kind};
@@ -317,7 +317,7 @@ impl Action {
     }
 
     /// What the filter needs to invoke it on behalf of `subject`.
-    pub fn resolved(self, subject: String) -> ResolvedAction {
+    pub fn resolved(self, subject: String, subject_limits: NamespaceLimits) -> ResolvedAction {
         let (namespace, package) = self.split_namespace();
         ResolvedAction {
             namespace,
@@ -330,6 +330,7 @@ impl Action {
             parameters: self.parameters,
             annotations: self.annotations,
             subject,
+            subject_limits,
         }
     }
 
@@ -710,7 +711,7 @@ mod tests {
         assert_eq!(action.owner(), ("guest", Some("utils")));
         let code = action.clone().code();
         assert_eq!((code.namespace.as_str(), code.package.as_deref()), ("guest", Some("utils")));
-        let resolved = action.resolved("alice".into());
+        let resolved = action.resolved("alice".into(), NamespaceLimits::default());
         assert_eq!(resolved.path(), "guest/utils/hello");
         assert_eq!(resolved.subject, "alice");
         assert_eq!(created().owner(), ("guest", None));

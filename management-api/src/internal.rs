@@ -62,7 +62,10 @@ pub async fn resolve(
     let namespace = authorize(&subject, &namespace)?;
     let action = ActionName::parse(&action)?;
     let action = state.db(move |store| locate_action(store, &namespace, &action, false)).await?;
-    Ok(([(whisk_contract::headers::GENERATION, generation)], Json(action.resolved(subject.namespace))))
+    Ok((
+        [(whisk_contract::headers::GENERATION, generation)],
+        Json(action.resolved(subject.namespace, state.namespace_limits())),
+    ))
 }
 
 fn missing(parameter: &str) -> ApiError {

@@ -129,6 +129,13 @@ pub struct Config {
     /// keeps them forever). Older ones are deleted in the background.
     #[arg(long, env = "WHISK_ACTIVATION_TTL", default_value = retention::DEFAULT_TTL, value_parser = humantime::parse_duration)]
     pub activation_ttl: Duration,
+    /// Activations one namespace may have in flight at once, per Envoy (OpenWhisk's
+    /// `concurrentInvocations`).
+    #[arg(long, env = "WHISK_CONCURRENT_INVOCATIONS", default_value_t = 100)]
+    pub concurrent_invocations: u64,
+    /// Invokes one namespace may start per minute, per Envoy (OpenWhisk's `invocationsPerMinute`).
+    #[arg(long, env = "WHISK_INVOCATIONS_PER_MINUTE", default_value_t = 120)]
+    pub invocations_per_minute: u64,
 }
 
 impl std::fmt::Debug for Config {
@@ -244,7 +251,11 @@ pub fn open_state(config: &Config) -> Result<AppState, Error> {
     if config.seed_guest {
         seed_guest(&store)?;
     }
-    Ok(AppState::new(store, config.internal_token.clone(), ingress))
+    let limits = whisk_contract::NamespaceLimits {
+        concurrent_invocations: config.concurrent_invocations,
+        invocations_per_minute: config.invocations_per_minute,
+    };
+    Ok(AppState::with_limits(store, config.internal_token.clone(), ingress, limits))
 }
 
 /// Makes sure `guest` exists and accepts OpenWhisk's well-known standalone key.

@@ -2,11 +2,13 @@
 //! and `GET /api/v1/namespaces/{ns}/limits`.
 
 use axum::Json;
+use axum::extract::State;
 use serde::Serialize;
 
 use crate::actions::{CONCURRENCY_RANGE, LOGS_RANGE, MEMORY_RANGE, TIMEOUT_RANGE};
 use crate::error::{ApiError, ApiPath};
-use crate::state::Subject;
+use crate::state::{AppState, Subject};
+use whisk_contract::NamespaceLimits;
 
 /// The path segment that means "the key's own namespace".
 pub const DEFAULT_NAMESPACE: &str = "_";
@@ -26,11 +28,13 @@ pub async fn list(subject: Subject) -> Json<Vec<String>> {
     Json(vec![subject.namespace])
 }
 
-/// OpenWhisk's `UserLimits`, limited to what this platform enforces: the action limit ranges
-/// (no rate limits exist, so none is claimed).
+/// OpenWhisk's `UserLimits`, limited to what this platform enforces: the invocation limits (per
+/// Envoy) and the action limit ranges.
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Limits {
+    concurrent_invocations: u64,
+    invocations_per_minute: u64,
     min_action_memory: u64,
     max_action_memory: u64,
     min_action_timeout: u64,
@@ -43,8 +47,10 @@ pub struct Limits {
 }
 
 impl Limits {
-    pub fn current() -> Self {
+    pub fn current(namespace: NamespaceLimits) -> Self {
         Self {
+            concurrent_invocations: namespace.concurrent_invocations,
+            invocations_per_minute: namespace.invocations_per_minute,
             min_action_memory: MEMORY_RANGE.0,
             max_action_memory: MEMORY_RANGE.1,
             min_action_timeout: TIMEOUT_RANGE.0,
@@ -59,9 +65,13 @@ impl Limits {
 }
 
 /// `GET /api/v1/namespaces/{ns}/limits`
-pub async fn limits(subject: Subject, ApiPath(namespace): ApiPath<String>) -> Result<Json<Limits>, ApiError> {
+pub async fn limits(
+    State(state): State<AppState>,
+    subject: Subject,
+    ApiPath(namespace): ApiPath<String>,
+) -> Result<Json<Limits>, ApiError> {
     authorize(&subject, &namespace)?;
-    Ok(Json(Limits::current()))
+    Ok(Json(Limits::current(state.namespace_limits())))
 }
 
 #[cfg(test)]
@@ -78,7 +88,9 @@ mod tests {
 
     #[test]
     fn limits_use_openwhisks_names() {
-        let limits = serde_json::to_value(Limits::current()).unwrap();
+        let limits = serde_json::to_value(Limits::current(NamespaceLimits::default())).unwrap();
+        assert_eq!(limits["concurrentInvocations"], 100);
+        assert_eq!(limits["invocationsPerMinute"], 120);
         assert_eq!(limits["maxActionMemory"], 2048);
         assert_eq!(limits["minActionTimeout"], 100);
         assert_eq!(limits["maxActionConcurrency"], 1);

@@ -13,6 +13,7 @@ use crate::generation::Generation;
 use crate::ingress::Ingress;
 use crate::metrics::Metrics;
 use crate::store::{Store, StoreError};
+use whisk_contract::NamespaceLimits;
 
 /// How long a verified key is trusted without looking at the store again. Short, because a key
 /// deleted by another process keeps working this long.
@@ -32,11 +33,22 @@ struct Shared {
     ingress: Ingress,
     metrics: Metrics,
     generation: Generation,
+    namespace_limits: NamespaceLimits,
 }
 
 impl AppState {
     /// `ingress` is where trigger fires send their rules' invokes.
     pub fn new(store: Store, internal_token: String, ingress: Ingress) -> Self {
+        Self::with_limits(store, internal_token, ingress, NamespaceLimits::default())
+    }
+
+    /// As [`AppState::new`], with the invocation limits every namespace gets.
+    pub fn with_limits(
+        store: Store,
+        internal_token: String,
+        ingress: Ingress,
+        namespace_limits: NamespaceLimits,
+    ) -> Self {
         Self {
             inner: Arc::new(Shared {
                 store: Arc::new(store),
@@ -45,8 +57,14 @@ impl AppState {
                 ingress,
                 metrics: Metrics::new(),
                 generation: Generation::default(),
+                namespace_limits,
             }),
         }
+    }
+
+    /// The invocation limits of every namespace (passed to the filter, which enforces them).
+    pub fn namespace_limits(&self) -> NamespaceLimits {
+        self.inner.namespace_limits
     }
 
     /// The store, for work that is no request's (activation retention).

@@ -492,6 +492,8 @@ async fn serve_answers_over_tcp_and_stops_gracefully(backend: Backend) {
         seed_guest: true,
         ingress_url: management_api::ingress::DEFAULT_INGRESS_URL.into(),
         activation_ttl: Duration::from_secs(7 * 24 * 60 * 60),
+        concurrent_invocations: 100,
+        invocations_per_minute: 120,
     };
     let state = management_api::open_state(&config).unwrap();
     let listener = tokio::net::TcpListener::bind(config.listen).await.unwrap();
@@ -547,6 +549,8 @@ async fn expired_activations_are_deleted_while_serving(backend: Backend) {
         seed_guest: true,
         ingress_url: management_api::ingress::DEFAULT_INGRESS_URL.into(),
         activation_ttl: ttl,
+        concurrent_invocations: 100,
+        invocations_per_minute: 120,
     };
     let state = management_api::open_state(&config).unwrap();
     let router = management_api::router(state.clone());

@@ -630,6 +630,7 @@ fn bench_options(dir: PathBuf, concurrency: u32) -> anyhow::Result<Options> {
         envoy_concurrency: concurrency,
         node_id: "envoy-bench".into(),
         xds_args: Vec::new(),
+        management_args: e2e::unthrottled(),
         replicas: 1,
     })
 }

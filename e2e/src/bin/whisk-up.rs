@@ -33,6 +33,7 @@ fn main() -> anyhow::Result<()> {
         envoy_concurrency: args.concurrency,
         node_id: "envoy-0".into(),
         xds_args: Vec::new(),
+        management_args: Vec::new(),
         replicas: 1,
     };
     eprintln!("starting the platform (management API, xDS control server, Envoy)...");
