@@ -201,6 +201,14 @@ pub struct Platform {
 impl Platform {
     /// Starts everything and waits until the ingress answers through the filter.
     pub fn start(options: Options, artifacts: Artifacts) -> anyhow::Result<Self> {
+        let mut platform = Self::start_unready(options, artifacts)?;
+        platform.wait_ready()?;
+        Ok(platform)
+    }
+
+    /// Starts everything without waiting for the ingress (for tests of a configuration Envoy
+    /// rejects).
+    pub fn start_unready(options: Options, artifacts: Artifacts) -> anyhow::Result<Self> {
         fs::create_dir_all(&options.data_dir)?;
         fs::create_dir_all(&options.work_dir)?;
         let internal_token = format!("{:032x}", rand_u128());
@@ -222,7 +230,6 @@ impl Platform {
         for replica in 0..platform.replica_ports.len() {
             platform.start_envoy(replica)?;
         }
-        platform.wait_ready()?;
         Ok(platform)
     }
 
