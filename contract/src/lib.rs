@@ -85,6 +85,8 @@ pub mod messages {
     pub const INTERNAL_ERROR: &str = "Internal server error.";
     pub const ABNORMAL_RUN: &str = "The action did not produce a valid response and exited unexpectedly.";
     pub const NOT_A_JSON_OBJECT: &str = "The action did not return a dictionary.";
+    pub const PARAMETERS_NOT_ALLOWED: &str =
+        "Request defines parameters that are not allowed (e.g., reserved properties).";
     pub const NO_CAPACITY: &str = "No container could be started for the action; try again later.";
     /// What our runtime answers when an activation passed its deadline (it then restarts the
     /// action process); the filter turns it into [`timeout`]'s message.

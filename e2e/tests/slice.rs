@@ -163,6 +163,20 @@ async fn create_invoke_read_back_and_errors_through_envoy() {
     assert_eq!(app.status, 502);
     assert_eq!(app.body["response"]["status"], "application error");
 
+    // A `final` action keeps its parameters: an invoke may add parameters, not override them.
+    let sealed = json!({"exec": {"kind": "nodejs:20", "code": "function main(p) { return p; }"},
+                        "parameters": [{"key": "mode", "value": "safe"}],
+                        "annotations": [{"key": "final", "value": true}]});
+    assert_eq!(client.put("/api/v1/namespaces/_/actions/sealed", &sealed).await.unwrap().status, 200);
+    let added = client.invoke("sealed", &json!({"extra": 1}), true).await.unwrap();
+    assert_eq!(added.body, json!({"mode": "safe", "extra": 1}));
+    let overridden = client.invoke("sealed", &json!({"mode": "unsafe"}), true).await.unwrap();
+    assert_eq!(overridden.status, 400, "{}", overridden.body);
+    assert_eq!(
+        overridden.body["error"],
+        "Request defines parameters that are not allowed (e.g., reserved properties)."
+    );
+
     let missing = client.invoke("nope", &json!({}), false).await.unwrap();
     assert_eq!(missing.status, 404);
     assert!(missing.body["error"].is_string() && missing.body["code"].is_string(), "{}", missing.body);

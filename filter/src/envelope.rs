@@ -31,6 +31,16 @@ pub fn merge_parameters(defaults: &[KeyValue], invoke: Map<String, Value>) -> Ma
     merged
 }
 
+/// An action annotated `final: true` keeps the values of its (and its package's) parameters:
+/// an invoke that sets one of them is refused, as OpenWhisk does.
+pub fn check_final(action: &ResolvedAction, invoke: &Map<String, Value>) -> Result<(), MalformedBody> {
+    let is_final = action.annotations.iter().any(|kv| kv.key == "final" && kv.value == Value::Bool(true));
+    if is_final && action.parameters.iter().any(|kv| invoke.contains_key(&kv.key)) {
+        return Err(MalformedBody(messages::PARAMETERS_NOT_ALLOWED.to_owned()));
+    }
+    Ok(())
+}
+
 /// The context of one activation.
 #[derive(Debug, Clone)]
 pub struct RunContext<'a> {
@@ -81,6 +91,22 @@ pub(crate) fn action() -> ResolvedAction {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_final_action_refuses_invokes_that_override_its_parameters() {
+        let mut final_action = action();
+        let overriding: Map<String, Value> = [("greeting".to_owned(), json!("yo"))].into_iter().collect();
+        let other: Map<String, Value> = [("name".to_owned(), json!("you"))].into_iter().collect();
+        assert_eq!(check_final(&final_action, &overriding), Ok(()), "not final yet");
+        final_action.annotations.push(KeyValue { key: "final".into(), value: json!(true) });
+        assert_eq!(
+            check_final(&final_action, &overriding),
+            Err(MalformedBody(messages::PARAMETERS_NOT_ALLOWED.into()))
+        );
+        assert_eq!(check_final(&final_action, &other), Ok(()), "new parameters are fine");
+        final_action.annotations[0].value = json!(false);
+        assert_eq!(check_final(&final_action, &overriding), Ok(()));
+    }
 
     #[test]
     fn bodies_must_be_objects_or_empty() {

@@ -1006,6 +1006,10 @@ impl Request {
     /// callback (let it continue by returning `Continue`).
     fn proceed(&self, state: &mut State, action: ResolvedAction, in_callout: bool) -> Action {
         let blocking = state.invocation.as_ref().is_some_and(|i| i.blocking);
+        if let Err(refused) = envelope::check_final(&action, &state.parameters) {
+            answer_error(state, 400, &refused.0);
+            return Action::Pause;
+        }
         if let Err(refusal) = admit(state, &action, blocking) {
             answer_error(state, 429, &refusal.message());
             return Action::Pause;
