@@ -64,6 +64,8 @@ pub enum ClusterError {
     PodTimeout { id: String, pod: String, timeout: std::time::Duration, last: String },
     #[error("could not list the running containers to adopt them: {0}")]
     Discovery(String),
+    #[error("could not relabel container {id}: {reason}")]
+    Relabel { id: String, reason: String },
 }
 
 /// Which cluster manager the server runs with.
@@ -88,4 +90,7 @@ pub trait ClusterManager: Send + Sync + 'static {
     /// them over (later `stop`s reach them). Containers it cannot adopt (not ready, unreadable
     /// labels) are stopped rather than left behind.
     fn adopt(&self) -> impl Future<Output = Result<Vec<Adopted>, ClusterError>> + Send;
+    /// A prewarmed container was specialised for `spec`'s action: its labels must say so, so that
+    /// a restarted control plane adopts it as that action's container.
+    fn relabel(&self, spec: &ContainerSpec) -> impl Future<Output = Result<(), ClusterError>> + Send;
 }

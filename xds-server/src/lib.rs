@@ -101,6 +101,13 @@ pub struct Config {
     /// Kubernetes); by default shutdown stops them.
     #[arg(long, env = "WHISK_KEEP_CONTAINERS_ON_EXIT")]
     pub keep_containers_on_exit: bool,
+    /// Prewarmed containers to keep per runtime kind, e.g. `nodejs:20=2,python:3=1`: a cold start of
+    /// that kind then costs only `/init`.
+    #[arg(long, env = "WHISK_PREWARM", value_delimiter = ',', value_parser = prewarm_entry)]
+    pub prewarm: Vec<(String, usize)>,
+    /// Memory of a prewarmed container, in MB: it serves actions whose limit is at most this.
+    #[arg(long, env = "WHISK_PREWARM_MEMORY_MB", default_value_t = 256)]
+    pub prewarm_memory_mb: u64,
     /// How often each filter worker reports its containers' use (the filter's configuration).
     #[arg(long, env = "WHISK_USAGE_REPORT_PERIOD_MS", default_value_t = 1_000)]
     pub usage_report_period_ms: u64,
@@ -173,6 +180,8 @@ pub async fn run_with<C: ClusterManager>(config: Config, cluster: C) -> anyhow::
             )],
             // Ten report periods, at least 30 s: a node that is up names its containers every period.
             unclaimed_timeout: Duration::from_millis((config.usage_report_period_ms * 10).max(30_000)),
+            prewarm: config.prewarm.clone(),
+            prewarm_memory_mb: config.prewarm_memory_mb,
         },
         metrics.clone(),
     ));
@@ -206,6 +215,19 @@ pub async fn run_with<C: ClusterManager>(config: Config, cluster: C) -> anyhow::
             let _ = stop.wait_for(|stopped| *stopped).await;
         })
     };
+    let refill = {
+        let (plane, mut stop) = (plane.clone(), stop.clone());
+        async move {
+            let mut rounds = tokio::time::interval(Duration::from_millis(200));
+            rounds.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = rounds.tick() => plane.refill_stems().await,
+                    _ = stop.wait_for(|stopped| *stopped) => break,
+                }
+            }
+        }
+    };
     let collector = {
         let (plane, mut stop) = (plane.clone(), stop.clone());
         let period = Duration::from_millis(config.gc_interval_ms.max(10));
@@ -225,7 +247,7 @@ pub async fn run_with<C: ClusterManager>(config: Config, cluster: C) -> anyhow::
         info!("shutting down: stopping containers");
         let _ = stop_sender.send(true);
     };
-    let (grpc, http, (), ()) = tokio::join!(grpc, http, signal, collector);
+    let (grpc, http, (), (), ()) = tokio::join!(grpc, http, signal, collector, refill);
     if config.keep_containers_on_exit {
         info!("leaving the containers running for the next run to adopt");
     } else {
@@ -234,6 +256,16 @@ pub async fn run_with<C: ClusterManager>(config: Config, cluster: C) -> anyhow::
     grpc.context("xDS server")?;
     http.context("control API")?;
     Ok(())
+}
+
+/// `kind=count` of `--prewarm`.
+fn prewarm_entry(value: &str) -> Result<(String, usize), String> {
+    let (kind, count) = value.split_once('=').ok_or_else(|| format!("{value:?} is not kind=count"))?;
+    let count = count.parse().map_err(|_| format!("{count:?} is not a count"))?;
+    if kind.is_empty() {
+        return Err(format!("{value:?} names no kind"));
+    }
+    Ok((kind.to_owned(), count))
 }
 
 /// The placement node the configured cluster manager offers: this machine, or (until node-level
@@ -258,5 +290,18 @@ pub async fn shutdown_signal() {
         _ => {
             let _ = tokio::signal::ctrl_c().await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prewarm_entries_are_kind_equals_count() {
+        assert_eq!(prewarm_entry("nodejs:20=2"), Ok(("nodejs:20".to_owned(), 2)));
+        assert!(prewarm_entry("nodejs:20").is_err());
+        assert!(prewarm_entry("=2").is_err());
+        assert!(prewarm_entry("python:3=many").is_err());
     }
 }

@@ -62,6 +62,8 @@ pub struct Metrics {
     pub fragmentation: Gauge<f64, AtomicU64>,
     /// From publishing a new container's endpoint to its Envoy node acknowledging (applying) it.
     pub publish_to_ack: Histogram,
+    pub stems_ready: Gauge,
+    pub prewarm_used: Counter,
 }
 
 impl Default for Metrics {
@@ -79,6 +81,8 @@ impl Default for Metrics {
             containers_marked: Gauge::default(),
             fragmentation: Gauge::default(),
             publish_to_ack: Histogram::new(PUBLISH_BUCKETS),
+            stems_ready: Gauge::default(),
+            prewarm_used: Counter::default(),
         }
     }
 }
@@ -122,6 +126,16 @@ impl Metrics {
             "whisk_containers_marked",
             "Containers marked, not yet swept",
             self.containers_marked.clone(),
+        );
+        registry.register(
+            "whisk_prewarmed_ready",
+            "Prewarmed containers waiting for a cold start",
+            self.stems_ready.clone(),
+        );
+        registry.register(
+            "whisk_prewarmed_used",
+            "Cold starts that specialised a prewarmed container",
+            self.prewarm_used.clone(),
         );
         registry.register(
             "whisk_publish_to_ack_seconds",

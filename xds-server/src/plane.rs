@@ -12,6 +12,7 @@
 //!  sweep      ─► the filter retires the slot by CAS ─► DELETE ─► out of xDS ─► ACK ─► stop
 //! ```
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -23,7 +24,7 @@ use whisk_contract::{ActionCode, ColdStartRequest, ColdStartResponse, headers, p
 use whisk_contract::{UsageAnswer, UsageReport};
 
 use crate::ads::{AckTracker, Published};
-use crate::cluster::{ClusterError, ClusterManager, ContainerSpec};
+use crate::cluster::{ClusterError, ClusterManager, ContainerSpec, StartedContainer};
 use crate::collector;
 use crate::gc::{GcConfig, GcState};
 use crate::metrics::{Metrics, OutcomeLabel, ReasonLabel};
@@ -86,6 +87,18 @@ pub struct PlaneConfig {
     pub capacities: Vec<Node>,
     /// How long an adopted container may go unreported by its Envoy node before it is stopped.
     pub unclaimed_timeout: Duration,
+    /// Prewarmed ("stem cell") containers to keep started per runtime kind, not yet initialised.
+    pub prewarm: Vec<(String, usize)>,
+    /// The memory a prewarmed container is started with; it serves actions that need no more.
+    pub prewarm_memory_mb: u64,
+}
+
+/// A started, uninitialised container waiting to be specialised by a cold start.
+#[derive(Debug, Clone)]
+pub struct Stem {
+    pub id: String,
+    pub address: String,
+    pub memory_mb: u64,
 }
 
 /// The control plane.
@@ -99,6 +112,8 @@ pub struct ControlPlane<C> {
     metrics: Arc<Metrics>,
     /// The collector's clock: milliseconds since the plane was made.
     epoch: Instant,
+    /// Prewarmed containers by kind.
+    stems: Mutex<HashMap<String, Vec<Stem>>>,
 }
 
 impl<C: ClusterManager> ControlPlane<C> {
@@ -112,6 +127,71 @@ impl<C: ClusterManager> ControlPlane<C> {
             config,
             metrics,
             epoch: Instant::now(),
+            stems: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn stems(&self) -> MutexGuard<'_, HashMap<String, Vec<Stem>>> {
+        self.stems.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// A prewarmed container of `kind` with at least `memory_mb`, taken out of the stock.
+    fn take_stem(&self, kind: &str, memory_mb: u64) -> Option<Stem> {
+        let mut stems = self.stems();
+        let stock = stems.get_mut(kind)?;
+        let index = stock.iter().position(|stem| stem.memory_mb >= memory_mb)?;
+        let stem = stock.swap_remove(index);
+        self.metrics.stems_ready.dec();
+        Some(stem)
+    }
+
+    /// Starts prewarmed containers until each configured kind has its count (the refill runs in
+    /// the background: a cold start that used one does not wait for its replacement).
+    pub async fn refill_stems(&self) {
+        for (kind, wanted) in &self.config.prewarm {
+            while self.stems().get(kind).map_or(0, Vec::len) < *wanted {
+                let spec = ContainerSpec {
+                    id: uuid::Uuid::new_v4().simple().to_string(),
+                    action: ActionKey {
+                        namespace: String::new(),
+                        package: None,
+                        name: String::new(),
+                        revision: String::new(),
+                    },
+                    kind: kind.clone(),
+                    memory_mb: self.config.prewarm_memory_mb,
+                    node: String::new(),
+                    slot: 0,
+                };
+                match self.prewarm(&spec).await {
+                    Ok(address) => {
+                        debug!(container = %spec.id, kind, %address, "prewarmed");
+                        let stem = Stem { id: spec.id, address, memory_mb: spec.memory_mb };
+                        self.stems().entry(kind.clone()).or_default().push(stem);
+                        self.metrics.stems_ready.inc();
+                    }
+                    Err(error) => {
+                        warn!(kind, %error, "could not prewarm a container; retrying later");
+                        let _ = self.cluster.stop(&spec.id).await;
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Starts a container and waits until its runtime accepts connections.
+    async fn prewarm(&self, spec: &ContainerSpec) -> Result<String, ColdStartError> {
+        let started = self.cluster.start(spec).await?;
+        let deadline = Instant::now() + LISTEN_WAIT;
+        loop {
+            match tokio::net::TcpStream::connect(&started.address).await {
+                Ok(_) => return Ok(started.address),
+                Err(error) if Instant::now() > deadline => {
+                    return Err(ColdStartError::Unreachable(error.to_string()));
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(5)).await,
+            }
         }
     }
 
@@ -183,8 +263,7 @@ impl<C: ClusterManager> ControlPlane<C> {
             name: request.name.clone(),
             revision: request.revision.clone(),
         };
-        let id = uuid::Uuid::new_v4().simple().to_string();
-        let slot = {
+        let (id, slot, stem) = {
             let now = self.now_ms();
             let mut state = self.lock();
             let obsolete = collector::retire_old_revisions(&mut state.table, &action, &request.node_id, now);
@@ -214,6 +293,10 @@ impl<C: ClusterManager> ControlPlane<C> {
                     request.node_id
                 )));
             }
+            // A prewarmed container of the kind becomes this one: only `/init` is left to do.
+            let stem = self.take_stem(&request.kind, request.memory_mb);
+            let id =
+                stem.as_ref().map_or_else(|| uuid::Uuid::new_v4().simple().to_string(), |s| s.id.clone());
             let slot = state.table.reserve(
                 id.clone(),
                 action.clone(),
@@ -226,7 +309,7 @@ impl<C: ClusterManager> ControlPlane<C> {
                 container.usage.gc = GcState::new(now);
             }
             self.publish(&mut state);
-            slot
+            (id, slot, stem)
         };
         let spec = ContainerSpec {
             id: id.clone(),
@@ -236,7 +319,7 @@ impl<C: ClusterManager> ControlPlane<C> {
             node: request.node_id.clone(),
             slot,
         };
-        match self.start_and_init(&spec, &code).await {
+        match self.start_and_init(&spec, &code, stem).await {
             Ok((address, init_ms)) => {
                 let version = {
                     let mut state = self.lock();
@@ -393,8 +476,19 @@ impl<C: ClusterManager> ControlPlane<C> {
         &self,
         spec: &ContainerSpec,
         code: &ActionCode,
+        stem: Option<Stem>,
     ) -> Result<(String, u64), ColdStartError> {
-        let started = self.cluster.start(spec).await?;
+        let started = match stem {
+            Some(stem) => {
+                self.metrics.prewarm_used.inc();
+                if let Err(error) = self.cluster.relabel(spec).await {
+                    // It still serves; only a restart would not adopt it.
+                    warn!(container = %spec.id, %error, "a specialised prewarmed container keeps its old labels");
+                }
+                StartedContainer { address: stem.address }
+            }
+            None => self.cluster.start(spec).await?,
+        };
         let body = json!({"value": {
             "name": code.name,
             "main": code.main.as_deref().unwrap_or("main"),

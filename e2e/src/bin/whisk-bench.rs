@@ -6,6 +6,8 @@
 //!   `/run` sent straight to a container, and through a plain Envoy (router only) to that container.
 //! - `warm-throughput`: saturating clients for a fixed time; baseline: plain Envoy to a container.
 //! - `cold-start`: Node.js and Python cold invokes; baseline: the bare runtime start plus `/init`.
+//! - `cold-start-prewarmed`: Node.js and Python cold invokes served by a prewarmed container (a second
+//!   platform with `--prewarm`); baseline: `/init` alone on an already started runtime, plus 10 ms.
 //! - `publish`: from the control plane publishing a new container to its Envoy node acknowledging
 //!   the endpoints (the control server's histogram), over cold starts with one and four Envoys;
 //!   absolute targets.
@@ -157,6 +159,35 @@ async fn bare_container(
         }
     }
     Ok((guard, address, started.elapsed()))
+}
+
+/// `/init` alone, in milliseconds, on a runtime that is already listening (what a prewarmed
+/// container has left to do).
+async fn bare_init(artifacts: &Artifacts, kind: &str, code: &str) -> anyhow::Result<f64> {
+    let port = free_port()?;
+    let address = format!("127.0.0.1:{port}");
+    let child = Command::new(&artifacts.runtime)
+        .args(["--listen", &address, "--container-id", "bench", "--kind", kind])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting action-runtime")?;
+    let _guard = Guard(child);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while tokio::net::TcpStream::connect(&address).await.is_err() {
+        if Instant::now() > deadline {
+            bail!("the runtime did not listen");
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let body = json!({"value": {"name": "bench", "main": "main", "code": code, "binary": false, "env": {}}});
+    let started = Instant::now();
+    let response = reqwest::Client::new().post(format!("http://{address}/init")).json(&body).send().await?;
+    let elapsed = started.elapsed().as_secs_f64() * 1000.0;
+    if !response.status().is_success() {
+        bail!("init failed: {}", response.text().await.unwrap_or_default());
+    }
+    Ok(elapsed)
 }
 
 /// A plain Envoy: one listener, the router, one static cluster with `upstream` in it.
@@ -374,6 +405,57 @@ impl Bench {
                 "note": "the plain Envoy baseline round-robins, so it may overlap activations in one container; ours never does",
             }),
         }])
+    }
+
+    async fn cold_start_prewarmed(&self) -> anyhow::Result<Vec<Figure>> {
+        let mut options = bench_options(self.dir.path().join("prewarm"), self.args.concurrency)?;
+        options.node_id = "envoy-prewarm".into();
+        options.xds_args = vec!["--prewarm".into(), "nodejs:20=1,python:3=1".into()];
+        let platform = Platform::start(options, self.artifacts.clone())?;
+        let client = Client::new(&platform.api_host(), GUEST_KEY);
+        let mut figures = Vec::new();
+        for (kind, code, label) in [("nodejs:20", TRIVIAL_JS, "nodejs"), ("python:3", TRIVIAL_PY, "python")] {
+            let (mut cold, mut init) = (Vec::new(), Vec::new());
+            for n in 0..self.args.cold_starts {
+                let name = format!("prewarmed-{label}-{n}");
+                client.create_action(&name, kind, code).await?;
+                // The stock is refilled in the background: wait for it, as a quiet system would have.
+                let deadline = Instant::now() + Duration::from_secs(20);
+                loop {
+                    let page =
+                        reqwest::get(format!("{}/metrics", platform.control_url())).await?.text().await?;
+                    if metric(&page, "xds_whisk_prewarmed_ready", "") >= 2.0 {
+                        break;
+                    }
+                    if Instant::now() > deadline {
+                        bail!("the prewarmed stock was not refilled");
+                    }
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                let started = Instant::now();
+                let reply = client.invoke(&name, &json!({}), false).await?;
+                if reply.status != 200 || reply.body["annotations"].to_string().find("initTime").is_none() {
+                    bail!("cold invoke of {name} answered {} {}", reply.status, reply.body);
+                }
+                cold.push(started.elapsed().as_secs_f64() * 1000.0);
+                init.push(bare_init(&self.artifacts, kind, code).await?);
+            }
+            let page = reqwest::get(format!("{}/metrics", platform.control_url())).await?.text().await?;
+            let used = metric(&page, "xds_whisk_prewarmed_used_total", "");
+            let (cold50, _, cold99) = summary(cold);
+            let (init50, _, _) = summary(init);
+            figures.push(Figure {
+                scenario: format!("cold-start-prewarmed-{label}"),
+                unit: "ms (p50)",
+                value: cold50,
+                baseline: init50 + 10.0,
+                target: 1.0,
+                lower_is_better: true,
+                extra: json!({"p99_ms": round(cold99), "init_p50_ms": round(init50), "samples": self.args.cold_starts,
+                              "prewarmed_used": used, "overhead_over_init_ms": round(cold50 - init50)}),
+            });
+        }
+        Ok(figures)
     }
 
     /// Publish-to-ACK over `publishes` cold starts spread over `platform`'s Envoys.
@@ -696,7 +778,8 @@ async fn main() -> anyhow::Result<()> {
     let http = reqwest::Client::builder().pool_max_idle_per_host(256).build()?;
     let bench = Bench { args, artifacts, platform, client, http, dir };
 
-    let scenarios = ["warm-latency", "cold-start", "warm-throughput", "publish", "api"];
+    let scenarios =
+        ["warm-latency", "cold-start", "cold-start-prewarmed", "warm-throughput", "publish", "api"];
     let wanted: Vec<&str> = match &bench.args.scenario {
         Some(one) => scenarios.iter().copied().filter(|s| one.is_empty() || s == one).collect(),
         None => scenarios.to_vec(),
@@ -714,6 +797,7 @@ async fn main() -> anyhow::Result<()> {
         let figures = match scenario {
             "warm-latency" => bench.warm_latency().await?,
             "cold-start" => bench.cold_start().await?,
+            "cold-start-prewarmed" => bench.cold_start_prewarmed().await?,
             "publish" => bench.publish().await?,
             "api" => bench.api().await?,
             _ => bench.warm_throughput().await?,

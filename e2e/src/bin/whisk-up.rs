@@ -32,7 +32,8 @@ fn main() -> anyhow::Result<()> {
         data_dir: args.data_dir,
         envoy_concurrency: args.concurrency,
         node_id: "envoy-0".into(),
-        xds_args: Vec::new(),
+        // One Node.js runtime kept started: the first invoke of any Node.js action only runs /init.
+        xds_args: vec!["--prewarm".into(), "nodejs:20=1".into()],
         management_args: Vec::new(),
         replicas: 1,
     };

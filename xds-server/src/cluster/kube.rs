@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::{Api, DeleteParams, ListParams, PostParams};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::watcher;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
@@ -237,6 +237,20 @@ impl ClusterManager for KubeCluster {
         info!(count, "all action pods deleted");
     }
 
+    /// Rewrites the pod's identity labels and annotations for the action it now serves.
+    async fn relabel(&self, spec: &ContainerSpec) -> Result<(), ClusterError> {
+        let name = pod::pod_name(&spec.id);
+        let patch = serde_json::json!({"metadata": {
+            "labels": pod::labels(spec),
+            "annotations": pod::annotations(spec),
+        }});
+        self.pods
+            .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .map(|_| ())
+            .map_err(|error| ClusterError::Relabel { id: spec.id.clone(), reason: error.to_string() })
+    }
+
     /// Lists the pods this server manages: a Ready pod whose identity reads back is adopted; a pod
     /// still starting (its cold start died with the previous server), failed or unreadable is
     /// deleted, since nothing would ever route to it.
@@ -425,6 +439,25 @@ mod tests {
 
     fn at(pod: &Pod, version: &str, status: PodStatus) -> Pod {
         fixtures::with_status(pod, version, status)
+    }
+
+    #[tokio::test]
+    async fn relabel_patches_the_pods_identity() {
+        let (cluster, mut server) = cluster(Duration::from_secs(5));
+        let scenario = tokio::spawn(async move {
+            let (received, send) = server.expect(Method::PATCH, &format!("{PODS}/whisk-aaa")).await;
+            ApiServer::reply(
+                send,
+                StatusCode::OK,
+                &json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "whisk-aaa"}}),
+            );
+            received.body
+        });
+        cluster.relabel(&spec("aaa")).await.unwrap();
+        let body = scenario.await.unwrap();
+        assert_eq!(body["metadata"]["annotations"]["whisk/action"], "hello");
+        assert_eq!(body["metadata"]["annotations"]["whisk/slot"], "0");
+        assert_eq!(body["metadata"]["labels"]["whisk/envoy-node"], "envoy-1");
     }
 
     #[tokio::test]

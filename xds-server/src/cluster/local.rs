@@ -50,6 +50,9 @@ enum Runtime {
 pub struct LocalProcesses {
     runtime_bin: PathBuf,
     owner: String,
+    /// A prewarmed process's environment cannot change once it is specialised, so its new labels
+    /// are written here (`<container id>.env`), where adoption looks for them.
+    labels_dir: PathBuf,
     host: IpAddr,
     children: Mutex<HashMap<String, Runtime>>,
 }
@@ -74,6 +77,19 @@ pub fn owned_runtimes(owner: &str) -> Vec<FoundRuntime> {
             (env.get(labels::OWNER).map(String::as_str) == Some(owner)).then_some(FoundRuntime { pid, env })
         })
         .collect()
+}
+
+/// The labels that say which action a container serves (the rest: owner, id, address, kind).
+fn identity_labels(spec: &ContainerSpec) -> Vec<(&'static str, String)> {
+    vec![
+        (labels::NAMESPACE, spec.action.namespace.clone()),
+        (labels::PACKAGE, spec.action.package.clone().unwrap_or_default()),
+        (labels::ACTION, spec.action.name.clone()),
+        (labels::REVISION, spec.action.revision.clone()),
+        (labels::MEMORY_MB, spec.memory_mb.to_string()),
+        (labels::NODE, spec.node.clone()),
+        (labels::SLOT, spec.slot.to_string()),
+    ]
 }
 
 /// `KEY=value` entries separated by NUL bytes.
@@ -132,9 +148,12 @@ impl LocalProcesses {
     /// `owner` labels every process started, so that only this control plane (after a restart
     /// too) adopts them.
     pub fn new(runtime_bin: PathBuf, owner: impl Into<String>) -> Self {
+        let owner = owner.into();
+        let safe: String = owner.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect();
         Self {
             runtime_bin,
-            owner: owner.into(),
+            labels_dir: std::env::temp_dir().join(format!("whisk-labels-{safe}")),
+            owner,
             host: IpAddr::V4(Ipv4Addr::LOCALHOST),
             children: Mutex::new(HashMap::new()),
         }
@@ -191,15 +210,9 @@ impl ClusterManager for LocalProcesses {
             .arg(&spec.kind)
             .env(labels::OWNER, &self.owner)
             .env(labels::CONTAINER_ID, &spec.id)
-            .env(labels::NAMESPACE, &spec.action.namespace)
-            .env(labels::PACKAGE, spec.action.package.as_deref().unwrap_or(""))
-            .env(labels::ACTION, &spec.action.name)
-            .env(labels::REVISION, &spec.action.revision)
             .env(labels::KIND, &spec.kind)
-            .env(labels::MEMORY_MB, spec.memory_mb.to_string())
-            .env(labels::NODE, &spec.node)
-            .env(labels::SLOT, spec.slot.to_string())
             .env(labels::ADDRESS, &address)
+            .envs(identity_labels(spec))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             // Warm containers outlive this server (a restart adopts them); shutdown stops them
@@ -212,7 +225,17 @@ impl ClusterManager for LocalProcesses {
         Ok(StartedContainer { address })
     }
 
+    async fn relabel(&self, spec: &ContainerSpec) -> Result<(), ClusterError> {
+        let failed =
+            |error: std::io::Error| ClusterError::Relabel { id: spec.id.clone(), reason: error.to_string() };
+        std::fs::create_dir_all(&self.labels_dir).map_err(failed)?;
+        let text: String =
+            identity_labels(spec).iter().map(|(key, value)| format!("{key}={value}\n")).collect();
+        std::fs::write(self.labels_dir.join(format!("{}.env", spec.id)), text).map_err(failed)
+    }
+
     async fn stop(&self, id: &str) -> Result<(), ClusterError> {
+        let _ = std::fs::remove_file(self.labels_dir.join(format!("{id}.env")));
         let child =
             self.children.lock().await.remove(id).ok_or_else(|| ClusterError::Unknown(id.to_owned()))?;
         Self::terminate(id, child).await;
@@ -233,7 +256,7 @@ impl ClusterManager for LocalProcesses {
     async fn adopt(&self) -> Result<Vec<Adopted>, ClusterError> {
         let mut adopted = Vec::new();
         let mut children = self.children.lock().await;
-        for found in owned_runtimes(&self.owner) {
+        for mut found in owned_runtimes(&self.owner) {
             // Only the runtime itself: a process it started (an action) must never be taken for it.
             // A binary replaced since (an upgrade) shows as "<path> (deleted)".
             let exe = std::fs::read_link(format!("/proc/{}/exe", found.pid)).unwrap_or_default();
@@ -241,6 +264,12 @@ impl ClusterManager for LocalProcesses {
             let ours = self.runtime_bin.to_string_lossy();
             if exe != ours && exe != format!("{ours} (deleted)") {
                 continue;
+            }
+            // A specialised prewarmed process: its labels are in the file, not its environment.
+            if let Some(id) = found.env.get(labels::CONTAINER_ID)
+                && let Ok(text) = std::fs::read_to_string(self.labels_dir.join(format!("{id}.env")))
+            {
+                found.env.extend(parse_environ(text.replace('\n', "\0").as_bytes()));
             }
             match adopted_from(&found) {
                 Ok(container) => {

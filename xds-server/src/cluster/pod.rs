@@ -307,8 +307,11 @@ pub fn spec_from_meta(meta: &ObjectMeta) -> Result<ContainerSpec, IdentityError>
         }
         Ok(Some(value.clone()))
     };
+    // Empty counts as missing: a prewarmed pod carries an empty identity until it is specialised.
     let required = |key: &'static str| -> Result<String, IdentityError> {
-        exact(key)?.ok_or_else(|| IdentityError::Missing { pod: pod.clone(), key })
+        exact(key)?
+            .filter(|value| !value.is_empty())
+            .ok_or_else(|| IdentityError::Missing { pod: pod.clone(), key })
     };
     let number = |key: &'static str| -> Result<u64, IdentityError> {
         let value = annotations.get(key).ok_or_else(|| IdentityError::Missing { pod: pod.clone(), key })?;
