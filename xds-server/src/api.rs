@@ -25,6 +25,14 @@ fn error(status: StatusCode, message: impl Into<String>) -> Response {
     (status, Json(body)).into_response()
 }
 
+/// The internal endpoints answer only the filter, which carries the shared token.
+/// The 401 for a request without it, if so.
+fn refuse_without_token<C>(state: &ApiState<C>, request_headers: &HeaderMap) -> Option<Response> {
+    let token = request_headers.get(headers::INTERNAL_TOKEN).and_then(|v| v.to_str().ok());
+    (token != Some(state.internal_token.as_str()))
+        .then(|| error(StatusCode::UNAUTHORIZED, messages::UNAUTHENTICATED))
+}
+
 pub fn router<C: ClusterManager>(state: Arc<ApiState<C>>) -> Router {
     Router::new()
         .route(paths::COLD_START, post(cold_start::<C>).get(containers::<C>))
@@ -40,9 +48,8 @@ async fn cold_start<C: ClusterManager>(
     request_headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    let token = request_headers.get(headers::INTERNAL_TOKEN).and_then(|v| v.to_str().ok());
-    if token != Some(state.internal_token.as_str()) {
-        return error(StatusCode::UNAUTHORIZED, messages::UNAUTHENTICATED);
+    if let Some(refused) = refuse_without_token(&state, &request_headers) {
+        return refused;
     }
     let request: ColdStartRequest = match serde_json::from_slice(&body) {
         Ok(request) => request,
@@ -73,9 +80,8 @@ async fn usage<C: ClusterManager>(
     request_headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    let token = request_headers.get(headers::INTERNAL_TOKEN).and_then(|v| v.to_str().ok());
-    if token != Some(state.internal_token.as_str()) {
-        return error(StatusCode::UNAUTHORIZED, messages::UNAUTHENTICATED);
+    if let Some(refused) = refuse_without_token(&state, &request_headers) {
+        return refused;
     }
     match serde_json::from_slice::<UsageReport>(&body) {
         Ok(report) => Json(state.plane.usage(&report)).into_response(),
@@ -101,9 +107,8 @@ async fn retire<C: ClusterManager>(
     axum::extract::Path(id): axum::extract::Path<String>,
     axum::extract::Query(query): axum::extract::Query<RetireQuery>,
 ) -> Response {
-    let token = request_headers.get(headers::INTERNAL_TOKEN).and_then(|v| v.to_str().ok());
-    if token != Some(state.internal_token.as_str()) {
-        return error(StatusCode::UNAUTHORIZED, messages::UNAUTHENTICATED);
+    if let Some(refused) = refuse_without_token(&state, &request_headers) {
+        return refused;
     }
     // Bounded: a retire never keeps a process longer than the longest action timeout.
     let grace = std::time::Duration::from_millis(query.grace_ms.min(300_000));

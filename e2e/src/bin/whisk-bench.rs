@@ -130,22 +130,26 @@ impl Drop for Guard {
     }
 }
 
-/// A bare runtime container started by the bench itself, initialised with `code`.
-async fn bare_container(
-    artifacts: &Artifacts,
-    kind: &str,
-    code: &str,
-) -> anyhow::Result<(Guard, String, Duration)> {
-    let port = free_port()?;
-    let address = format!("127.0.0.1:{port}");
-    let started = Instant::now();
+/// A bare runtime process of `kind` on a free loopback port, stopped when the guard drops.
+fn spawn_runtime(artifacts: &Artifacts, kind: &str) -> anyhow::Result<(Guard, String)> {
+    let address = format!("127.0.0.1:{}", free_port()?);
     let child = Command::new(&artifacts.runtime)
         .args(["--listen", &address, "--container-id", "bench", "--kind", kind])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .context("starting action-runtime")?;
-    let guard = Guard(child);
+    Ok((Guard(child), address))
+}
+
+/// A bare runtime container started by the bench itself, initialised with `code`.
+async fn bare_container(
+    artifacts: &Artifacts,
+    kind: &str,
+    code: &str,
+) -> anyhow::Result<(Guard, String, Duration)> {
+    let started = Instant::now();
+    let (guard, address) = spawn_runtime(artifacts, kind)?;
     let http = reqwest::Client::new();
     let body = json!({"value": {"name": "bench", "main": "main", "code": code, "binary": false, "env": {}}});
     loop {
@@ -164,15 +168,7 @@ async fn bare_container(
 /// `/init` alone, in milliseconds, on a runtime that is already listening (what a prewarmed
 /// container has left to do).
 async fn bare_init(artifacts: &Artifacts, kind: &str, code: &str) -> anyhow::Result<f64> {
-    let port = free_port()?;
-    let address = format!("127.0.0.1:{port}");
-    let child = Command::new(&artifacts.runtime)
-        .args(["--listen", &address, "--container-id", "bench", "--kind", kind])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .context("starting action-runtime")?;
-    let _guard = Guard(child);
+    let (_guard, address) = spawn_runtime(artifacts, kind)?;
     let deadline = Instant::now() + Duration::from_secs(10);
     while tokio::net::TcpStream::connect(&address).await.is_err() {
         if Instant::now() > deadline {
