@@ -38,6 +38,14 @@ pub mod headers {
     /// JSON array of log lines, each `"<ISO-8601 time> <stdout|stderr>: <text>"`.
     pub const RUNTIME_LOGS: &str = "x-whisk-logs";
 
+    /// On an internal invoke of a sequence component: the activation id of the sequence that runs it
+    /// (the component record's `cause`).
+    pub const INTERNAL_CAUSE: &str = "x-whisk-cause";
+    /// On an internal invoke of a sequence component: how many sequences enclose it (1 for a
+    /// component of a topmost sequence), so that sequences nested through later updates cannot
+    /// recurse without end.
+    pub const SEQUENCE_DEPTH: &str = "x-whisk-sequence-depth";
+
     /// The management API's entity generation a resolve answer was read at (resolve cache validity).
     pub const GENERATION: &str = "x-whisk-generation";
 
@@ -92,6 +100,14 @@ pub mod messages {
     /// action process); the filter turns it into [`timeout`]'s message.
     pub const RUNTIME_TIMED_OUT: &str = "The action exceeded its time limit.";
 
+    /// OpenWhisk's sequence messages (a create refused with 400, or a sequence run ended by them).
+    pub const SEQUENCE_TOO_LONG: &str = "Too many actions in the sequence.";
+    pub const SEQUENCE_NO_COMPONENT: &str = "No component specified for the sequence.";
+    pub const SEQUENCE_IS_CYCLIC: &str = "Sequence may not refer to itself.";
+    pub const SEQUENCE_COMPONENT_NOT_FOUND: &str = "Sequence component does not exist.";
+    /// A component ended without an activation record (the platform failed it).
+    pub const SEQUENCE_FAILED: &str = "Sequence failed.";
+
     /// OpenWhisk's message for an activation ended by its time limit.
     pub fn too_many_per_minute(count: u64, allowed: u64) -> String {
         format!("Too many requests in the last minute (count: {count}, allowed: {allowed}).")
@@ -105,6 +121,13 @@ pub mod messages {
         format!("The action exceeded its time limits of {limit_ms} milliseconds.")
     }
 }
+
+/// `exec.kind` of a sequence: an action with no code whose components run one after another.
+pub const SEQUENCE_KIND: &str = "sequence";
+
+/// OpenWhisk's `actionSequenceLimit`: the most atomic actions one sequence may run, nested sequences
+/// inlined.
+pub const SEQUENCE_LIMIT: usize = 50;
 
 /// A `{"key": …, "value": …}` pair, OpenWhisk's shape for parameters and annotations.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -156,6 +179,11 @@ pub struct ResolvedAction {
     /// The invoking namespace's rate limits, which the filter enforces.
     #[serde(default)]
     pub subject_limits: NamespaceLimits,
+    /// For a sequence ([`SEQUENCE_KIND`]): its components, fully qualified (`/ns/name` or
+    /// `/ns/pkg/name`, `_` already resolved), run by the filter one after another. `None` for an
+    /// action with code.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub components: Option<Vec<String>>,
 }
 
 /// Per-namespace invocation limits (OpenWhisk's `concurrentInvocations` and
@@ -455,6 +483,9 @@ pub struct ActivationRecord {
     pub response: ActivationResponse,
     pub logs: Vec<String>,
     pub annotations: Vec<KeyValue>,
+    /// The activation that caused this one: for a sequence component, the sequence's activation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cause: Option<String>,
 }
 
 #[cfg(test)]
@@ -485,6 +516,7 @@ mod tests {
             annotations: vec![],
             subject: "guest".into(),
             subject_limits: NamespaceLimits::default(),
+            components: None,
         };
         assert_eq!(action.fully_qualified_name(), "/guest/hello");
         action.package = Some("utils".into());

@@ -86,6 +86,7 @@ pub fn record(
         response,
         logs,
         annotations,
+        cause: None,
     }
 }
 

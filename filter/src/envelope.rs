@@ -85,6 +85,7 @@ pub(crate) fn action() -> ResolvedAction {
         annotations: vec![],
         subject: "guest".into(),
         subject_limits: whisk_contract::NamespaceLimits::default(),
+        components: None,
     }
 }
 

@@ -7,19 +7,23 @@
 //! A packaged action is stored as OpenWhisk stores it, in namespace `ns/pkg`, so its views show that
 //! namespace; reads and resolves through a package merge the package's parameters under the action's
 //! (see [`crate::packages::locate_action`]).
+//!
+//! A sequence (`exec.kind: "sequence"`) has components instead of code; what only a sequence needs
+//! (its components' names, the checks against the store) is in [`crate::sequences`].
 
 use axum::Json;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
-use whisk_contract::{ActionCode, ActionLimits, KeyValue, NamespaceLimits, ResolvedAction};
+use whisk_contract::{ActionCode, ActionLimits, KeyValue, NamespaceLimits, ResolvedAction, SEQUENCE_KIND};
 
 use crate::error::{ApiError, ApiJson, ApiPath, ApiQuery};
 use crate::names::{self, validate_entity_name, validate_kind};
 use crate::namespaces::authorize;
 use crate::packages::locate_action;
 use crate::paging::{ListQuery, parse_bool};
+use crate::sequences;
 use crate::state::{AppState, Subject, epoch_millis};
 
 /// OpenWhisk's cap on an action's code.
@@ -46,15 +50,25 @@ pub struct Action {
     pub updated: u64,
 }
 
-/// What runs: the kind and its code (or, for `blackbox`, the image).
+/// What runs: the kind and its code (or, for `blackbox`, the image; for a sequence, its components).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Exec {
     pub kind: String,
-    /// Source text, or base64 when `binary`; empty when not loaded or for an image-only blackbox.
+    /// Source text, or base64 when `binary`; empty when not loaded, for an image-only blackbox and
+    /// for a sequence.
     pub code: String,
     pub binary: bool,
     pub main: Option<String>,
     pub image: Option<String>,
+    /// A sequence's components, fully qualified (`/ns/name`, `/ns/pkg/name`); `Some` exactly when
+    /// the kind is [`SEQUENCE_KIND`].
+    pub components: Option<Vec<String>>,
+}
+
+impl Exec {
+    pub fn is_sequence(&self) -> bool {
+        self.components.is_some()
+    }
 }
 
 /// The body of a `PUT`; every field is optional because an update keeps what it does not name.
@@ -77,6 +91,23 @@ pub struct ExecPut {
     pub code: Option<String>,
     pub main: Option<String>,
     pub image: Option<String>,
+    /// A sequence's components as the client names them (`/_/a`, `/guest/pkg/b`).
+    pub components: Option<Vec<String>>,
+}
+
+impl ExecPut {
+    /// The components of a sequence body, each with `_` resolved to `caller`; `None` for any other
+    /// kind. The checks that need no store: defined, not empty, no more than OpenWhisk's limit.
+    pub fn sequence_components(&self, caller: &str) -> Result<Option<Vec<sequences::Component>>, ApiError> {
+        if self.kind != SEQUENCE_KIND {
+            return Ok(None);
+        }
+        let components = self
+            .components
+            .as_deref()
+            .ok_or_else(|| ApiError::Malformed("'components' must be defined for sequence kind".into()))?;
+        sequences::parse_components(components, caller).map(Some)
+    }
 }
 
 /// `limits` of a `PUT`; a missing field keeps the current (or default) value.
@@ -109,8 +140,10 @@ pub fn apply_put(
     if existing.is_some() && !context.overwrite {
         return Err(ApiError::Conflict);
     }
+    // A packaged action's namespace is `ns/pkg`; `_` in a component means `ns`.
+    let caller = context.namespace.split_once('/').map_or(context.namespace, |(root, _)| root);
     let exec = match (put.exec, &existing) {
-        (Some(exec), _) => validate_exec(exec)?,
+        (Some(exec), _) => validate_exec(exec, caller)?,
         (None, Some(existing)) => existing.exec.clone(),
         (None, None) => return Err(ApiError::Malformed("exec undefined".into())),
     };
@@ -142,7 +175,19 @@ pub fn apply_put(
     })
 }
 
-fn validate_exec(exec: ExecPut) -> Result<Exec, ApiError> {
+fn validate_exec(exec: ExecPut, caller: &str) -> Result<Exec, ApiError> {
+    if let Some(components) = exec.sequence_components(caller)? {
+        // A sequence runs nothing itself: code, image and entry point mean nothing for it.
+        let components = components.iter().map(sequences::Component::fully_qualified).collect();
+        return Ok(Exec {
+            kind: exec.kind,
+            code: String::new(),
+            binary: false,
+            main: None,
+            image: None,
+            components: Some(components),
+        });
+    }
     validate_kind(&exec.kind).map_err(|error| ApiError::Malformed(error.to_string()))?;
     let code = exec.code.unwrap_or_default();
     if code.len() > MAX_CODE_BYTES {
@@ -157,7 +202,14 @@ fn validate_exec(exec: ExecPut) -> Result<Exec, ApiError> {
         return Err(ApiError::Malformed("exec malformed: code is empty".into()));
     }
     let binary = is_binary_code(&code);
-    Ok(Exec { kind: exec.kind, code, binary, main: exec.main.filter(|main| !main.is_empty()), image })
+    Ok(Exec {
+        kind: exec.kind,
+        code,
+        binary,
+        main: exec.main.filter(|main| !main.is_empty()),
+        image,
+        components: None,
+    })
 }
 
 /// OpenWhisk's test: code that is entirely valid, padded base64 is an attachment (a zip or an
@@ -232,6 +284,8 @@ struct ExecView<'a> {
     binary: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     main: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    components: Option<&'a [String]>,
 }
 
 /// An action in OpenWhisk's JSON shape (`GET`, `PUT` and `DELETE` answers).
@@ -282,6 +336,7 @@ impl Action {
                 image: self.exec.image.as_deref(),
                 binary: self.exec.binary,
                 main: self.exec.main.as_deref(),
+                components: self.exec.components.as_deref(),
             },
             annotations: &self.annotations,
             parameters: &self.parameters,
@@ -331,6 +386,7 @@ impl Action {
             annotations: self.annotations,
             subject,
             subject_limits,
+            components: self.exec.components,
         }
     }
 
@@ -474,8 +530,22 @@ pub async fn put(
     let namespace = authorize(&subject, &route.namespace)?;
     let ActionName { package, name } = route.action_name()?;
     let overwrite = parse_bool("overwrite", query.overwrite.as_deref())?.unwrap_or(false);
+    let components = match &body.exec {
+        Some(exec) => exec.sequence_components(&namespace)?,
+        None => None,
+    };
     let action = state
         .db(move |store| {
+            if let Some(components) = &components {
+                // Read before the write's transaction, as OpenWhisk checks before it writes: the
+                // store's write closures cannot read other entities.
+                let container = match &package {
+                    None => namespace.clone(),
+                    Some(package) => format!("{namespace}/{package}"),
+                };
+                let root = sequences::Identity { namespace: container, name: name.clone() };
+                sequences::check(store, &root, &namespace, components)?;
+            }
             let build = |namespace: &str, existing| {
                 let context = PutContext {
                     namespace,
@@ -637,6 +707,21 @@ mod tests {
             assert!(matches!(error, ApiError::Malformed(_)), "{json}");
             assert!(error.to_string().contains(expected), "{json}: {error}");
         }
+    }
+
+    #[test]
+    fn a_sequence_stores_its_components_resolved_and_no_code() {
+        let put = body(serde_json::json!({
+            "exec": {"kind": "sequence", "components": ["/_/a", "/alice/pkg/b"], "code": "ignored"},
+        }));
+        let context = PutContext { namespace: "guest/utils", ..context(false, 1, "r1") };
+        let action = apply_put(None, put, context).unwrap();
+        assert_eq!(action.exec.components, Some(vec!["/guest/a".into(), "/alice/pkg/b".into()]));
+        assert_eq!((action.exec.code.as_str(), action.exec.binary), ("", false));
+        assert_eq!(action.annotations, vec![KeyValue { key: "exec".into(), value: "sequence".into() }]);
+        let resolved = action.resolved("guest".into(), NamespaceLimits::default());
+        assert_eq!(resolved.kind, "sequence");
+        assert_eq!(resolved.components.map(|c| c.len()), Some(2));
     }
 
     #[test]

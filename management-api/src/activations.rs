@@ -149,6 +149,7 @@ mod tests {
             ),
             logs: vec!["line".into()],
             annotations: vec![KeyValue { key: "kind".into(), value: "nodejs:20".into() }],
+            cause: None,
         };
         let summary = serde_json::to_value(ActivationSummary::from(&record)).unwrap();
         assert_eq!(summary["activationId"], "a1");

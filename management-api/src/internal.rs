@@ -8,7 +8,8 @@
 //!
 //! Resolve follows packages and bindings ([`crate::packages::locate_action`]): the answer names the
 //! action's real owner (namespace, package, name) and its merged parameters, while `subject` stays
-//! the caller's namespace.
+//! the caller's namespace. For a sequence it also carries the components, which the filter invokes
+//! one after another through the ingress (each resolved on its own).
 //!
 //! Every call carries the shared token in `x-whisk-internal-token`; [`require_token`] refuses the
 //! rest with 401 before any handler runs.
@@ -72,8 +73,12 @@ fn missing(parameter: &str) -> ApiError {
     ApiError::BadRequest(format!("The query parameter '{parameter}' is required."))
 }
 
+/// What the control server hears if it asks for the code of a sequence (it never should).
+pub const SEQUENCE_HAS_NO_CODE: &str = "A sequence has no code: the data plane runs its components.";
+
 /// `GET /internal/v1/actions/{ns}/{name}`, `…/{ns}/{pkg}/{name}` (or `{pkg}%2F{name}`): the code of
-/// the current revision, read where the action is stored (a binding holds no code).
+/// the current revision, read where the action is stored (a binding holds no code); 400 for a
+/// sequence.
 pub async fn action_code(
     State(state): State<AppState>,
     ApiPath(route): ApiPath<ActionRoute>,
@@ -83,8 +88,13 @@ pub async fn action_code(
         Some(package) => format!("{}/{package}", route.namespace),
         None => route.namespace,
     };
-    let action = state.db(move |store| store.get_action(&namespace, &name, true)).await?;
-    Ok(Json(action.ok_or(ApiError::NotFound)?.code()))
+    let action =
+        state.db(move |store| store.get_action(&namespace, &name, true)).await?.ok_or(ApiError::NotFound)?;
+    if action.exec.is_sequence() {
+        // The filter runs a sequence's components itself; a container of it could run nothing.
+        return Err(ApiError::BadRequest(SEQUENCE_HAS_NO_CODE.into()));
+    }
+    Ok(Json(action.code()))
 }
 
 /// `POST /internal/v1/activations`: stores a batch of records; a resent batch replaces, never

@@ -31,6 +31,7 @@ pub mod packages;
 pub mod paging;
 pub mod retention;
 pub mod rules;
+pub mod sequences;
 pub mod state;
 pub mod store;
 pub mod triggers;

@@ -172,6 +172,7 @@ mod tests {
             response: ActivationResponse::new(ActivationStatus::Success, serde_json::json!({})),
             logs: vec![],
             annotations: vec![],
+            cause: None,
         }
     }
 

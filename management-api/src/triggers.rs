@@ -224,6 +224,7 @@ pub fn activation(
         response: ActivationResponse::new(ActivationStatus::Success, Value::Object(payload)),
         logs,
         annotations: Vec::new(),
+        cause: None,
     }
 }
 

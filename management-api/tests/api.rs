@@ -266,6 +266,7 @@ fn record(id: &str, name: &str, start: u64, namespace: &str) -> ActivationRecord
         response: ActivationResponse::new(ActivationStatus::Success, json!({"greeting": id})),
         logs: vec![format!("2024-01-01T00:00:00Z stdout: {id}")],
         annotations: vec![],
+        cause: None,
     }
 }
 

@@ -405,6 +405,7 @@ async fn seed(h: &Harness) {
         response: ActivationResponse::new(ActivationStatus::Success, json!({"greeting": "hi"})),
         logs: vec!["2024-01-01T00:00:00Z stdout: hi".into()],
         annotations: vec![],
+        cause: None,
     };
     let body = serde_json::to_value([record]).unwrap();
     let (status, answer) =

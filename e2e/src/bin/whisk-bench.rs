@@ -634,6 +634,7 @@ async fn api_figures(
                         key: "path".into(),
                         value: json!(format!("guest/action-{}", n % 100)),
                     }],
+                    cause: None,
                 }
             })
             .collect();

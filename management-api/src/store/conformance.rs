@@ -81,6 +81,7 @@ pub fn action(name: &str, updated: u64) -> Action {
             binary: false,
             main: None,
             image: None,
+            components: None,
         },
         parameters: vec![KeyValue { key: "p".into(), value: 1.into() }],
         annotations: vec![],
@@ -109,6 +110,7 @@ pub fn record(id: &str, name: &str, start: u64) -> ActivationRecord {
         response: ActivationResponse::new(ActivationStatus::Success, serde_json::json!({"id": id})),
         logs: vec![format!("log of {id}")],
         annotations: vec![],
+        cause: None,
     }
 }
 
@@ -405,6 +407,7 @@ fn values_round_trip_exactly(store: Store) {
             binary: true,
             main: Some("run".into()),
             image: Some("ghcr.io/x/y:1".into()),
+            components: None,
         },
         parameters: vec![KeyValue { key: "ünï".into(), value: serde_json::json!({"a": [1, "☃", null]}) }],
         annotations: vec![KeyValue { key: "web-export".into(), value: true.into() }],
@@ -414,7 +417,32 @@ fn values_round_trip_exactly(store: Store) {
     };
     put(&store, full.clone());
     assert_eq!(store.get_action("guest", "full", true).unwrap(), Some(full));
-    let big = ActivationRecord { start: i64::MAX as u64 - 10, end: i64::MAX as u64, ..record("big", "x", 0) };
+    // A sequence's components come back with and without code, and in listings (the filter and
+    // `wsk action get` need them, neither loads code).
+    let sequence = Action {
+        exec: Exec {
+            kind: "sequence".into(),
+            code: String::new(),
+            binary: false,
+            main: None,
+            image: None,
+            components: Some(vec!["/guest/a".into(), "/guest/pkg/b".into()]),
+        },
+        ..action("seq", 1_700_000_000_001)
+    };
+    put(&store, sequence.clone());
+    assert_eq!(store.get_action("guest", "seq", false).unwrap(), Some(sequence.clone()));
+    let listed = store.list_actions("guest", 0, 1).unwrap();
+    assert_eq!(listed.first().and_then(|a| a.exec.components.clone()), sequence.exec.components);
+    // Replaced by an action with code, the components are gone.
+    put(&store, action("seq", 1_700_000_000_002));
+    assert_eq!(store.get_action("guest", "seq", true).unwrap().unwrap().exec.components, None);
+    let big = ActivationRecord {
+        start: i64::MAX as u64 - 10,
+        end: i64::MAX as u64,
+        cause: Some("a sequence's activation id".into()),
+        ..record("big", "x", 0)
+    };
     store.put_activations(std::slice::from_ref(&big)).unwrap();
     assert_eq!(store.get_activation("guest", "big").unwrap(), Some(big));
     let inactive = Rule { status: RuleStatus::Inactive, publish: true, ..rule("r", "t") };

@@ -43,6 +43,7 @@ mod triggers;
 const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/postgres/0001_init.sql"),
     include_str!("../../migrations/postgres/0002_activation_retention.sql"),
+    include_str!("../../migrations/postgres/0003_sequences.sql"),
 ];
 
 /// Connections one store opens at most; more concurrent calls wait for one to come back.
@@ -589,7 +590,7 @@ fn filter_bounds(filter: &ActivationFilter) -> Result<(Option<i64>, Option<i64>)
 /// The columns [`action_from_row`] reads; `$2` says whether to load the code.
 const ACTION_COLUMNS: &str = "namespace, name, version, revision, kind, CASE WHEN $2 THEN code ELSE '' END,
     is_binary, main, image, parameters, annotations, timeout_ms, memory_mb, logs_mb, concurrency, publish,
-    updated";
+    updated, components";
 
 /// Writes `action` over any action of the same namespace and name.
 async fn upsert_action(client: &impl GenericClient, action: &Action) -> Result<(), StoreError> {
@@ -601,18 +602,22 @@ async fn upsert_action(client: &impl GenericClient, action: &Action) -> Result<(
         bigint("concurrency", limits.concurrency)?,
         bigint("time", action.updated)?,
     );
+    let components =
+        action.exec.components.as_ref().map(|components| encode("components", components)).transpose()?;
     client
         .execute(
             "INSERT INTO actions (namespace, name, version, revision, kind, code, is_binary, main, image,
-                parameters, annotations, timeout_ms, memory_mb, logs_mb, concurrency, publish, updated)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)
+                parameters, annotations, timeout_ms, memory_mb, logs_mb, concurrency, publish, updated,
+                components)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)
              ON CONFLICT (namespace, name) DO UPDATE SET version = EXCLUDED.version,
                 revision = EXCLUDED.revision, kind = EXCLUDED.kind, code = EXCLUDED.code,
                 is_binary = EXCLUDED.is_binary, main = EXCLUDED.main, image = EXCLUDED.image,
                 parameters = EXCLUDED.parameters, annotations = EXCLUDED.annotations,
                 timeout_ms = EXCLUDED.timeout_ms, memory_mb = EXCLUDED.memory_mb,
                 logs_mb = EXCLUDED.logs_mb, concurrency = EXCLUDED.concurrency,
-                publish = EXCLUDED.publish, updated = EXCLUDED.updated",
+                publish = EXCLUDED.publish, updated = EXCLUDED.updated,
+                components = EXCLUDED.components",
             &[
                 &action.namespace,
                 &action.name,
@@ -631,6 +636,7 @@ async fn upsert_action(client: &impl GenericClient, action: &Action) -> Result<(
                 &concurrency,
                 &action.publish,
                 &updated,
+                &components,
             ],
         )
         .await?;
@@ -664,6 +670,7 @@ fn action_from_row(row: &Row) -> Result<Action, StoreError> {
             binary: row.try_get(6)?,
             main: row.try_get(7)?,
             image: row.try_get(8)?,
+            components: optional_json_column(row, 17)?,
         },
         parameters: json_column(row, 9)?,
         annotations: json_column(row, 10)?,
@@ -688,6 +695,16 @@ fn unsigned(row: &Row, index: usize) -> Result<u64, StoreError> {
     let value: i64 = row.try_get(index)?;
     u64::try_from(value)
         .map_err(|_| StoreError::Corrupt { what: "number", detail: format!("column {index} holds {value}") })
+}
+
+/// Reads a nullable JSON text column.
+fn optional_json_column<T: DeserializeOwned>(row: &Row, index: usize) -> Result<Option<T>, StoreError> {
+    let text: Option<&str> = row.try_get(index)?;
+    text.map(|text| {
+        serde_json::from_str(text)
+            .map_err(|error| StoreError::Corrupt { what: "JSON", detail: format!("column {index}: {error}") })
+    })
+    .transpose()
 }
 
 /// Reads a JSON text column.

@@ -32,6 +32,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/sqlite/0001_init.sql"),
     include_str!("../../migrations/sqlite/0002_packages_triggers_rules.sql"),
     include_str!("../../migrations/sqlite/0003_activation_retention.sql"),
+    include_str!("../../migrations/sqlite/0004_sequences.sql"),
 ];
 
 /// How long a statement waits for another process's write lock before failing.
@@ -307,15 +308,15 @@ fn activation_filter(filter: &ActivationFilter) -> &'static str {
 /// The columns [`action_from_row`] reads; `?2` says whether to load the code.
 const ACTION_COLUMNS: &str = "namespace, name, version, revision, kind, CASE WHEN ?2 THEN code ELSE '' END,
     is_binary, main, image, parameters, annotations, timeout_ms, memory_mb, logs_mb, concurrency, publish,
-    updated";
+    updated, components";
 
 /// Writes `action` over any action of the same namespace and name.
 fn insert_action(connection: &Connection, action: &Action) -> Result<(), StoreError> {
     connection.execute(
         "INSERT OR REPLACE INTO actions (namespace, name, version, revision, kind, code, is_binary,
             main, image, parameters, annotations, timeout_ms, memory_mb, logs_mb, concurrency,
-            publish, updated)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
+            publish, updated, components)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)",
         params![
             action.namespace,
             action.name,
@@ -334,6 +335,7 @@ fn insert_action(connection: &Connection, action: &Action) -> Result<(), StoreEr
             action.limits.concurrency,
             action.publish,
             action.updated,
+            action.exec.components.as_ref().map(|components| encode("components", components)).transpose()?,
         ],
     )?;
     Ok(())
@@ -363,6 +365,7 @@ fn action_from_row(row: &Row<'_>) -> rusqlite::Result<Action> {
             binary: row.get(6)?,
             main: row.get(7)?,
             image: row.get(8)?,
+            components: optional_json_column(row, 17)?,
         },
         parameters: json_column(row, 9)?,
         annotations: json_column(row, 10)?,
@@ -375,6 +378,16 @@ fn action_from_row(row: &Row<'_>) -> rusqlite::Result<Action> {
         publish: row.get(15)?,
         updated: row.get(16)?,
     })
+}
+
+/// Reads a nullable JSON text column.
+fn optional_json_column<T: DeserializeOwned>(row: &Row<'_>, index: usize) -> rusqlite::Result<Option<T>> {
+    let text: Option<String> = row.get(index)?;
+    text.map(|text| {
+        serde_json::from_str(&text)
+            .map_err(|error| rusqlite::Error::FromSqlConversionFailure(index, Type::Text, Box::new(error)))
+    })
+    .transpose()
 }
 
 /// Reads a JSON text column; a value that does not decode is reported like any bad column.
@@ -465,11 +478,23 @@ mod tests {
             let connection = Connection::open(directory.path().join(DATABASE_FILE)).unwrap();
             connection.execute_batch(MIGRATIONS[0]).unwrap();
             connection.pragma_update(None, "user_version", 1).unwrap();
-            insert_action(&connection, &action("old", 1)).unwrap();
+            // Version 1's columns, as a binary of that time wrote them.
+            connection
+                .execute(
+                    "INSERT INTO actions (namespace, name, version, revision, kind, code, is_binary,
+                        main, image, parameters, annotations, timeout_ms, memory_mb, logs_mb,
+                        concurrency, publish, updated)
+                     VALUES ('guest', 'old', '0.0.1', 'r1', 'nodejs:20', 'function main() {}', 0,
+                        NULL, NULL, '[]', '[]', 60000, 256, 10, 1, 0, 1)",
+                    [],
+                )
+                .unwrap();
         }
         let store = SqliteStore::open(directory.path()).unwrap();
         assert_eq!(store.schema_version().unwrap(), MIGRATIONS.len());
-        assert_eq!(store.list_actions("guest", 0, 30).unwrap()[0].name, "old");
+        let listed = store.list_actions("guest", 0, 30).unwrap();
+        assert_eq!(listed[0].name, "old");
+        assert_eq!(listed[0].exec.components, None, "an action of before sequences is not one");
         assert_eq!(store.count_packages("guest").unwrap(), 0);
     }
 
