@@ -5,6 +5,8 @@
 //! pins the request to that container and rewrites it into the runtime's `/run` envelope
 //! ([`envelope`]); on the way back it turns the runtime's answer into an activation record
 //! ([`activation`]), releases the container and hands the record to the store off the reply path.
+//! A sequence runs no container itself: the filter invokes its components one after another through
+//! its own ingress and builds the sequence's record from their answers ([`sequence`]).
 //!
 //! The modules below are pure and tested on the host; `shell` is the thin proxy-wasm adapter and
 //! exists only in the wasm32 build.
@@ -15,6 +17,7 @@ pub mod envelope;
 pub mod limits;
 pub mod pool;
 pub mod route;
+pub mod sequence;
 
 #[cfg(target_arch = "wasm32")]
 mod shell;

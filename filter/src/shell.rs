@@ -12,6 +12,8 @@
 //!                     apply its marks, unmarks and sweeps (CAS on the slots)
 //!  forward         ─► stamp the container, rewrite the body into /run, resume
 //!  response        ─► classify ─► record ─► release ─► reply; serve this worker's waiters
+//!  a sequence      ─► no container: each component is a blocking internal invoke through this
+//!                     Envoy's ingress, the next sent when the last answers; then its record, reply
 //! ```
 //!
 //! A paused request can only be resumed by its own worker's VM. Each request's state lives behind an
@@ -43,6 +45,7 @@ use crate::envelope::{self, RunContext};
 use crate::limits;
 use crate::pool::{self, CasMismatch, Claim, SharedData, SlotState};
 use crate::route::{self, Invocation, Route};
+use crate::sequence::{self, Step};
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
@@ -144,7 +147,9 @@ enum Phase {
     Waiting,
     /// Sent to a container.
     Forwarded,
-    /// Answered locally (error, 202, relay).
+    /// Running a sequence: one component's internal invoke in flight at a time.
+    Sequencing,
+    /// Answered locally (error, 202, relay, sequence).
     Answered,
     /// The stream is over.
     Ended,
@@ -159,6 +164,12 @@ struct State {
     internal_activation_id: Option<String>,
     /// The invoking namespace counted in flight by this request, to count out when it ends.
     in_flight: Option<String>,
+    /// The sequence that invoked this activation (its record's `cause`), on an internal invoke.
+    cause: Option<String>,
+    /// How many sequences enclose this invoke (0 unless it is a sequence's component).
+    sequence_depth: u32,
+    /// The run of a sequence this request is answering for.
+    sequence: Option<sequence::Run>,
     authorization: String,
     original_path: String,
     body: Vec<u8>,
@@ -187,6 +198,15 @@ enum Callout {
     Resolve,
     /// A bodyless blocking invoke re-sent through the ingress with an empty object as body.
     Relay,
+    /// A sequence's component, invoked blocking through the ingress.
+    Component,
+}
+
+/// What an internal invoke (carrying the internal token) says about itself.
+struct Internal {
+    activation_id: String,
+    cause: Option<String>,
+    sequence_depth: u32,
 }
 
 /// A request parked until a container of its action is free.
@@ -339,7 +359,8 @@ fn answer_without_container(shared: &Shared, state: &mut State, response: Activa
     let Some(action) = &state.action else { return };
     let now = now_ms();
     let timing = Timing { forwarded: now, end: now, ..state.timing };
-    let record = activation::record(action, &state.activation_id, response, vec![], timing);
+    let mut record = activation::record(action, &state.activation_id, response, vec![], timing);
+    record.cause = state.cause.clone();
     let result_only = state.invocation.as_ref().is_some_and(|i| i.result_only);
     let (status, body) = activation::reply(&record, result_only);
     shared.outbox.borrow_mut().push_back(Outgoing::Record(record));
@@ -864,6 +885,9 @@ impl Request {
             invocation: None,
             internal_activation_id: None,
             in_flight: None,
+            cause: None,
+            sequence_depth: 0,
+            sequence: None,
             authorization: String::new(),
             original_path: String::new(),
             body: Vec::new(),
@@ -883,11 +907,14 @@ impl Request {
         Self { shared, state: Rc::new(RefCell::new(state)) }
     }
 
-    /// Strips every internal header a client sent; returns the internal activation id when the
-    /// request carries the right internal token (a relayed non-blocking or bodyless invoke).
-    fn take_internal_headers(&self) -> Option<String> {
+    /// Strips every internal header a client sent; returns what they say when the request carries
+    /// the right internal token and an activation id (a relayed non-blocking or bodyless invoke, or
+    /// a sequence's component).
+    fn take_internal_headers(&self) -> Option<Internal> {
         let token = self.get_http_request_header(headers::INTERNAL_TOKEN);
         let activation_id = self.get_http_request_header(headers::INTERNAL_ACTIVATION_ID);
+        let cause = self.get_http_request_header(headers::INTERNAL_CAUSE);
+        let depth = self.get_http_request_header(headers::SEQUENCE_DEPTH);
         for (name, _) in self.get_http_request_headers() {
             if name.starts_with(headers::INTERNAL_PREFIX) {
                 self.set_http_request_header(&name, None);
@@ -895,7 +922,11 @@ impl Request {
         }
         match (token, activation_id) {
             (Some(token), Some(id)) if token == self.shared.config.internal_token && !id.is_empty() => {
-                Some(id)
+                Some(Internal {
+                    activation_id: id,
+                    cause: cause.filter(|cause| !cause.is_empty()),
+                    sequence_depth: depth.and_then(|depth| depth.parse().ok()).unwrap_or(0),
+                })
             }
             _ => None,
         }
@@ -1030,6 +1061,10 @@ impl Request {
             answer(state, 202, vec![(headers::ACTIVATION_ID, &activation_id)], body.as_bytes());
             return Action::Pause;
         }
+        if action.components.is_some() {
+            // A sequence has no code and no container: never a cold start, never a wait in a queue.
+            return self.start_sequence(state, action);
+        }
         state.prefix = pool::action_prefix(&action.namespace, &action.action_path(), &action.revision);
         state.action = Some(action);
         match pool::claim(&EnvoySharedData, &state.prefix) {
@@ -1050,6 +1085,83 @@ impl Request {
                 Action::Pause
             }
         }
+    }
+
+    /// Starts running a sequence's components; the request stays paused until it is answered.
+    fn start_sequence(&self, state: &mut State, action: ResolvedAction) -> Action {
+        let parameters = std::mem::take(&mut state.parameters);
+        state.sequence = Some(sequence::Run::start(&action, parameters, state.sequence_depth));
+        state.action = Some(action);
+        state.phase = Phase::Sequencing;
+        self.advance_sequence(state);
+        Action::Pause
+    }
+
+    /// Invokes the sequence's next component, or answers with the sequence's record once it is over.
+    fn advance_sequence(&self, state: &mut State) {
+        loop {
+            let Some(run) = state.sequence.as_mut() else { return };
+            let (path, body) = match run.step() {
+                Step::Invoke { path, body } => (path, body),
+                Step::Done => return self.finish_sequence(state),
+            };
+            // A fresh id for the component, known before it runs; the sequence's id as its cause.
+            let component_id = new_id();
+            let depth = state.sequence_depth.saturating_add(1).to_string();
+            let call = self.dispatch_http_call(
+                clusters::INGRESS,
+                vec![
+                    (":method", "POST"),
+                    (":path", &path),
+                    (":authority", "whisk-ingress"),
+                    ("content-type", "application/json"),
+                    ("authorization", &state.authorization),
+                    (headers::INTERNAL_TOKEN, &self.shared.config.internal_token),
+                    (headers::INTERNAL_ACTIVATION_ID, &component_id),
+                    (headers::INTERNAL_CAUSE, &state.activation_id),
+                    (headers::SEQUENCE_DEPTH, &depth),
+                ],
+                Some(&body),
+                vec![],
+                Duration::from_millis(RUN_TIMEOUT_MS + self.shared.config.cold_start_timeout_ms),
+            );
+            match call {
+                Ok(token) => {
+                    state.callout = Some((token, Callout::Component));
+                    return;
+                }
+                Err(status) => {
+                    error!("sequence {}: component call failed to start: {status:?}", state.activation_id);
+                    // Accounted as a component that never answered: the sequence ends.
+                    run.absorb(0, b"");
+                }
+            }
+        }
+    }
+
+    /// A component answered: account for it, then go on or end.
+    fn on_component(&self, state: &mut State, status: u16, body: &[u8]) {
+        let Some(run) = state.sequence.as_mut() else { return };
+        if !run.absorb(status, body) {
+            let excerpt = String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned();
+            warn!(
+                "sequence {}: a component answered {status} without a record: {excerpt}",
+                state.activation_id
+            );
+        }
+        self.advance_sequence(state);
+    }
+
+    /// The sequence is over: its record to the outbox, the record (or result) to the client.
+    fn finish_sequence(&self, state: &mut State) {
+        let (Some(run), Some(action)) = (state.sequence.take(), state.action.as_ref()) else { return };
+        let record =
+            run.record(action, &state.activation_id, state.timing.arrived, now_ms(), state.cause.clone());
+        let result_only = state.invocation.as_ref().is_some_and(|i| i.result_only);
+        let (status, body) = activation::reply(&record, result_only);
+        self.shared.outbox.borrow_mut().push_back(Outgoing::Record(record));
+        let activation_id = state.activation_id.clone();
+        answer(state, u32::from(status), vec![(headers::ACTIVATION_ID, &activation_id)], &body);
     }
 
     /// The container's answer is complete: record, release, reply. Returns the prefix whose waiters
@@ -1109,6 +1221,7 @@ impl Request {
         if timed_out {
             activation::mark_timed_out(&mut record);
         }
+        record.cause = state.cause.clone();
         let result_only = state.invocation.as_ref().is_some_and(|i| i.result_only);
         let (status, reply) = activation::reply(&record, result_only);
         self.shared.outbox.borrow_mut().push_back(Outgoing::Record(record));
@@ -1147,8 +1260,13 @@ impl Context for Request {
         let state = self.state.clone();
         let mut state = state.borrow_mut();
         let Some((expected, kind)) = state.callout.take() else { return };
-        if expected != token || state.phase != Phase::Receiving {
+        let phase = if kind == Callout::Component { Phase::Sequencing } else { Phase::Receiving };
+        if expected != token || state.phase != phase {
             warn!("unexpected callout answer {token}");
+            return;
+        }
+        if kind == Callout::Component {
+            self.on_component(&mut state, status, &body);
             return;
         }
         if kind == Callout::Relay {
@@ -1183,8 +1301,14 @@ impl HttpContext for Request {
             }
             Route::Invoke(invocation) => {
                 state.timing.arrived = now_ms();
-                state.activation_id = internal.clone().unwrap_or_else(new_id);
-                state.internal_activation_id = internal;
+                if let Some(internal) = internal {
+                    state.activation_id = internal.activation_id.clone();
+                    state.internal_activation_id = Some(internal.activation_id);
+                    state.cause = internal.cause;
+                    state.sequence_depth = internal.sequence_depth;
+                } else {
+                    state.activation_id = new_id();
+                }
                 state.authorization = self.get_http_request_header("authorization").unwrap_or_default();
                 state.original_path = path;
                 let blocking = invocation.blocking;
