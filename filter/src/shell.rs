@@ -340,6 +340,31 @@ fn admit(state: &mut State, action: &ResolvedAction, blocking: bool) -> Result<(
     }
 }
 
+/// A root-context callout: `POST path` of a JSON body to an internal endpoint of `cluster` (the
+/// management API or the control server), with the shared token.
+fn post_internal(
+    shared: &Shared,
+    cluster: &str,
+    path: &str,
+    body: &[u8],
+    timeout: Duration,
+) -> Result<u32, proxy_wasm::types::Status> {
+    let authority = cluster.replace('_', "-");
+    hostcalls::dispatch_http_call(
+        cluster,
+        vec![
+            (":method", "POST"),
+            (":path", path),
+            (":authority", &authority),
+            ("content-type", "application/json"),
+            (headers::INTERNAL_TOKEN, &shared.config.internal_token),
+        ],
+        Some(body),
+        vec![],
+        timeout,
+    )
+}
+
 /// Answers `state`'s request locally (hostcalls act on the effective context).
 fn answer(state: &mut State, status: u32, extra: Vec<(&str, &str)>, body: &[u8]) {
     let mut response_headers = vec![("content-type", "application/json")];
@@ -478,19 +503,8 @@ impl Root {
         }
         let report = UsageReport { node_id: shared.config.node_id.clone(), containers };
         let Ok(body) = serde_json::to_vec(&report) else { return };
-        let call = hostcalls::dispatch_http_call(
-            clusters::CONTROL_PLANE,
-            vec![
-                (":method", "POST"),
-                (":path", paths::USAGE),
-                (":authority", "whisk-control"),
-                ("content-type", "application/json"),
-                (headers::INTERNAL_TOKEN, &shared.config.internal_token),
-            ],
-            Some(&body),
-            vec![],
-            Duration::from_secs(5),
-        );
+        let call =
+            post_internal(shared, clusters::CONTROL_PLANE, paths::USAGE, &body, Duration::from_secs(5));
         match call {
             Ok(token) => self.usage_report = Some(token),
             Err(status) => warn!("usage report failed to start: {status:?}"),
@@ -639,17 +653,11 @@ impl Root {
             return;
         }
         let Ok(body) = serde_json::to_vec(&records) else { return };
-        let call = hostcalls::dispatch_http_call(
+        let call = post_internal(
+            shared,
             clusters::MANAGEMENT_API,
-            vec![
-                (":method", "POST"),
-                (":path", paths::ACTIVATIONS),
-                (":authority", "whisk-management"),
-                ("content-type", "application/json"),
-                (headers::INTERNAL_TOKEN, &shared.config.internal_token),
-            ],
-            Some(&body),
-            vec![],
+            paths::ACTIVATIONS,
+            &body,
             Duration::from_secs(10),
         );
         if let Err(status) = call {
@@ -719,19 +727,8 @@ impl Root {
             node_id: shared.config.node_id.clone(),
         };
         let body = serde_json::to_vec(&request).unwrap_or_default();
-        let call = hostcalls::dispatch_http_call(
-            clusters::CONTROL_PLANE,
-            vec![
-                (":method", "POST"),
-                (":path", paths::COLD_START),
-                (":authority", "whisk-control"),
-                ("content-type", "application/json"),
-                (headers::INTERNAL_TOKEN, &shared.config.internal_token),
-            ],
-            Some(&body),
-            vec![],
-            Duration::from_millis(shared.config.cold_start_timeout_ms),
-        );
+        let timeout = Duration::from_millis(shared.config.cold_start_timeout_ms);
+        let call = post_internal(shared, clusters::CONTROL_PLANE, paths::COLD_START, &body, timeout);
         match call {
             Ok(token) => {
                 Counters::bump(shared.counters.cold_start_requests);
