@@ -278,7 +278,8 @@ impl Platform {
         Ok(Process { name: name.to_owned(), child, log })
     }
 
-    fn start_management(&mut self) -> anyhow::Result<()> {
+    /// Starts the management API (on the same data dir as before, if it ran).
+    pub fn start_management(&mut self) -> anyhow::Result<()> {
         let ports = &self.options.ports;
         let process = self.spawn(
             "management-api",
@@ -376,6 +377,13 @@ impl Platform {
                 bail!("the platform did not become ready in {READY_TIMEOUT:?}");
             }
             std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Stops the management API (SIGTERM), leaving everything else running.
+    pub fn stop_management(&mut self) {
+        if let Some(mut process) = self.management.take() {
+            process.stop();
         }
     }
 

@@ -56,6 +56,12 @@ proxy_wasm::main! {{
 const WAITING_TICK: Duration = Duration::from_millis(1);
 /// After the control plane refused a container (capacity), how long before asking again.
 const REFUSED_BACKOFF_MS: u64 = 50;
+/// Activation records a worker keeps while the management API cannot store them.
+const MAX_PENDING_RECORDS: usize = 10_000;
+/// Records sent in one call.
+const RECORD_BATCH: usize = 500;
+/// After a failed record batch, how long before retrying.
+const RECORD_RETRY_MS: u64 = 500;
 /// After a cold start failed while warm containers exist, how long before asking again.
 const FAILED_BACKOFF_MS: u64 = 500;
 /// Bound on the callouts that carry an activation: the longest action timeout plus room.
@@ -228,6 +234,7 @@ struct Counters {
     waits: Option<u32>,
     cold_start_requests: Option<u32>,
     retired: Option<u32>,
+    records_dropped: Option<u32>,
 }
 
 impl Counters {
@@ -239,6 +246,7 @@ impl Counters {
             waits: counter("whisk_waits"),
             cold_start_requests: counter("whisk_cold_start_requests"),
             retired: counter("whisk_retired"),
+            records_dropped: counter("whisk_records_dropped"),
         }
     }
 
@@ -451,6 +459,12 @@ struct Root {
     usage_report: Option<u32>,
     /// No usage report before this time.
     next_report_ms: u64,
+    /// Activation records not stored yet, oldest first (bounded; the overflow is counted).
+    pending_records: VecDeque<ActivationRecord>,
+    /// The batch of records being stored, kept until the management API confirms it.
+    records_in_flight: Option<(u32, Vec<ActivationRecord>)>,
+    /// No record batch before this time (the last one failed).
+    records_not_before: u64,
 }
 
 impl Root {
@@ -464,6 +478,9 @@ impl Root {
             started: BTreeMap::new(),
             usage_report: None,
             next_report_ms: 0,
+            pending_records: VecDeque::new(),
+            records_in_flight: None,
+            records_not_before: 0,
         }
     }
 
@@ -602,12 +619,17 @@ impl Root {
         }
     }
 
-    fn flush_outbox(&self, shared: &Shared) {
-        let mut records = Vec::new();
+    fn flush_outbox(&mut self, shared: &Shared) {
         let pending: Vec<Outgoing> = shared.outbox.borrow_mut().drain(..).collect();
         for item in pending {
             match item {
-                Outgoing::Record(record) => records.push(record),
+                Outgoing::Record(record) => {
+                    if self.pending_records.len() >= MAX_PENDING_RECORDS {
+                        self.pending_records.pop_front();
+                        Counters::bump(shared.counters.records_dropped);
+                    }
+                    self.pending_records.push_back(record);
+                }
                 Outgoing::Run { path, authorization, activation_id, body } => {
                     let call = hostcalls::dispatch_http_call(
                         clusters::INGRESS,
@@ -649,20 +671,43 @@ impl Root {
                 }
             }
         }
-        if records.is_empty() {
+        self.store_records(shared);
+    }
+
+    /// Sends the oldest pending records, one batch at a time; a batch the management API did not
+    /// confirm goes back to the front and is retried after a pause, so records are never lost to
+    /// an unreachable store (only to the bound, counted in `whisk_records_dropped`).
+    fn store_records(&mut self, shared: &Shared) {
+        if self.records_in_flight.is_some()
+            || self.pending_records.is_empty()
+            || now_ms() < self.records_not_before
+        {
             return;
         }
-        let Ok(body) = serde_json::to_vec(&records) else { return };
-        let call = post_internal(
+        let take = self.pending_records.len().min(RECORD_BATCH);
+        let batch: Vec<ActivationRecord> = self.pending_records.drain(..take).collect();
+        let Ok(body) = serde_json::to_vec(&batch) else { return };
+        match post_internal(
             shared,
             clusters::MANAGEMENT_API,
             paths::ACTIVATIONS,
             &body,
             Duration::from_secs(10),
-        );
-        if let Err(status) = call {
-            error!("could not store {} activation records: {status:?}", records.len());
+        ) {
+            Ok(token) => self.records_in_flight = Some((token, batch)),
+            Err(status) => {
+                error!("could not store {} activation records: {status:?}; retrying", batch.len());
+                self.requeue_records(batch);
+            }
         }
+    }
+
+    fn requeue_records(&mut self, batch: Vec<ActivationRecord>) {
+        for record in batch.into_iter().rev() {
+            self.pending_records.push_front(record);
+        }
+        self.pending_records.truncate(MAX_PENDING_RECORDS);
+        self.records_not_before = now_ms() + RECORD_RETRY_MS;
     }
 
     /// Serves, expires and provisions the wait queues.
@@ -817,7 +862,18 @@ impl Context for Root {
             }
             return;
         }
-        // Record stores and internal runs: a non-2xx is logged (the run itself recorded its outcome).
+        if let Some((in_flight, _)) = &self.records_in_flight
+            && *in_flight == token
+        {
+            if let Some((_, batch)) = self.records_in_flight.take()
+                && !(200..300).contains(&status)
+            {
+                warn!("storing {} activation records answered {status}; retrying", batch.len());
+                self.requeue_records(batch);
+            }
+            return;
+        }
+        // Internal runs: a non-2xx is logged (the run itself recorded its outcome).
         if !(200..300).contains(&status) {
             warn!("outbox call answered {status}");
         }
