@@ -66,6 +66,9 @@ pub mod paths {
     /// [`super::ActionCode`] (the control server needs the code to `/init` a container).
     pub const ACTION_CODE: &str = "/internal/v1/actions";
     /// Management API: `POST` a JSON array of [`super::ActivationRecord`]; 204 once stored.
+    /// `GET {ACTIVATIONS}/{id}?namespace=&wait_ms=` answers the record of `namespace` as soon as
+    /// it is stored (200), or 204 when `wait_ms` passed without it: a detached blocking invoke
+    /// waits on it.
     pub const ACTIVATIONS: &str = "/internal/v1/activations";
     /// Control server: `POST` a [`super::ColdStartRequest`]; 200 [`super::ColdStartResponse`]
     /// once the container is initialised and Envoy has acknowledged the endpoint, or an
@@ -324,6 +327,11 @@ pub struct FilterConfig {
     /// How often each worker reports the use of its containers to the control plane's collector.
     #[serde(default = "FilterConfig::default_usage_report_period_ms")]
     pub usage_report_period_ms: u64,
+    /// Longest a client waits on a blocking invoke (OpenWhisk: 60 s). An action whose time limit
+    /// is longer runs detached: the client gets its result if it ends within this wait, else 202
+    /// with the activation id, and the record appears when the action ends.
+    #[serde(default = "FilterConfig::default_max_blocking_wait_ms")]
+    pub max_blocking_wait_ms: u64,
 }
 
 impl FilterConfig {
@@ -353,6 +361,9 @@ impl FilterConfig {
     }
     fn default_usage_report_period_ms() -> u64 {
         1_000
+    }
+    fn default_max_blocking_wait_ms() -> u64 {
+        60_000
     }
 }
 

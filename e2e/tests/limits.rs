@@ -72,3 +72,52 @@ async fn timeouts_end_runaways_and_lost_clients_retire_their_container() {
     assert_eq!(next.status, 200, "{}", next.body);
     assert!(annotation(&next.body, "initTime").is_some(), "a fresh container, not the abandoned one");
 }
+
+/// A blocking invoke of an action allowed to run longer than a client may wait: answered with its
+/// result when it ends within the wait, 202 with the activation id when it runs past it, and the
+/// record appears once the action ends (OpenWhisk's blocking invoke, with the wait shortened here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blocking_invoke_past_the_wait_turns_into_202_and_its_record_appears() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut options = Options::for_test(dir.path(), "envoy-blocking-wait").unwrap();
+    options.xds_args = ["--blocking-wait-ms", "1500"].map(String::from).to_vec();
+    let platform = Platform::start(options, Artifacts::from_workspace().unwrap()).unwrap();
+    let client = Client::new(&platform.api_host(), GUEST_KEY);
+    let action = json!({"exec": {"kind": "nodejs:20", "code": SLEEPY_JS}, "limits": {"timeout": 10_000}});
+    assert_eq!(
+        client.put("/api/v1/namespaces/_/actions/long?overwrite=true", &action).await.unwrap().status,
+        200
+    );
+
+    // Within the wait (the first one a cold start): the record, or only the result, as usual.
+    let quick = client.invoke("long", &json!({"ms": 50}), false).await.unwrap();
+    assert_eq!(quick.status, 200, "{}", quick.body);
+    assert_eq!(quick.body["response"]["result"], json!({"slept": 50}));
+    assert_eq!(quick.body["activationId"].as_str(), quick.activation_id.as_deref());
+    let result_only = client.invoke("long", &json!({"ms": 50}), true).await.unwrap();
+    assert_eq!((result_only.status, result_only.body), (200, json!({"slept": 50})));
+
+    // Past the wait: 202 with the id about when the wait ends, long before the action does.
+    let started = Instant::now();
+    let slow = client.invoke("long", &json!({"ms": 4_000}), true).await.unwrap();
+    let answered_after = started.elapsed();
+    assert_eq!(slow.status, 202, "{}", slow.body);
+    let id = slow.body["activationId"].as_str().unwrap().to_owned();
+    assert_eq!(slow.activation_id.as_deref(), Some(id.as_str()));
+    assert!(answered_after >= Duration::from_millis(1_400), "answered after {answered_after:?}");
+    assert!(answered_after < Duration::from_millis(3_500), "answered after {answered_after:?}");
+    let record = client.wait_for_activation(&id, Duration::from_secs(15)).await.unwrap();
+    assert_eq!(record.status, 200, "{}", record.body);
+    assert_eq!(record.body["response"]["result"], json!({"slept": 4_000}));
+    assert!(record.body["duration"].as_u64().unwrap() >= 4_000, "{}", record.body);
+    assert!(started.elapsed() >= Duration::from_secs(4));
+
+    // An action whose limit fits in the wait is never detached: it answers when it ends.
+    let fits = json!({"exec": {"kind": "nodejs:20", "code": SLEEPY_JS}, "limits": {"timeout": 1_000}});
+    assert_eq!(
+        client.put("/api/v1/namespaces/_/actions/short?overwrite=true", &fits).await.unwrap().status,
+        200
+    );
+    let short = client.invoke("short", &json!({"ms": 10}), true).await.unwrap();
+    assert_eq!((short.status, short.body), (200, json!({"slept": 10})));
+}

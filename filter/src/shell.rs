@@ -68,6 +68,8 @@ const FAILED_BACKOFF_MS: u64 = 500;
 const RUN_TIMEOUT_MS: u64 = 310_000;
 /// How much later than the action's time limit Envoy gives up on the container.
 const UPSTREAM_TIMEOUT_MARGIN_MS: u64 = 1_000;
+/// The management API answers a record wait by its deadline; the callout's own bound is later.
+const RECORD_WAIT_MARGIN_MS: u64 = 5_000;
 
 /// Envoy's shared data, through the hostcalls that report errors instead of panicking.
 struct EnvoySharedData;
@@ -147,7 +149,7 @@ enum Outgoing {
 /// Where a request is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
-    /// Headers or body still arriving, or the resolve or relay callout in flight.
+    /// Headers or body still arriving, or the resolve, relay or record callout in flight.
     Receiving,
     /// In the worker's queue for a container.
     Waiting,
@@ -178,6 +180,8 @@ struct State {
     sequence: Option<sequence::Run>,
     authorization: String,
     original_path: String,
+    /// A blocking invoke that came without a body (Envoy cannot give it one for `/run` later).
+    bodyless: bool,
     body: Vec<u8>,
     /// This request's key in the resolve cache.
     cache_key: String,
@@ -206,6 +210,8 @@ enum Callout {
     Relay,
     /// A sequence's component, invoked blocking through the ingress.
     Component,
+    /// The record of a detached blocking invoke, awaited from the management API.
+    Record,
 }
 
 /// What an internal invoke (carrying the internal token) says about itself.
@@ -381,6 +387,13 @@ fn answer(state: &mut State, status: u32, extra: Vec<(&str, &str)>, body: &[u8])
         error!("could not answer activation {}: {status:?}", state.activation_id);
     }
     state.phase = Phase::Answered;
+}
+
+/// 202 with the activation id: the run goes on without this client.
+fn answer_accepted(state: &mut State) {
+    let body = serde_json::json!({ "activationId": state.activation_id }).to_string();
+    let activation_id = state.activation_id.clone();
+    answer(state, 202, vec![(headers::ACTIVATION_ID, &activation_id)], body.as_bytes());
 }
 
 fn answer_error(state: &mut State, status: u32, message: &str) {
@@ -943,6 +956,7 @@ impl Request {
             sequence: None,
             authorization: String::new(),
             original_path: String::new(),
+            bodyless: false,
             body: Vec::new(),
             cache_key: String::new(),
             entity_write: false,
@@ -1090,17 +1104,31 @@ impl Request {
     /// callback (let it continue by returning `Continue`).
     fn proceed(&self, state: &mut State, action: ResolvedAction, in_callout: bool) -> Action {
         let blocking = state.invocation.as_ref().is_some_and(|i| i.blocking);
+        let from_client = state.internal_activation_id.is_none();
+        let runs_in_container = action.components.is_none();
+        // An action allowed to run longer than a client may wait runs detached, so that a run past
+        // the wait can be answered 202 while it goes on (a stream that ends takes its run with it).
+        let detached = from_client
+            && blocking
+            && runs_in_container
+            && action.limits.timeout > self.shared.config.max_blocking_wait_ms;
+        let relayed = from_client && state.bodyless && runs_in_container && !detached;
         if let Err(refused) = envelope::check_final(&action, &state.parameters) {
             answer_error(state, 400, &refused.0);
             return Action::Pause;
         }
-        if let Err(refusal) = admit(state, &action, blocking) {
+        // A run this stream hands to another (internal) stream counts in flight there, not twice.
+        if let Err(refusal) = admit(state, &action, blocking && !detached && !relayed) {
             answer_error(state, 429, &refusal.message());
             return Action::Pause;
         }
-        if state.internal_activation_id.is_none() && !blocking {
-            // Non-blocking: answer now with the id; the run goes through this Envoy's ingress as an
-            // internal blocking invoke, started by the worker's root context.
+        if relayed {
+            return self.relay_with_empty_body(state);
+        }
+        if from_client && (!blocking || detached) {
+            // Answered without running here: the run goes through this Envoy's ingress as an
+            // internal blocking invoke, started by the worker's root context. A non-blocking
+            // invoke is answered 202 now; a detached one waits for the record.
             let path =
                 state.original_path.split('?').next().unwrap_or_default().to_owned() + "?blocking=true";
             self.shared.outbox.borrow_mut().push_back(Outgoing::Run {
@@ -1109,9 +1137,11 @@ impl Request {
                 activation_id: state.activation_id.clone(),
                 body: std::mem::take(&mut state.body),
             });
-            let body = serde_json::json!({ "activationId": state.activation_id }).to_string();
-            let activation_id = state.activation_id.clone();
-            answer(state, 202, vec![(headers::ACTIVATION_ID, &activation_id)], body.as_bytes());
+            if detached {
+                self.await_record(state, &action.subject);
+            } else {
+                answer_accepted(state);
+            }
             return Action::Pause;
         }
         if action.components.is_some() {
@@ -1138,6 +1168,52 @@ impl Request {
                 Action::Pause
             }
         }
+    }
+
+    /// Asks the management API for the record of this request's detached run, to be answered as
+    /// soon as it is stored or when the blocking wait is over, whichever comes first.
+    fn await_record(&self, state: &mut State, subject: &str) {
+        let waited = now_ms().saturating_sub(state.timing.arrived);
+        let wait_ms = self.shared.config.max_blocking_wait_ms.saturating_sub(waited);
+        let path = format!(
+            "{}/{}?namespace={}&wait_ms={wait_ms}",
+            paths::ACTIVATIONS,
+            query_escape(&state.activation_id),
+            query_escape(subject)
+        );
+        let call = self.dispatch_http_call(
+            clusters::MANAGEMENT_API,
+            vec![
+                (":method", "GET"),
+                (":path", &path),
+                (":authority", "whisk-management"),
+                (headers::INTERNAL_TOKEN, &self.shared.config.internal_token),
+            ],
+            None,
+            vec![],
+            Duration::from_millis(wait_ms + RECORD_WAIT_MARGIN_MS),
+        );
+        match call {
+            Ok(token) => state.callout = Some((token, Callout::Record)),
+            Err(status) => {
+                // The run is on its way regardless: the client can fetch the record by its id.
+                error!("record wait for {} failed to start: {status:?}", state.activation_id);
+                answer_accepted(state);
+            }
+        }
+    }
+
+    /// The record of a detached run, or nothing within the blocking wait (202 with the id).
+    fn on_record(&self, state: &mut State, status: u16, body: &[u8]) {
+        let record = (status == 200).then(|| serde_json::from_slice::<ActivationRecord>(body).ok()).flatten();
+        let Some(record) = record else {
+            answer_accepted(state);
+            return;
+        };
+        let result_only = state.invocation.as_ref().is_some_and(|i| i.result_only);
+        let (status, reply) = activation::reply(&record, result_only);
+        let activation_id = state.activation_id.clone();
+        answer(state, u32::from(status), vec![(headers::ACTIVATION_ID, &activation_id)], &reply);
     }
 
     /// Starts running a sequence's components; the request stays paused until it is answered.
@@ -1322,6 +1398,10 @@ impl Context for Request {
             self.on_component(&mut state, status, &body);
             return;
         }
+        if kind == Callout::Record {
+            self.on_record(&mut state, status, &body);
+            return;
+        }
         if kind == Callout::Relay {
             let status = if status == 0 { 503 } else { u32::from(status) };
             let activation_id =
@@ -1369,10 +1449,9 @@ impl HttpContext for Request {
                 if !end_of_stream {
                     return Action::Pause;
                 }
-                if blocking && state.internal_activation_id.is_none() {
-                    // Envoy cannot give a bodyless request a body later, and /run needs one.
-                    return self.relay_with_empty_body(&mut state);
-                }
+                // Envoy cannot give a bodyless request a body later, and /run needs one: unless it
+                // is answered without a container, it is relayed once resolved and admitted.
+                state.bodyless = blocking && state.internal_activation_id.is_none();
                 self.start_resolve(&mut state)
             }
         }

@@ -111,6 +111,10 @@ pub struct Config {
     /// How often each filter worker reports its containers' use (the filter's configuration).
     #[arg(long, env = "WHISK_USAGE_REPORT_PERIOD_MS", default_value_t = 1_000)]
     pub usage_report_period_ms: u64,
+    /// Longest a client waits on a blocking invoke, in milliseconds (OpenWhisk: 60 s); an action
+    /// with a longer time limit answers 202 with its activation id when it runs past it.
+    #[arg(long, env = "WHISK_BLOCKING_WAIT_MS", default_value_t = 60_000)]
+    pub blocking_wait_ms: u64,
 }
 
 /// Runs the server with the configured cluster manager (see [`run_with`]).
@@ -155,6 +159,7 @@ pub async fn run_with<C: ClusterManager>(config: Config, cluster: C) -> anyhow::
             waiters_per_cold_start: 2,
             resolve_cache_max_age_ms: 30_000,
             usage_report_period_ms: config.usage_report_period_ms,
+            max_blocking_wait_ms: config.blocking_wait_ms,
         },
     });
 

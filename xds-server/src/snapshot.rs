@@ -331,6 +331,7 @@ mod tests {
                 max_wait_ms: 1,
                 waiters_per_cold_start: 1,
                 usage_report_period_ms: 1_000,
+                max_blocking_wait_ms: 60_000,
                 resolve_cache_max_age_ms: 1,
             },
         }
