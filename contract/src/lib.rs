@@ -45,6 +45,11 @@ pub mod headers {
     /// component of a topmost sequence), so that sequences nested through later updates cannot
     /// recurse without end.
     pub const SEQUENCE_DEPTH: &str = "x-whisk-sequence-depth";
+    /// On an internal invoke: the run of a web action request, resolved without a key (the action
+    /// must be exported) and answered with its record to the filter that turns it into the response.
+    pub const INTERNAL_WEB: &str = "x-whisk-web";
+    /// A web action annotated `require-whisk-auth` with a secret wants it in this header.
+    pub const REQUIRE_WHISK_AUTH: &str = "x-require-whisk-auth";
 
     /// The management API's entity generation a resolve answer was read at (resolve cache validity).
     pub const GENERATION: &str = "x-whisk-generation";
@@ -57,7 +62,10 @@ pub mod headers {
 pub mod paths {
     /// Management API: `GET ?namespace=&action=` with the client's `authorization` header:
     /// authenticates the key and resolves the action. 200 [`super::ResolvedAction`], or an
-    /// OpenWhisk error body with 401/403/404.
+    /// OpenWhisk error body with 401/403/404. With `&web=true` it resolves for a web request: no
+    /// key needed, the action must be exported (`web-export`, else 404), `require-whisk-auth` is
+    /// checked (a key in `authorization`, or its secret in `x-require-whisk-auth`, else 401), and
+    /// the subject is the action's namespace.
     pub const RESOLVE: &str = "/internal/v1/resolve";
     /// Management API: `GET ?after=<generation>` answers `{"generation": "..."}` as soon as the
     /// entity generation differs from `after` (at once if it already does), or after 30 s.
@@ -187,6 +195,10 @@ pub struct ResolvedAction {
     /// action with code.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub components: Option<Vec<String>>,
+    /// Resolved for a web request of an action annotated `require-whisk-auth: true`: the namespace
+    /// of the key that came with it (the action's `__ow_user`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub web_user: Option<String>,
 }
 
 /// Per-namespace invocation limits (OpenWhisk's `concurrentInvocations` and
@@ -528,6 +540,7 @@ mod tests {
             subject: "guest".into(),
             subject_limits: NamespaceLimits::default(),
             components: None,
+            web_user: None,
         };
         assert_eq!(action.fully_qualified_name(), "/guest/hello");
         action.package = Some("utils".into());

@@ -86,6 +86,7 @@ pub(crate) fn action() -> ResolvedAction {
         subject: "guest".into(),
         subject_limits: whisk_contract::NamespaceLimits::default(),
         components: None,
+        web_user: None,
     }
 }
 

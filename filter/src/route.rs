@@ -28,6 +28,8 @@ impl Invocation {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Route {
     Invoke(Invocation),
+    /// A web action request (`/api/v1/web/...`), any of the methods web actions answer.
+    Web(crate::web::WebTarget),
     /// A platform-internal path: never reachable from the ingress.
     Internal,
     /// Anything else goes to the management API untouched.
@@ -39,6 +41,12 @@ pub fn classify(method: &str, path_and_query: &str) -> Route {
     let (path, query) = path_and_query.split_once('?').unwrap_or((path_and_query, ""));
     if path.starts_with(whisk_contract::paths::INTERNAL_PREFIX) {
         return Route::Internal;
+    }
+    if path.starts_with(crate::web::PREFIX)
+        && crate::web::METHODS.contains(&method)
+        && let Some(target) = crate::web::parse(path_and_query)
+    {
+        return Route::Web(target);
     }
     if method != "POST" {
         return Route::PassThrough;
@@ -71,7 +79,7 @@ pub fn classify(method: &str, path_and_query: &str) -> Route {
 }
 
 /// Percent-decodes one path segment; `None` when the escapes are not valid UTF-8.
-fn percent_decode(segment: &str) -> Option<String> {
+pub(crate) fn percent_decode(segment: &str) -> Option<String> {
     let bytes = segment.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut index = 0;

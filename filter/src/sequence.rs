@@ -253,6 +253,7 @@ mod tests {
             kind: SEQUENCE_KIND.into(),
             limits: ActionLimits { timeout: 30_000, ..ActionLimits::default() },
             components: Some(components.iter().map(|c| (*c).to_owned()).collect()),
+            web_user: None,
             ..envelope::action()
         }
     }

@@ -46,6 +46,7 @@ use crate::limits;
 use crate::pool::{self, CasMismatch, Claim, SharedData, SlotState};
 use crate::route::{self, Invocation, Route};
 use crate::sequence::{self, Step};
+use crate::web::{self, WebTarget};
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
@@ -182,6 +183,13 @@ struct State {
     original_path: String,
     /// A blocking invoke that came without a body (Envoy cannot give it one for `/run` later).
     bodyless: bool,
+    /// A web action request, answered from its internal run's record.
+    web: Option<WebRequest>,
+    /// An invoke to resolve as a web request's (no key; the action must be exported): the web
+    /// request itself, or its internal run.
+    web_resolve: bool,
+    /// The `x-require-whisk-auth` secret a web request came with.
+    web_secret: Option<String>,
     body: Vec<u8>,
     /// This request's key in the resolve cache.
     cache_key: String,
@@ -212,6 +220,15 @@ enum Callout {
     Component,
     /// The record of a detached blocking invoke, awaited from the management API.
     Record,
+    /// A web request's run: an internal blocking invoke of the action through the ingress.
+    Web,
+}
+
+/// A web action request in flight.
+struct WebRequest {
+    target: WebTarget,
+    http: web::HttpRequest,
+    export: web::Export,
 }
 
 /// What an internal invoke (carrying the internal token) says about itself.
@@ -219,6 +236,8 @@ struct Internal {
     activation_id: String,
     cause: Option<String>,
     sequence_depth: u32,
+    /// The run of a web request.
+    web: bool,
 }
 
 /// A request parked until a container of its action is free.
@@ -385,6 +404,19 @@ fn answer(state: &mut State, status: u32, extra: Vec<(&str, &str)>, body: &[u8])
     response_headers.extend(extra);
     if let Err(status) = hostcalls::send_http_response(status, response_headers, Some(body)) {
         error!("could not answer activation {}: {status:?}", state.activation_id);
+    }
+    state.phase = Phase::Answered;
+}
+
+/// Sends a web action's response, with its activation id.
+fn answer_web(state: &mut State, reply: &web::Reply) {
+    let mut response_headers: Vec<(&str, &str)> =
+        reply.headers.iter().map(|(name, value)| (name.as_str(), value.as_str())).collect();
+    response_headers.push((headers::ACTIVATION_ID, &state.activation_id));
+    if let Err(status) =
+        hostcalls::send_http_response(u32::from(reply.status), response_headers, Some(&reply.body))
+    {
+        error!("could not answer web activation {}: {status:?}", state.activation_id);
     }
     state.phase = Phase::Answered;
 }
@@ -957,6 +989,9 @@ impl Request {
             authorization: String::new(),
             original_path: String::new(),
             bodyless: false,
+            web: None,
+            web_resolve: false,
+            web_secret: None,
             body: Vec::new(),
             cache_key: String::new(),
             entity_write: false,
@@ -982,6 +1017,7 @@ impl Request {
         let activation_id = self.get_http_request_header(headers::INTERNAL_ACTIVATION_ID);
         let cause = self.get_http_request_header(headers::INTERNAL_CAUSE);
         let depth = self.get_http_request_header(headers::SEQUENCE_DEPTH);
+        let web = self.get_http_request_header(headers::INTERNAL_WEB).is_some();
         for (name, _) in self.get_http_request_headers() {
             if name.starts_with(headers::INTERNAL_PREFIX) {
                 self.set_http_request_header(&name, None);
@@ -993,6 +1029,7 @@ impl Request {
                     activation_id: id,
                     cause: cause.filter(|cause| !cause.is_empty()),
                     sequence_depth: depth.and_then(|depth| depth.parse().ok()).unwrap_or(0),
+                    web,
                 })
             }
             _ => None,
@@ -1041,29 +1078,47 @@ impl Request {
                 return Action::Pause;
             }
         }
-        state.cache_key = cache::key(&state.authorization, &invocation.namespace, &invocation.action_path());
+        let (namespace, action_path) = (invocation.namespace.clone(), invocation.action_path());
+        self.resolve(state, &namespace, &action_path)
+    }
+
+    /// Resolves the action (from the cache, or by a callout to the management API), then goes on.
+    fn resolve(&self, state: &mut State, namespace: &str, action_path: &str) -> Action {
+        // A web resolution depends on the key and the secret a request came with, and is never one
+        // an invoke with the same key may use.
+        let identity = if state.web_resolve {
+            format!("web|{}|{}", state.authorization, state.web_secret.as_deref().unwrap_or_default())
+        } else {
+            state.authorization.clone()
+        };
+        state.cache_key = cache::key(&identity, namespace, action_path);
         let max_age = self.shared.config.resolve_cache_max_age_ms;
         if let Some(action) = cache::lookup(&EnvoySharedData, &state.cache_key, now_ms(), max_age) {
             // Warm and known: no call at all; the request goes on from this very callback.
             Counters::bump(self.shared.counters.resolve_cache_hits);
-            return self.proceed(state, action, false);
+            return self.resolved(state, action, false);
         }
         Counters::bump(self.shared.counters.resolve_cache_misses);
         let path = format!(
-            "{}?namespace={}&action={}",
+            "{}?namespace={}&action={}{}",
             paths::RESOLVE,
-            query_escape(&invocation.namespace),
-            query_escape(&invocation.action_path())
+            query_escape(namespace),
+            query_escape(action_path),
+            if state.web_resolve { "&web=true" } else { "" }
         );
+        let mut request_headers = vec![
+            (":method", "GET"),
+            (":path", path.as_str()),
+            (":authority", "whisk-management"),
+            ("authorization", state.authorization.as_str()),
+            (headers::INTERNAL_TOKEN, self.shared.config.internal_token.as_str()),
+        ];
+        if let Some(secret) = &state.web_secret {
+            request_headers.push((headers::REQUIRE_WHISK_AUTH, secret.as_str()));
+        }
         let call = self.dispatch_http_call(
             clusters::MANAGEMENT_API,
-            vec![
-                (":method", "GET"),
-                (":path", &path),
-                (":authority", "whisk-management"),
-                ("authorization", &state.authorization),
-                (headers::INTERNAL_TOKEN, &self.shared.config.internal_token),
-            ],
+            request_headers,
             None,
             vec![],
             Duration::from_millis(self.shared.config.resolve_timeout_ms),
@@ -1096,7 +1151,93 @@ impl Request {
         if let Some(generation) = generation {
             cache::remember(&EnvoySharedData, &state.cache_key, &generation, now_ms(), &action);
         }
-        self.proceed(state, action, true);
+        self.resolved(state, action, true);
+    }
+
+    /// The action is known: a web request runs it through the ingress; an invoke goes on.
+    fn resolved(&self, state: &mut State, action: ResolvedAction, in_callout: bool) -> Action {
+        if state.web.is_some() {
+            self.proceed_web(state, action)
+        } else {
+            self.proceed(state, action, in_callout)
+        }
+    }
+
+    /// Body complete for a web request: resolve the exported action.
+    fn start_web(&self, state: &mut State) -> Action {
+        let Some(request) = &state.web else { return Action::Continue };
+        if request.http.body.len() > self.shared.config.max_payload_bytes {
+            answer_error(state, 413, messages::ENTITY_TOO_BIG);
+            return Action::Pause;
+        }
+        let (namespace, action_path) = (request.target.namespace.clone(), request.target.action_path());
+        self.resolve(state, &namespace, &action_path)
+    }
+
+    /// A web request's action is known (and exported): count the invoke against the action's
+    /// namespace, answer a CORS preflight, or build the parameters and run the action as an
+    /// internal blocking invoke whose record becomes the response.
+    fn proceed_web(&self, state: &mut State, action: ResolvedAction) -> Action {
+        let export = web::Export::of(&action.annotations);
+        if !export.exported {
+            answer_error(state, 404, messages::RESOURCE_DOES_NOT_EXIST);
+            return Action::Pause;
+        }
+        if let Err(refusal) = admit(state, &action, false) {
+            answer_error(state, 429, &refusal.message());
+            return Action::Pause;
+        }
+        let Some(request) = state.web.as_mut() else { return Action::Pause };
+        request.export = export;
+        if request.http.method == "OPTIONS" && !export.custom_options {
+            let reply = web::preflight(export);
+            answer_web(state, &reply);
+            return Action::Pause;
+        }
+        let parameters = web::parameters(
+            &request.target,
+            &request.http,
+            export,
+            &action.parameters,
+            action.web_user.as_deref(),
+        );
+        let parameters = match parameters {
+            Ok(parameters) => parameters,
+            Err(refused) => {
+                answer_error(state, u32::from(refused.status), &refused.message);
+                return Action::Pause;
+            }
+        };
+        let body = serde_json::Value::Object(parameters).to_string();
+        let path = request.target.invoke_path();
+        let mut request_headers = vec![
+            (":method", "POST"),
+            (":path", path.as_str()),
+            (":authority", "whisk-ingress"),
+            ("content-type", "application/json"),
+            ("authorization", state.authorization.as_str()),
+            (headers::INTERNAL_TOKEN, self.shared.config.internal_token.as_str()),
+            (headers::INTERNAL_ACTIVATION_ID, state.activation_id.as_str()),
+            (headers::INTERNAL_WEB, "1"),
+        ];
+        if let Some(secret) = &state.web_secret {
+            request_headers.push((headers::REQUIRE_WHISK_AUTH, secret.as_str()));
+        }
+        let call = self.dispatch_http_call(
+            clusters::INGRESS,
+            request_headers,
+            Some(body.as_bytes()),
+            vec![],
+            Duration::from_millis(RUN_TIMEOUT_MS + self.shared.config.cold_start_timeout_ms),
+        );
+        match call {
+            Ok(token) => state.callout = Some((token, Callout::Web)),
+            Err(status) => {
+                error!("web run {} failed to start: {status:?}", state.activation_id);
+                answer_error(state, 503, messages::INTERNAL_ERROR);
+            }
+        }
+        Action::Pause
     }
 
     /// The action is known: answer a non-blocking invoke, or claim a container (or wait for one).
@@ -1402,6 +1543,13 @@ impl Context for Request {
             self.on_record(&mut state, status, &body);
             return;
         }
+        if kind == Callout::Web {
+            if let Some(request) = &state.web {
+                let reply = web::respond(&request.target, request.export, status, &body);
+                answer_web(&mut state, &reply);
+            }
+            return;
+        }
         if kind == Callout::Relay {
             let status = if status == 0 { 503 } else { u32::from(status) };
             let activation_id =
@@ -1432,6 +1580,21 @@ impl HttpContext for Request {
                 answer_error(&mut state, 404, messages::RESOURCE_DOES_NOT_EXIST);
                 Action::Pause
             }
+            Route::Web(target) => {
+                state.timing.arrived = now_ms();
+                state.activation_id = new_id();
+                state.authorization = self.get_http_request_header("authorization").unwrap_or_default();
+                state.web_secret = self.get_http_request_header(headers::REQUIRE_WHISK_AUTH);
+                state.web_resolve = true;
+                state.original_path = path;
+                let http =
+                    web::HttpRequest { method, headers: self.get_http_request_headers(), body: Vec::new() };
+                state.web = Some(WebRequest { target, http, export: web::Export::default() });
+                if !end_of_stream {
+                    return Action::Pause;
+                }
+                self.start_web(&mut state)
+            }
             Route::Invoke(invocation) => {
                 state.timing.arrived = now_ms();
                 if let Some(internal) = internal {
@@ -1439,6 +1602,10 @@ impl HttpContext for Request {
                     state.internal_activation_id = Some(internal.activation_id);
                     state.cause = internal.cause;
                     state.sequence_depth = internal.sequence_depth;
+                    state.web_resolve = internal.web;
+                    if internal.web {
+                        state.web_secret = self.get_http_request_header(headers::REQUIRE_WHISK_AUTH);
+                    }
                 } else {
                     state.activation_id = new_id();
                 }
@@ -1460,7 +1627,7 @@ impl HttpContext for Request {
     fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
         let state = self.state.clone();
         let mut state = state.borrow_mut();
-        if state.invocation.is_none() || state.phase != Phase::Receiving {
+        if (state.invocation.is_none() && state.web.is_none()) || state.phase != Phase::Receiving {
             return Action::Continue;
         }
         if body_size > self.shared.config.max_payload_bytes {
@@ -1470,7 +1637,12 @@ impl HttpContext for Request {
         if !end_of_stream {
             return Action::Pause;
         }
-        state.body = self.get_http_request_body(0, body_size).unwrap_or_default();
+        let body = self.get_http_request_body(0, body_size).unwrap_or_default();
+        if let Some(request) = state.web.as_mut() {
+            request.http.body = body;
+            return self.start_web(&mut state);
+        }
+        state.body = body;
         self.start_resolve(&mut state)
     }
 

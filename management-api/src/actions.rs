@@ -387,6 +387,7 @@ impl Action {
             subject,
             subject_limits,
             components: self.exec.components,
+            web_user: None,
         }
     }
 

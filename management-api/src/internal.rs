@@ -25,6 +25,7 @@ use axum::http::header::AUTHORIZATION;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
+use serde_json::Value;
 use whisk_contract::{ActionCode, ActivationRecord, ResolvedAction, headers};
 
 use crate::actions::{ActionName, ActionRoute};
@@ -46,6 +47,9 @@ pub async fn require_token(State(state): State<AppState>, request: Request, next
 pub struct ResolveQuery {
     namespace: Option<String>,
     action: Option<String>,
+    /// Resolve for a web request (`/api/v1/web/...`): see [`resolve_web`].
+    #[serde(default)]
+    web: bool,
 }
 
 /// `GET /internal/v1/resolve`: the hot path of every invoke. Authenticates the forwarded key
@@ -60,9 +64,13 @@ pub async fn resolve(
     // the filter's cache never keeps what the write changed.
     let generation = state.generation().current();
     let authorization = request_headers.get(AUTHORIZATION).and_then(|value| value.to_str().ok());
-    let subject = Subject { namespace: state.authenticate(authorization).await? };
     let namespace = query.namespace.ok_or_else(|| missing("namespace"))?;
     let action = query.action.ok_or_else(|| missing("action"))?;
+    if query.web {
+        let resolved = resolve_web(&state, &request_headers, namespace, &action).await?;
+        return Ok(([(whisk_contract::headers::GENERATION, generation)], Json(resolved)));
+    }
+    let subject = Subject { namespace: state.authenticate(authorization).await? };
     let namespace = authorize(&subject, &namespace)?;
     let action = ActionName::parse(&action)?;
     let action = state.db(move |store| locate_action(store, &namespace, &action, false)).await?;
@@ -70,6 +78,50 @@ pub async fn resolve(
         [(whisk_contract::headers::GENERATION, generation)],
         Json(action.resolved(subject.namespace, state.namespace_limits())),
     ))
+}
+
+/// Resolves an action for a web request: anyone may run an action its owner exported
+/// (`web-export`); anything else is 404, as if it did not exist. The activation belongs to the
+/// action's namespace. `require-whisk-auth: true` wants a valid key (its namespace becomes
+/// `__ow_user`); a string or number wants that secret in `x-require-whisk-auth`.
+async fn resolve_web(
+    state: &AppState,
+    request_headers: &HeaderMap,
+    namespace: String,
+    action: &str,
+) -> Result<ResolvedAction, ApiError> {
+    let action = ActionName::parse(action)?;
+    let located = {
+        let namespace = namespace.clone();
+        state.db(move |store| locate_action(store, &namespace, &action, false)).await?
+    };
+    let annotation = |key: &str| located.annotations.iter().find(|a| a.key == key).map(|a| a.value.clone());
+    let exported = matches!(annotation("web-export"), Some(Value::Bool(true)))
+        || matches!(annotation("web-export"), Some(Value::String(text)) if text == "true" || text == "yes");
+    if !exported {
+        return Err(ApiError::NotFound);
+    }
+    let web_user = match annotation("require-whisk-auth") {
+        None | Some(Value::Bool(false) | Value::Null) => None,
+        Some(Value::Bool(true)) => {
+            let authorization = request_headers.get(AUTHORIZATION).and_then(|value| value.to_str().ok());
+            Some(state.authenticate(authorization).await?)
+        }
+        Some(secret) => {
+            let expected = match secret {
+                Value::String(text) => text,
+                other => other.to_string(),
+            };
+            let given = request_headers.get(headers::REQUIRE_WHISK_AUTH).map(|value| value.as_bytes());
+            if given != Some(expected.as_bytes()) {
+                return Err(ApiError::Unauthenticated);
+            }
+            None
+        }
+    };
+    let mut resolved = located.resolved(namespace, state.namespace_limits());
+    resolved.web_user = web_user;
+    Ok(resolved)
 }
 
 fn missing(parameter: &str) -> ApiError {
