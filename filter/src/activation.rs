@@ -73,6 +73,37 @@ pub fn record(
     if let Some(init_ms) = timing.init_ms {
         annotations.push(KeyValue { key: "initTime".into(), value: json!(init_ms) });
     }
+    let outcome = Outcome {
+        start,
+        end: timing.end,
+        duration: timing.end.saturating_sub(start),
+        response,
+        logs,
+        annotations,
+    };
+    identified(action, activation_id, outcome, None)
+}
+
+/// What happened in an activation, for its record.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub start: u64,
+    pub end: u64,
+    pub duration: u64,
+    pub response: ActivationResponse,
+    pub logs: Vec<String>,
+    pub annotations: Vec<KeyValue>,
+}
+
+/// The record of an activation of `action` by its subject: the fields every record takes from the
+/// action (owner, name, version) the same way, whatever ran (a container, or a sequence's
+/// components); `cause` names the enclosing sequence's activation.
+pub fn identified(
+    action: &ResolvedAction,
+    activation_id: &str,
+    outcome: Outcome,
+    cause: Option<String>,
+) -> ActivationRecord {
     ActivationRecord {
         activation_id: activation_id.to_owned(),
         namespace: action.subject.clone(),
@@ -80,13 +111,13 @@ pub fn record(
         version: action.version.clone(),
         subject: action.subject.clone(),
         publish: false,
-        start,
-        end: timing.end.max(start),
-        duration: timing.end.saturating_sub(start),
-        response,
-        logs,
-        annotations,
-        cause: None,
+        start: outcome.start,
+        end: outcome.end.max(outcome.start),
+        duration: outcome.duration,
+        response: outcome.response,
+        logs: outcome.logs,
+        annotations: outcome.annotations,
+        cause,
     }
 }
 

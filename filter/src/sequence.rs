@@ -19,7 +19,7 @@ use whisk_contract::{
     SEQUENCE_KIND, SEQUENCE_LIMIT, messages,
 };
 
-use crate::envelope;
+use crate::{activation, envelope};
 
 /// How deep sequences may nest at run time. The management API refuses cycles and more than
 /// [`SEQUENCE_LIMIT`] atomic actions when a sequence is written, but two updates racing each other
@@ -224,28 +224,22 @@ impl Run {
                 json!({ "error": messages::SEQUENCE_FAILED }),
             )
         });
-        ActivationRecord {
-            activation_id: activation_id.to_owned(),
-            namespace: action.subject.clone(),
-            name: action.name.clone(),
-            version: action.version.clone(),
-            subject: action.subject.clone(),
-            publish: false,
+        let outcome = activation::Outcome {
             start,
-            end: end.max(start),
+            end,
             duration: self.duration,
             response,
             logs: self.ids.clone(),
             annotations,
-            cause,
-        }
+        };
+        activation::identified(action, activation_id, outcome, cause)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::activation::{self, Timing};
+    use crate::activation::Timing;
 
     fn sequence(components: &[&str]) -> ResolvedAction {
         ResolvedAction {
