@@ -29,6 +29,7 @@ use futures::executor::block_on;
 use serde::de::DeserializeOwned;
 use sha2::{Digest as _, Sha256};
 use tokio::runtime::{Handle, Runtime};
+use tokio_postgres::types::Type;
 use tokio_postgres::{Client, Config, GenericClient, NoTls, Row};
 use whisk_contract::{ActionLimits, ActivationRecord};
 
@@ -649,10 +650,12 @@ async fn select_action(
     name: &str,
     with_code: bool,
 ) -> Result<Option<Action>, StoreError> {
+    // Typed parameters let the statement go out with its execution in one round trip (an untyped
+    // one is prepared first, a round trip of its own): this is every action GET and resolve miss.
     let row = client
-        .query_opt(
+        .query_typed_opt(
             &format!("SELECT {ACTION_COLUMNS} FROM actions WHERE namespace = $1 AND name = $3"),
-            &[&namespace, &with_code, &name],
+            &[(&namespace, Type::TEXT), (&with_code, Type::BOOL), (&name, Type::TEXT)],
         )
         .await?;
     row.as_ref().map(action_from_row).transpose()
