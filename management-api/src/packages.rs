@@ -298,24 +298,26 @@ fn check_package_name(name: &str) -> Result<(), ApiError> {
     validate_entity_name(name).map_err(|error| ApiError::BadRequest(error.to_string()))
 }
 
-/// `GET /api/v1/namespaces/{ns}/packages`: the namespace's packages and bindings. `public` is
-/// accepted and ignored: only one's own namespace can be listed.
+/// `GET /api/v1/namespaces/{ns}/packages`: one's own namespace's packages and bindings, or another
+/// namespace's published packages (`wsk package list /whisk.system`). `public` is accepted and
+/// ignored: what is listed follows from whose namespace it is.
 pub async fn list(
     State(state): State<AppState>,
     subject: Subject,
     ApiPath(namespace): ApiPath<String>,
     ApiQuery(query): ApiQuery<ListQuery>,
 ) -> Result<Response, ApiError> {
-    let namespace = authorize(&subject, &namespace)?;
-    crate::paging::respond(
-        &state,
-        namespace,
-        query.page()?,
-        "packages",
-        crate::store::Store::count_packages,
-        crate::store::Store::list_packages,
-    )
-    .await
+    // Another namespace's packages are listed as OpenWhisk lists them: only the published ones.
+    let (namespace, count, list): (_, crate::paging::CountFn, crate::paging::ListFn<Package>) =
+        match authorize(&subject, &namespace) {
+            Ok(own) => (own, crate::store::Store::count_packages, crate::store::Store::list_packages),
+            Err(_) => (
+                namespace,
+                crate::store::Store::count_published_packages,
+                crate::store::Store::list_published_packages,
+            ),
+        };
+    crate::paging::respond(&state, namespace, query.page()?, "packages", count, list).await
 }
 
 impl crate::paging::Listed for Package {

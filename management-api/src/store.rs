@@ -217,6 +217,14 @@ interface! {
     /// One page of the namespace's packages and bindings, most recently updated first.
     fn list_packages(&self, namespace: &str, skip: u64, limit: u64) -> Result<Vec<Package>, StoreError>;
     fn count_packages(&self, namespace: &str) -> Result<u64, StoreError>;
+    /// One page of the namespace's published packages (no bindings): what other namespaces see.
+    fn list_published_packages(
+        &self,
+        namespace: &str,
+        skip: u64,
+        limit: u64,
+    ) -> Result<Vec<Package>, StoreError>;
+    fn count_published_packages(&self, namespace: &str) -> Result<u64, StoreError>;
     /// Every action of the package at `path` (`ns/pkg`), without code, most recently updated first.
     fn package_actions(&self, path: &str) -> Result<Vec<Action>, StoreError>;
     /// Creates or replaces an action of package `namespace/package` atomically: `build` sees the

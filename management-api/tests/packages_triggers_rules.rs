@@ -277,7 +277,6 @@ async fn bindings_reach_published_packages_with_merged_parameters(backend: Backe
     for uri in [
         "/api/v1/namespaces/alice/packages/private",
         "/api/v1/namespaces/alice/packages/absent",
-        "/api/v1/namespaces/alice/packages",
         "/api/v1/namespaces/alice/actions/shared/echo",
     ] {
         let (status, body) = get(&h, &h.guest, uri).await;
@@ -286,6 +285,14 @@ async fn bindings_reach_published_packages_with_merged_parameters(backend: Backe
     }
     let (status, _) = resolve(&h, "alice", "shared%2Fecho", Some(&h.guest)).await;
     assert_eq!(status, StatusCode::FORBIDDEN, "only through a binding");
+    // Listing another namespace shows its published packages only (`wsk package list /alice`).
+    let listed = ok(get(&h, &h.guest, "/api/v1/namespaces/alice/packages").await);
+    let names: Vec<&str> = listed.as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["shared"]);
+    assert_eq!(
+        ok(get(&h, &h.guest, "/api/v1/namespaces/alice/packages?count=true").await),
+        json!({"packages": 1})
+    );
 
     // Same-namespace bindings: no binding of a binding, no package turned into a binding.
     ok(put(&h, &h.guest, "/api/v1/namespaces/_/packages/local", json!({})).await);
@@ -510,7 +517,6 @@ async fn a_key_reaches_no_package_trigger_or_rule_of_another_namespace(backend: 
     ok(put(&h, &h.guest, "/api/v1/namespaces/_/rules/r", json!({"trigger": "t", "action": "hello"})).await);
 
     let forbidden = [
-        (Method::GET, "/api/v1/namespaces/guest/packages", None),
         (Method::GET, "/api/v1/namespaces/guest/packages/utils", None),
         (Method::PUT, "/api/v1/namespaces/guest/packages/utils?overwrite=true", Some(json!({}))),
         (Method::DELETE, "/api/v1/namespaces/guest/packages/utils", None),
@@ -539,6 +545,10 @@ async fn a_key_reaches_no_package_trigger_or_rule_of_another_namespace(backend: 
         assert_error(&body, "The supplied authentication is not authorized to access 'guest'.");
     }
     assert!(seen.lock().unwrap().is_empty(), "nothing was fired");
+    let (status, listed) =
+        send(&h.router, request(Method::GET, "/api/v1/namespaces/guest/packages", Some(&h.alice), None))
+            .await;
+    assert_eq!((status, listed), (StatusCode::OK, json!([])), "guest published nothing");
     let (status, _) = resolve(&h, "guest", "utils%2Fecho", Some(&h.alice)).await;
     assert_eq!(status, StatusCode::FORBIDDEN);
 

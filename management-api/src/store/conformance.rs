@@ -315,6 +315,25 @@ fn packages_and_bindings_round_trip_and_list(store: Store) {
     assert_eq!(names, ["b", "a"]);
     assert_eq!(store.count_packages("guest").unwrap(), 2);
     assert_eq!(store.list_packages("other", 0, 30).unwrap(), vec![]);
+    // Other namespaces see the published packages only, never a binding (even a published one).
+    assert_eq!(store.list_published_packages("guest", 0, 30).unwrap(), vec![]);
+    put_package(&store, Package { publish: true, ..package("c", 3) });
+    put_package(
+        &store,
+        Package {
+            publish: true,
+            binding: Some(Binding { namespace: "other".into(), name: "p".into() }),
+            ..package("d", 4)
+        },
+    );
+    let published: Vec<_> =
+        store.list_published_packages("guest", 0, 30).unwrap().into_iter().map(|p| p.name).collect();
+    assert_eq!(published, ["c"]);
+    assert_eq!(store.count_published_packages("guest").unwrap(), 1);
+    assert_eq!(store.list_published_packages("guest", 1, 30).unwrap(), vec![]);
+    for name in ["c", "d"] {
+        store.delete_package::<StoreError>("guest", name, |_, _| Ok(())).unwrap();
+    }
     let replaced = store
         .put_package::<StoreError>("guest", "b", |existing| {
             Ok(Package { binding: None, updated: 3, ..existing.unwrap() })

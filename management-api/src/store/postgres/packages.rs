@@ -9,6 +9,9 @@ use super::{
 use crate::actions::Action;
 use crate::packages::{Binding, Package};
 
+/// The packages another namespace may list: published ones, bindings never.
+const PUBLISHED_ONLY: &str = "AND publish AND binding_namespace IS NULL";
+
 const PACKAGE_COLUMNS: &str =
     "namespace, name, version, publish, parameters, annotations, binding_namespace, binding_name, updated";
 
@@ -99,12 +102,40 @@ impl PostgresStore {
 
     /// One page of the namespace's packages and bindings, most recently updated first.
     pub fn list_packages(&self, namespace: &str, skip: u64, limit: u64) -> Result<Vec<Package>, StoreError> {
+        self.page_of_packages("", namespace, skip, limit)
+    }
+
+    pub fn count_packages(&self, namespace: &str) -> Result<u64, StoreError> {
+        self.count("SELECT COUNT(*) FROM packages WHERE namespace = $1", namespace)
+    }
+
+    pub fn list_published_packages(
+        &self,
+        namespace: &str,
+        skip: u64,
+        limit: u64,
+    ) -> Result<Vec<Package>, StoreError> {
+        self.page_of_packages(PUBLISHED_ONLY, namespace, skip, limit)
+    }
+
+    pub fn count_published_packages(&self, namespace: &str) -> Result<u64, StoreError> {
+        self.count(&format!("SELECT COUNT(*) FROM packages WHERE namespace = $1 {PUBLISHED_ONLY}"), namespace)
+    }
+
+    /// One page of the namespace's packages matching the extra condition `scope`.
+    fn page_of_packages(
+        &self,
+        scope: &str,
+        namespace: &str,
+        skip: u64,
+        limit: u64,
+    ) -> Result<Vec<Package>, StoreError> {
         let (skip, limit) = (bigint("skip", skip)?, bigint("limit", limit)?);
         self.run(async |client| {
             let rows = client
                 .query(
                     &format!(
-                        "SELECT {PACKAGE_COLUMNS} FROM packages WHERE namespace = $1
+                        "SELECT {PACKAGE_COLUMNS} FROM packages WHERE namespace = $1 {scope}
                          ORDER BY updated DESC, name LIMIT $2 OFFSET $3"
                     ),
                     &[&namespace, &limit, &skip],
@@ -112,10 +143,6 @@ impl PostgresStore {
                 .await?;
             rows.iter().map(package_from_row).collect()
         })
-    }
-
-    pub fn count_packages(&self, namespace: &str) -> Result<u64, StoreError> {
-        self.count("SELECT COUNT(*) FROM packages WHERE namespace = $1", namespace)
     }
 
     /// Every action of the package at `path` (`ns/pkg`), without code, most recently updated first.

@@ -9,6 +9,9 @@ use super::{
 use crate::actions::Action;
 use crate::packages::{Binding, Package};
 
+/// The packages another namespace may list: published ones, bindings never.
+const PUBLISHED_ONLY: &str = "AND publish = 1 AND binding_namespace IS NULL";
+
 const PACKAGE_COLUMNS: &str =
     "namespace, name, version, publish, parameters, annotations, binding_namespace, binding_name, updated";
 
@@ -87,9 +90,37 @@ impl SqliteStore {
 
     /// One page of the namespace's packages and bindings, most recently updated first.
     pub fn list_packages(&self, namespace: &str, skip: u64, limit: u64) -> Result<Vec<Package>, StoreError> {
+        self.page_of_packages("", namespace, skip, limit)
+    }
+
+    pub fn count_packages(&self, namespace: &str) -> Result<u64, StoreError> {
+        self.count_of_packages("", namespace)
+    }
+
+    pub fn list_published_packages(
+        &self,
+        namespace: &str,
+        skip: u64,
+        limit: u64,
+    ) -> Result<Vec<Package>, StoreError> {
+        self.page_of_packages(PUBLISHED_ONLY, namespace, skip, limit)
+    }
+
+    pub fn count_published_packages(&self, namespace: &str) -> Result<u64, StoreError> {
+        self.count_of_packages(PUBLISHED_ONLY, namespace)
+    }
+
+    /// One page of the namespace's packages matching the extra condition `scope`.
+    fn page_of_packages(
+        &self,
+        scope: &str,
+        namespace: &str,
+        skip: u64,
+        limit: u64,
+    ) -> Result<Vec<Package>, StoreError> {
         let connection = self.connection();
         let mut statement = connection.prepare_cached(&format!(
-            "SELECT {PACKAGE_COLUMNS} FROM packages WHERE namespace = ?1
+            "SELECT {PACKAGE_COLUMNS} FROM packages WHERE namespace = ?1 {scope}
              ORDER BY updated DESC, name LIMIT ?2 OFFSET ?3"
         ))?;
         let packages = statement
@@ -98,10 +129,10 @@ impl SqliteStore {
         Ok(packages)
     }
 
-    pub fn count_packages(&self, namespace: &str) -> Result<u64, StoreError> {
+    fn count_of_packages(&self, scope: &str, namespace: &str) -> Result<u64, StoreError> {
         let connection = self.connection();
         Ok(connection.query_row(
-            "SELECT COUNT(*) FROM packages WHERE namespace = ?1",
+            &format!("SELECT COUNT(*) FROM packages WHERE namespace = ?1 {scope}"),
             [namespace],
             |row| row.get(0),
         )?)
