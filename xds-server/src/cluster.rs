@@ -8,6 +8,8 @@ pub mod pod;
 
 use std::future::Future;
 
+use tokio::sync::mpsc;
+
 use crate::table::ActionKey;
 
 /// What to start. Everything here is written on the container (labels of a process or pod), so
@@ -93,4 +95,9 @@ pub trait ClusterManager: Send + Sync + 'static {
     /// A prewarmed container was specialised for `spec`'s action: its labels must say so, so that
     /// a restarted control plane adopts it as that action's container.
     fn relabel(&self, spec: &ContainerSpec) -> impl Future<Output = Result<(), ClusterError>> + Send;
+    /// Runs for the server's life, sending the id of every container that stops on its own (a
+    /// runtime process that exits; a pod that fails, is evicted or is deleted by someone else) as
+    /// it is noticed, so that the control plane takes it out of xDS at once. Ids the control plane
+    /// no longer knows (its own stops) are ignored there.
+    fn watch_lost(&self, lost: mpsc::UnboundedSender<String>) -> impl Future<Output = ()> + Send;
 }

@@ -247,12 +247,21 @@ pub async fn run_with<C: ClusterManager>(config: Config, cluster: C) -> anyhow::
             }
         }
     };
+    let lost = {
+        let (plane, mut stop) = (plane.clone(), stop.clone());
+        async move {
+            tokio::select! {
+                () = plane.follow_lost() => {},
+                _ = stop.wait_for(|stopped| *stopped) => {},
+            }
+        }
+    };
     let signal = async {
         shutdown_signal().await;
         info!("shutting down: stopping containers");
         let _ = stop_sender.send(true);
     };
-    let (grpc, http, (), (), ()) = tokio::join!(grpc, http, signal, collector, refill);
+    let (grpc, http, (), (), (), ()) = tokio::join!(grpc, http, signal, collector, refill, lost);
     if config.keep_containers_on_exit {
         info!("leaving the containers running for the next run to adopt");
     } else {

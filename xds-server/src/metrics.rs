@@ -55,6 +55,7 @@ pub struct Metrics {
     pub xds_pushes: Family<TypeLabel, Counter>,
     pub xds_nacks: Counter,
     pub containers_retired: Counter,
+    pub containers_lost: Counter,
     pub marks: Family<ReasonLabel, Counter>,
     pub unmarks: Counter,
     pub sweeps: Counter,
@@ -75,6 +76,7 @@ impl Default for Metrics {
             xds_pushes: Family::default(),
             xds_nacks: Counter::default(),
             containers_retired: Counter::default(),
+            containers_lost: Counter::default(),
             marks: Family::default(),
             unmarks: Counter::default(),
             sweeps: Counter::default(),
@@ -110,6 +112,11 @@ impl Metrics {
             "whisk_containers_retired",
             "Containers the data plane retired (timeout, lost client, refused run)",
             self.containers_retired.clone(),
+        );
+        registry.register(
+            "whisk_containers_lost",
+            "Containers that stopped on their own (exited process; failed, evicted or deleted pod)",
+            self.containers_lost.clone(),
         );
         registry.register(
             "whisk_gc_marks",

@@ -459,6 +459,41 @@ impl<C: ClusterManager> ControlPlane<C> {
         outcome.answer
     }
 
+    /// Follows the cluster manager's reports of containers that stopped on their own, for the
+    /// server's life.
+    pub async fn follow_lost(&self) {
+        let (sender, mut receiver) = tokio::sync::mpsc::unbounded_channel::<String>();
+        let handle = async {
+            while let Some(id) = receiver.recv().await {
+                self.lost(&id).await;
+            }
+        };
+        tokio::join!(self.cluster.watch_lost(sender), handle);
+    }
+
+    /// A ready container that stopped on its own: out of the table and xDS at once, so no new
+    /// activation is sent to it (the ones running in it fail with their connection, and the filter
+    /// retires its slot once the collector calls it unknown); then what is left of it is removed.
+    /// A container still starting is its cold start's to fail; an unknown one was stopped by us.
+    async fn lost(&self, id: &str) {
+        self.stems().values_mut().for_each(|stems| stems.retain(|stem| stem.id != id));
+        let removed = {
+            let mut state = self.lock();
+            if state.table.get(id).is_none_or(|container| container.state != ContainerState::Ready) {
+                return;
+            }
+            let removed = state.table.remove(id);
+            self.publish(&mut state);
+            removed
+        };
+        let Some(container) = removed else { return };
+        self.metrics.containers_lost.inc();
+        warn!(container = id, action = %container.action, node = %container.node, "container lost; out of xDS");
+        if let Err(error) = self.cluster.stop(id).await {
+            debug!(container = id, %error, "nothing left to stop of a lost container");
+        }
+    }
+
     /// Removes a container from the table (and so from xDS) first, then stops it.
     async fn discard(&self, id: &str) {
         {

@@ -237,6 +237,37 @@ impl ClusterManager for KubeCluster {
         info!(count, "all action pods deleted");
     }
 
+    /// Watches every pod this server manages (kube-runtime's watcher: it re-lists after a `410 Gone`
+    /// and reconnects by itself) and reports the failed and the deleted ones.
+    async fn watch_lost(&self, lost: tokio::sync::mpsc::UnboundedSender<String>) {
+        let selector = format!("{}={}", MANAGED_BY.0, MANAGED_BY.1);
+        let mut events =
+            pin!(watcher::watcher(self.pods.clone(), watcher::Config::default().labels(&selector)));
+        let mut pause = WATCH_RETRY_MIN;
+        while let Some(event) = events.next().await {
+            let found = match event {
+                Ok(watcher::Event::Apply(pod) | watcher::Event::InitApply(pod)) => {
+                    pod::lost_container(&pod, false).map(|id| (id, pod))
+                }
+                Ok(watcher::Event::Delete(pod)) => pod::lost_container(&pod, true).map(|id| (id, pod)),
+                Ok(watcher::Event::Init | watcher::Event::InitDone) => None,
+                Err(error) => {
+                    debug!(%error, "pod watch error; the watcher recovers");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(WATCH_RETRY_MAX);
+                    continue;
+                }
+            };
+            pause = WATCH_RETRY_MIN;
+            if let Some((id, pod)) = found {
+                debug!(container = %id, pod = ?pod.metadata.name, "pod lost");
+                if lost.send(id).is_err() {
+                    return;
+                }
+            }
+        }
+    }
+
     /// Rewrites the pod's identity labels and annotations for the action it now serves.
     async fn relabel(&self, spec: &ContainerSpec) -> Result<(), ClusterError> {
         let name = pod::pod_name(&spec.id);
@@ -481,6 +512,42 @@ mod tests {
         let adopted = cluster.adopt().await.unwrap();
         scenario.await.unwrap();
         assert_eq!(adopted, [Adopted { spec: spec("aaa"), address: "10.0.0.7:8080".into() }]);
+    }
+
+    #[tokio::test]
+    async fn failed_and_deleted_pods_are_reported_lost_from_one_watch_of_all_pods() {
+        let (cluster, mut server) = cluster(Duration::from_secs(5));
+        let (sender, mut lost) = tokio::sync::mpsc::unbounded_channel();
+        let watching = tokio::spawn(async move { cluster.watch_lost(sender).await });
+        let config = PodConfig::test();
+        let healthy = at(&pod::pod_for(&spec("aaa"), &config).unwrap(), "5", fixtures::ready("10.0.0.7"));
+        let crashed = at(&pod::pod_for(&spec("bbb"), &config).unwrap(), "6", fixtures::ready("10.0.0.8"));
+        let mut crashed_status = crashed.status.clone().unwrap();
+        crashed_status.phase = Some("Failed".into());
+        crashed_status.reason = Some("Evicted".into());
+        let crashed = at(&crashed, "7", crashed_status);
+
+        // The watcher lists every pod this server manages (no pod name), then watches them all.
+        let (received, send) = server.expect(Method::GET, PODS).await;
+        assert_eq!(
+            received.query.get("labelSelector").map(String::as_str),
+            Some("app.kubernetes.io/managed-by=whisk-xds-server")
+        );
+        assert_eq!(received.query.get("fieldSelector"), None);
+        let list = json!({"apiVersion": "v1", "kind": "PodList", "metadata": {"resourceVersion": "9"},
+                          "items": [healthy, crashed]});
+        ApiServer::reply(send, StatusCode::OK, &list);
+        let first = tokio::time::timeout(Duration::from_secs(5), lost.recv()).await.unwrap();
+        assert_eq!(first.as_deref(), Some("bbb"), "the evicted pod is lost; the healthy one is not");
+
+        let (received, send) = server.expect(Method::GET, PODS).await;
+        assert_eq!(received.query.get("watch").map(String::as_str), Some("true"), "{received:?}");
+        assert_eq!(received.query.get("resourceVersion").map(String::as_str), Some("9"));
+        let deleted = serde_json::to_vec(&event("DELETED", &healthy)).unwrap();
+        send.send_response(Response::builder().body(Body::from(deleted)).unwrap());
+        let second = tokio::time::timeout(Duration::from_secs(5), lost.recv()).await.unwrap();
+        assert_eq!(second.as_deref(), Some("aaa"), "a pod deleted by someone else is lost");
+        watching.abort();
     }
 
     #[tokio::test]

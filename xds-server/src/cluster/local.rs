@@ -21,6 +21,10 @@ use crate::table::ActionKey;
 /// How long a runtime gets to stop on SIGTERM before it is killed.
 const STOP_GRACE: Duration = Duration::from_secs(2);
 
+/// How often the runtimes are checked for having exited: a child's exit is a cheap non-blocking
+/// `waitpid`, an adopted process's a signal 0.
+const EXIT_CHECK: Duration = Duration::from_millis(100);
+
 /// The environment variables that label a runtime process.
 pub mod labels {
     /// Which control plane owns it: two platforms on one machine never adopt each other's.
@@ -232,6 +236,44 @@ impl ClusterManager for LocalProcesses {
         let text: String =
             identity_labels(spec).iter().map(|(key, value)| format!("{key}={value}\n")).collect();
         std::fs::write(self.labels_dir.join(format!("{}.env", spec.id)), text).map_err(failed)
+    }
+
+    /// Reaps runtimes that exited (crashed, killed by someone else) and reports them; they leave the
+    /// map, so a later `stop` of one is an unknown id.
+    async fn watch_lost(&self, lost: tokio::sync::mpsc::UnboundedSender<String>) {
+        let mut checks = tokio::time::interval(EXIT_CHECK);
+        checks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            checks.tick().await;
+            let exited: Vec<(String, String)> = {
+                let mut children = self.children.lock().await;
+                let exited: Vec<(String, String)> = children
+                    .iter_mut()
+                    .filter_map(|(id, runtime)| {
+                        let how = match runtime {
+                            Runtime::Child(child) => match child.try_wait() {
+                                Ok(Some(status)) => status.to_string(),
+                                Ok(None) => return None,
+                                Err(error) => format!("cannot be waited for: {error}"),
+                            },
+                            Runtime::Adopted(pid) if kill(*pid, None).is_err() => "gone".to_owned(),
+                            Runtime::Adopted(_) => return None,
+                        };
+                        Some((id.clone(), how))
+                    })
+                    .collect();
+                for (id, _) in &exited {
+                    children.remove(id);
+                }
+                exited
+            };
+            for (id, how) in exited {
+                warn!(container = %id, exit = %how, "runtime process exited on its own");
+                if lost.send(id).is_err() {
+                    return;
+                }
+            }
+        }
     }
 
     async fn stop(&self, id: &str) -> Result<(), ClusterError> {

@@ -362,6 +362,14 @@ const FATAL_WAITING: &[&str] = &[
     "CrashLoopBackOff",
 ];
 
+/// The container a pod event says is lost: any deleted pod, or one that failed (phase Failed,
+/// evicted, its runtime exited). `None` for a healthy or starting pod and for pods not ours.
+pub fn lost_container(pod: &Pod, deleted: bool) -> Option<String> {
+    let annotations = pod.metadata.annotations.as_ref()?;
+    let id = annotations.get(keys::CONTAINER_ID).filter(|id| !id.is_empty())?;
+    (deleted || matches!(readiness(pod), Readiness::Failed(_))).then(|| id.clone())
+}
+
 /// Reads a pod's status: Ready once the phase is Running, the Ready condition is True and the pod
 /// has an IP; Failed on a terminal phase, a terminated container or a hopeless waiting reason.
 pub fn readiness(pod: &Pod) -> Readiness {
@@ -516,6 +524,23 @@ mod tests {
 
     use super::fixtures::*;
     use super::*;
+
+    #[test]
+    fn lost_pods_are_the_deleted_and_the_failed_ones() {
+        let config = PodConfig::test();
+        let pod = pod_for(&fixtures::spec("abc"), &config).unwrap();
+        let ready = fixtures::with_status(&pod, "2", fixtures::ready("10.0.0.9"));
+        assert_eq!(lost_container(&ready, false), None);
+        assert_eq!(lost_container(&ready, true).as_deref(), Some("abc"));
+        let starting = fixtures::with_status(&pod, "3", fixtures::pending());
+        assert_eq!(lost_container(&starting, false), None);
+        let mut failed = fixtures::ready("10.0.0.9");
+        failed.phase = Some("Failed".into());
+        assert_eq!(lost_container(&fixtures::with_status(&pod, "4", failed), false).as_deref(), Some("abc"));
+        let mut foreign = ready.clone();
+        foreign.metadata.annotations = None;
+        assert_eq!(lost_container(&foreign, true), None, "not one of ours");
+    }
 
     #[test]
     fn valid_label_values_are_kept() {

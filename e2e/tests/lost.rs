@@ -1,0 +1,66 @@
+//! A container that stops on its own (here: its runtime process is terminated by someone else) is
+//! taken out of Envoy's endpoints at once, counted as lost, and the action's next invoke gets a new
+//! container instead of the dead one.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::{Duration, Instant};
+
+use e2e::client::{Client, control_metrics, metric};
+use e2e::{Artifacts, GUEST_KEY, Options, Platform};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use serde_json::{Value, json};
+use xds_server::cluster::local::owned_runtimes;
+
+/// The hosts Envoy routes to in the containers cluster.
+async fn container_hosts(platform: &Platform) -> Vec<String> {
+    let url = format!("{}/clusters?format=json", platform.admin_url());
+    let clusters: Value = reqwest::get(url).await.unwrap().json().await.unwrap();
+    clusters["cluster_statuses"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|cluster| cluster["name"] == "whisk_containers")
+        .flat_map(|cluster| cluster["host_statuses"].as_array().cloned().unwrap_or_default())
+        .map(|host| host["address"]["socket_address"]["port_value"].to_string())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_container_that_dies_leaves_xds_at_once_and_is_replaced() {
+    let dir = tempfile::tempdir().unwrap();
+    let platform = Platform::start(
+        Options::for_test(dir.path(), "envoy-lost").unwrap(),
+        Artifacts::from_workspace().unwrap(),
+    )
+    .unwrap();
+    let client = Client::new(&platform.api_host(), GUEST_KEY);
+    assert_eq!(
+        client.create_action("echo", "nodejs:20", "function main(p) { return p; }").await.unwrap().status,
+        200
+    );
+    assert_eq!(client.invoke("echo", &json!({"n": 1}), true).await.unwrap().status, 200);
+    assert_eq!(container_hosts(&platform).await.len(), 1);
+
+    let runtimes = owned_runtimes(&platform.owner());
+    assert_eq!(runtimes.len(), 1, "one container");
+    kill(Pid::from_raw(runtimes[0].pid), Signal::SIGTERM).unwrap();
+    let died = Instant::now();
+    while !container_hosts(&platform).await.is_empty() {
+        assert!(died.elapsed() < Duration::from_secs(5), "the dead container is still routed to");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let gone_after = died.elapsed();
+    let page = control_metrics(&platform).await.unwrap();
+    assert_eq!(metric(&page, "xds_whisk_containers_lost_total", ""), 1.0, "{page}");
+    eprintln!("out of Envoy's endpoints {} ms after its process ended", gone_after.as_millis());
+
+    // Once the filter's next usage report hears the container is unknown, its slot is retired:
+    // the next invoke starts a new container.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let again = client.invoke("echo", &json!({"n": 2}), true).await.unwrap();
+    assert_eq!((again.status, again.body), (200, json!({"n": 2})));
+    assert_eq!(container_hosts(&platform).await.len(), 1);
+    assert_eq!(owned_runtimes(&platform.owner()).len(), 1, "the new one only");
+}
