@@ -76,6 +76,11 @@ pub struct Options {
     pub management_args: Vec<String>,
     /// Envoy replicas in front of the same control plane (node ids `{node_id}`, `{node_id}-1`, …).
     pub replicas: usize,
+    /// Envoys speak incremental ADS (`api_type: DELTA_GRPC`) instead of state of the world (`GRPC`).
+    pub delta_xds: bool,
+    /// Per replica (by index), overrides `delta_xds`, to mix both variants in front of one control
+    /// plane; replicas past its end follow `delta_xds`.
+    pub delta_replicas: Vec<bool>,
 }
 
 /// Namespace limits far above what any test or benchmark sends: OpenWhisk's defaults (120 invokes
@@ -98,8 +103,20 @@ impl Options {
             xds_args: Vec::new(),
             management_args: unthrottled(),
             replicas: 1,
+            delta_xds: false,
+            delta_replicas: Vec::new(),
         })
     }
+
+    /// True when replica `replica` speaks incremental ADS.
+    pub fn delta_xds_of(&self, replica: usize) -> bool {
+        self.delta_replicas.get(replica).copied().unwrap_or(self.delta_xds)
+    }
+}
+
+/// Envoy's `ads_config.api_type` for the ADS variant.
+pub fn ads_api_type(delta: bool) -> &'static str {
+    if delta { "DELTA_GRPC" } else { "GRPC" }
 }
 
 /// Paths to the binaries and assets the platform is made of.
@@ -336,7 +353,8 @@ impl Platform {
             .replace("${INGRESS_ADDRESS}", &format!("127.0.0.1:{ingress}"))
             .replace("${ADMIN_PORT}", &admin.to_string())
             .replace("${XDS_HOST}", "127.0.0.1")
-            .replace("${XDS_PORT}", &self.options.ports.xds.to_string());
+            .replace("${XDS_PORT}", &self.options.ports.xds.to_string())
+            .replace("${ADS_API_TYPE}", ads_api_type(self.options.delta_xds_of(replica)));
         let name = if replica == 0 { "envoy".to_owned() } else { format!("envoy-{replica}") };
         let path = self.options.work_dir.join(format!("{name}.yaml"));
         fs::write(&path, bootstrap)?;

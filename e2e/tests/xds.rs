@@ -1,10 +1,14 @@
-//! The xDS server against real Envoy: everything pushed is accepted (read back from Envoy's admin
-//! `/config_dump` and `/clusters`), a change of the container table reaches Envoy's endpoints, and a
-//! resource Envoy rejects is NACKed, logged and counted once, not pushed again in a loop, while the
-//! server keeps serving the other resource types.
+//! The xDS server against real Envoy, in both ADS variants (state of the world and delta): everything
+//! pushed is accepted (read back from Envoy's admin `/config_dump` and `/clusters`), a change of the
+//! container table reaches Envoy's endpoints, and a resource Envoy rejects is NACKed, logged and counted
+//! once, not pushed again in a loop, while the server keeps serving the other resource types. Delta
+//! only: a container change pushes only the endpoints, a reconnecting Envoy is not sent again what it
+//! holds, and a SotW and a delta Envoy serve the same action side by side.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::collections::BTreeSet;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use e2e::client::{Client, control_metrics, metric};
@@ -43,15 +47,33 @@ async fn hosts(platform: &Platform, name: &str) -> Vec<String> {
     hosts
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_pushed_resource_is_accepted_and_table_changes_reach_envoy() {
-    let dir = tempfile::tempdir().unwrap();
-    let platform = Platform::start(
-        Options::for_test(dir.path(), "envoy-xds").unwrap(),
-        Artifacts::from_workspace().unwrap(),
-    )
-    .unwrap();
-    let dump = admin(&platform, "/config_dump").await;
+fn variant(delta: bool) -> &'static str {
+    if delta { "delta" } else { "sotw" }
+}
+
+fn options(dir: &Path, node_id: &str, delta: bool) -> Options {
+    let mut options = Options::for_test(dir, node_id).unwrap();
+    options.delta_xds = delta;
+    options
+}
+
+/// Resources pushed of `kind` (listener, cluster, endpoint) in `variant`.
+fn pushed_resources(page: &str, kind: &str, variant: &str) -> f64 {
+    metric(page, "xds_whisk_xds_pushed_resources_total", &format!("type=\"{kind}\",variant=\"{variant}\""))
+}
+
+/// Bytes pushed of `kind` (listener, cluster, endpoint) in `variant`.
+fn pushed_bytes(page: &str, kind: &str, variant: &str) -> f64 {
+    metric(page, "xds_whisk_xds_pushed_bytes_total", &format!("type=\"{kind}\",variant=\"{variant}\""))
+}
+
+async fn containers(platform: &Platform) -> Vec<Value> {
+    reqwest::get(format!("{}/v1/containers", platform.control_url())).await.unwrap().json().await.unwrap()
+}
+
+/// Envoy holds the four clusters, all active, and the listener, active without error.
+async fn assert_everything_accepted(platform: &Platform) {
+    let dump = admin(platform, "/config_dump").await;
     let clusters = dump_of(&dump, "ClustersConfigDump");
     let mut names: Vec<&str> = clusters["dynamic_active_clusters"]
         .as_array()
@@ -66,25 +88,21 @@ async fn every_pushed_resource_is_accepted_and_table_changes_reach_envoy() {
     assert_eq!(listeners.len(), 1, "{listeners:?}");
     assert!(listeners[0].get("active_state").is_some(), "{:?}", listeners[0]);
     assert!(listeners[0].get("error_state").is_none(), "{:?}", listeners[0]);
-    assert!(hosts(&platform, "whisk_containers").await.is_empty());
+}
 
-    // A cold start adds the container to Envoy's endpoints.
+/// A cold start adds the container to Envoy's endpoints, a retirement removes it.
+async fn assert_table_changes_reach_envoy(platform: &Platform) {
+    assert!(hosts(platform, "whisk_containers").await.is_empty());
     let client = Client::new(&platform.api_host(), GUEST_KEY);
     assert_eq!(
         client.create_action("echo", "nodejs:20", "function main(p) { return p; }").await.unwrap().status,
         200
     );
     assert_eq!(client.invoke("echo", &json!({}), true).await.unwrap().status, 200);
-    let table: Vec<Value> = reqwest::get(format!("{}/v1/containers", platform.control_url()))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let table = containers(platform).await;
     let addresses: Vec<String> = table.iter().map(|c| c["address"].as_str().unwrap().to_owned()).collect();
-    assert_eq!(hosts(&platform, "whisk_containers").await, addresses);
+    assert_eq!(hosts(platform, "whisk_containers").await, addresses);
 
-    // A retirement removes it.
     let id = table[0]["id"].as_str().unwrap();
     let retired = reqwest::Client::new()
         .delete(format!("{}/v1/containers/{id}", platform.control_url()))
@@ -94,23 +112,46 @@ async fn every_pushed_resource_is_accepted_and_table_changes_reach_envoy() {
         .unwrap();
     assert_eq!(retired.status(), 204);
     let deadline = Instant::now() + Duration::from_secs(5);
-    while !hosts(&platform, "whisk_containers").await.is_empty() {
+    while !hosts(platform, "whisk_containers").await.is_empty() {
         assert!(Instant::now() < deadline, "the retired container is still an endpoint");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert_eq!(metric(&control_metrics(&platform).await.unwrap(), "xds_whisk_xds_nacks_total", ""), 0.0);
+}
+
+async fn accepted_and_table_changes_reach_envoy(delta: bool) {
+    let dir = tempfile::tempdir().unwrap();
+    let platform =
+        Platform::start(options(dir.path(), "envoy-xds", delta), Artifacts::from_workspace().unwrap())
+            .unwrap();
+    assert_everything_accepted(&platform).await;
+    assert_table_changes_reach_envoy(&platform).await;
+    let page = control_metrics(&platform).await.unwrap();
+    assert_eq!(metric(&page, "xds_whisk_xds_nacks_total", ""), 0.0);
+    // The bootstrap picked the variant: every push went out in it.
+    for kind in ["listener", "cluster", "endpoint"] {
+        assert!(pushed_resources(&page, kind, variant(delta)) >= 1.0, "{kind}: {page}");
+        assert_eq!(pushed_resources(&page, kind, variant(!delta)), 0.0, "{kind}: {page}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_rejected_listener_is_nacked_once_and_the_rest_is_served() {
+async fn every_pushed_resource_is_accepted_and_table_changes_reach_envoy() {
+    accepted_and_table_changes_reach_envoy(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delta_every_pushed_resource_is_accepted_and_table_changes_reach_envoy() {
+    accepted_and_table_changes_reach_envoy(true).await;
+}
+
+async fn rejected_listener_is_nacked_once(delta: bool) {
     let dir = tempfile::tempdir().unwrap();
     // A filter module Envoy cannot load makes the listener invalid.
     let mut artifacts = Artifacts::from_workspace().unwrap();
     let broken = dir.path().join("broken.wasm");
     std::fs::write(&broken, b"\0asm this is not a wasm module").unwrap();
     artifacts.filter_wasm = broken;
-    let platform =
-        Platform::start_unready(Options::for_test(dir.path(), "envoy-nack").unwrap(), artifacts).unwrap();
+    let platform = Platform::start_unready(options(dir.path(), "envoy-nack", delta), artifacts).unwrap();
 
     let deadline = Instant::now() + Duration::from_secs(20);
     let page = loop {
@@ -126,6 +167,7 @@ async fn a_rejected_listener_is_nacked_once_and_the_rest_is_served() {
     let later = control_metrics(&platform).await.unwrap();
     assert_eq!(metric(&later, "xds_whisk_xds_nacks_total", ""), 1.0, "NACKed once: {later}");
     assert_eq!(metric(&later, "xds_whisk_xds_pushes_total", "listener"), listener_pushes, "no push loop");
+    assert_eq!(pushed_resources(&later, "listener", variant(delta)), listener_pushes, "{later}");
     assert!(platform.logs(200).contains("Envoy rejected a push"), "the NACK is logged with Envoy's detail");
 
     // Envoy kept the clusters (ACKed) and shows the listener's error; the server still answers.
@@ -139,4 +181,93 @@ async fn a_rejected_listener_is_nacked_once_and_the_rest_is_served() {
     );
     let health = reqwest::get(format!("{}/health", platform.control_url())).await.unwrap();
     assert_eq!(health.status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rejected_listener_is_nacked_once_and_the_rest_is_served() {
+    rejected_listener_is_nacked_once(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delta_a_rejected_listener_is_nacked_once_and_the_rest_is_served() {
+    rejected_listener_is_nacked_once(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delta_container_change_pushes_only_the_endpoints() {
+    let dir = tempfile::tempdir().unwrap();
+    let platform =
+        Platform::start(options(dir.path(), "envoy-delta", true), Artifacts::from_workspace().unwrap())
+            .unwrap();
+    let client = Client::new(&platform.api_host(), GUEST_KEY);
+    for name in ["first", "second"] {
+        let created =
+            client.create_action(name, "nodejs:20", "function main(p) { return p; }").await.unwrap();
+        assert_eq!(created.status, 200);
+    }
+    assert_eq!(client.invoke("first", &json!({}), true).await.unwrap().status, 200);
+    let before = control_metrics(&platform).await.unwrap();
+    // A cold start answers only after this node ACKed the endpoints holding the new container.
+    assert_eq!(client.invoke("second", &json!({}), true).await.unwrap().status, 200);
+    let after = control_metrics(&platform).await.unwrap();
+
+    let delta = |f: fn(&str, &str, &str) -> f64, kind| f(&after, kind, "delta") - f(&before, kind, "delta");
+    assert_eq!(delta(pushed_resources, "endpoint"), 1.0, "{after}");
+    assert_eq!(delta(pushed_resources, "listener"), 0.0, "{after}");
+    assert_eq!(delta(pushed_resources, "cluster"), 0.0, "{after}");
+    let endpoint_bytes = delta(pushed_bytes, "endpoint");
+    let static_bytes = pushed_bytes(&after, "listener", "delta") + pushed_bytes(&after, "cluster", "delta");
+    eprintln!("one container change: {endpoint_bytes} bytes pushed; listener and clusters: {static_bytes}");
+    assert!(endpoint_bytes > 0.0 && endpoint_bytes < static_bytes / 4.0, "{after}");
+    assert_eq!(hosts(&platform, "whisk_containers").await.len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reconnecting_delta_envoy_is_not_sent_what_it_holds() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut platform =
+        Platform::start(options(dir.path(), "envoy-redelta", true), Artifacts::from_workspace().unwrap())
+            .unwrap();
+    let client = Client::new(&platform.api_host(), GUEST_KEY);
+    assert_eq!(
+        client.create_action("echo", "nodejs:20", "function main(p) { return p; }").await.unwrap().status,
+        200
+    );
+    // Versions are hashes of the resources: the restarted server builds the same listener and
+    // clusters, Envoy declares it holds them, and only the endpoints (now another set) go out.
+    platform.restart_xds().unwrap();
+    assert_eq!(client.invoke("echo", &json!({}), true).await.unwrap().status, 200);
+    let page = control_metrics(&platform).await.unwrap();
+    assert_eq!(pushed_resources(&page, "listener", "delta"), 0.0, "{page}");
+    assert_eq!(pushed_resources(&page, "cluster", "delta"), 0.0, "{page}");
+    assert!(pushed_resources(&page, "endpoint", "delta") >= 1.0, "{page}");
+    assert_everything_accepted(&platform).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sotw_and_a_delta_envoy_serve_the_same_action() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut options = options(dir.path(), "envoy-mixed", false);
+    options.replicas = 2;
+    options.delta_replicas = vec![false, true];
+    let platform = Platform::start(options, Artifacts::from_workspace().unwrap()).unwrap();
+    let clients =
+        [Client::new(&platform.api_host_of(0), GUEST_KEY), Client::new(&platform.api_host_of(1), GUEST_KEY)];
+    let code = "function main(p) { return {n: p.n}; }";
+    assert_eq!(clients[0].create_action("echo", "nodejs:20", code).await.unwrap().status, 200);
+    for n in 0..10 {
+        for client in &clients {
+            let reply = client.invoke("echo", &json!({ "n": n }), true).await.unwrap();
+            assert_eq!((reply.status, reply.body.clone()), (200, json!({ "n": n })));
+        }
+    }
+    // Each Envoy got its own container (per-node endpoints) by its own variant.
+    let nodes: BTreeSet<String> =
+        containers(&platform).await.iter().map(|c| c["node"].as_str().unwrap().to_owned()).collect();
+    assert_eq!(nodes, [platform.node_id_of(0), platform.node_id_of(1)].into_iter().collect());
+    let page = control_metrics(&platform).await.unwrap();
+    for variant in ["sotw", "delta"] {
+        assert!(pushed_resources(&page, "endpoint", variant) >= 2.0, "{variant}: {page}");
+    }
+    assert_eq!(metric(&page, "xds_whisk_xds_nacks_total", ""), 0.0);
 }

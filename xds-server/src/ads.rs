@@ -1,10 +1,14 @@
-//! The Aggregated Discovery Service, state-of-the-world variant: one gRPC stream per Envoy carrying
-//! listeners, clusters and endpoints. This module knows only the stream protocol (versions, nonces,
+//! The Aggregated Discovery Service: one gRPC stream per Envoy carrying listeners, clusters and
+//! endpoints, in either variant Envoy's bootstrap picks (`ads_config.api_type`): state of the world
+//! (`GRPC`, every push carries the whole set of a type) or incremental (`DELTA_GRPC`, a push carries
+//! only what changed, see [`delta`]). This module knows only the stream protocol (versions, nonces,
 //! ACK and NACK); what to send comes from [`Published`] snapshots and the [`snapshot`] builders.
 //!
 //! ```text
 //!  Envoy ──DiscoveryRequest(type, names, nonce, version|error)──► stream task ──► AckTracker
 //!  Envoy ◄─DiscoveryResponse(type, version, nonce, resources)──── stream task ◄── watch<Published>
+//!  Envoy ──DeltaDiscoveryRequest(type, (un)subscribe, nonce, error)──► delta task ──► AckTracker
+//!  Envoy ◄─DeltaDiscoveryResponse(type, changed, removed, nonce)────── delta task ◄── watch<Published>
 //! ```
 
 use std::collections::{BTreeMap, HashMap};
@@ -18,7 +22,7 @@ use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service
     AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
 };
 use envoy_types::pb::envoy::service::discovery::v3::{
-    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse, Resource,
 };
 use envoy_types::pb::google::protobuf::Any;
 use envoy_types::pb::google::protobuf::value::Kind;
@@ -30,7 +34,8 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{debug, info, warn};
 
-use crate::metrics::Metrics;
+use crate::delta;
+use crate::metrics::{Metrics, PushLabel, TypeLabel};
 use crate::snapshot::{self, CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, Topology};
 use crate::table::Table;
 
@@ -132,27 +137,50 @@ impl Ads {
         AggregatedDiscoveryServiceServer::new(self).max_decoding_message_size(64 * 1024 * 1024)
     }
 
-    /// The resources of `type_url` for `peer`, with their version.
-    fn resources(&self, peer: &Peer, type_url: &str, names: &[String]) -> Option<(String, Vec<Any>)> {
+    /// The resources of `type_url` for `peer`, by name; `None` for a type we do not serve.
+    fn snapshot(&self, peer: &Peer, type_url: &str) -> Option<TypeSnapshot> {
+        let fixed =
+            |resources| TypeSnapshot { version: STATIC_VERSION.into(), table_version: None, resources };
         match type_url {
-            LISTENER_TYPE => Some((
-                STATIC_VERSION.into(),
-                vec![snapshot::any(&snapshot::listener(&self.topology, &peer.id, peer.ingress))],
-            )),
-            CLUSTER_TYPE => Some((
-                STATIC_VERSION.into(),
-                snapshot::clusters(&self.topology, peer.ingress).iter().map(snapshot::any).collect(),
+            LISTENER_TYPE => {
+                let listener = snapshot::listener(&self.topology, &peer.id, peer.ingress);
+                Some(fixed(vec![(listener.name.clone(), snapshot::any(&listener))]))
+            }
+            CLUSTER_TYPE => Some(fixed(
+                snapshot::clusters(&self.topology, peer.ingress)
+                    .iter()
+                    .map(|cluster| (cluster.name.clone(), snapshot::any(cluster)))
+                    .collect(),
             )),
             ENDPOINT_TYPE => {
                 let published = self.published.borrow().clone();
                 let assignment = snapshot::endpoints(&published.table, &peer.id);
-                let wanted = names.is_empty() || names.contains(&assignment.cluster_name);
-                let resources = if wanted { vec![snapshot::any(&assignment)] } else { vec![] };
-                Some((published.version.to_string(), resources))
+                Some(TypeSnapshot {
+                    version: published.version.to_string(),
+                    table_version: Some(published.version),
+                    resources: vec![(assignment.cluster_name.clone(), snapshot::any(&assignment))],
+                })
             }
             _ => None,
         }
     }
+
+    /// Counts one response on the wire.
+    fn count_push(&self, type_url: &str, variant: &'static str, bytes: usize, resources: usize) {
+        let label = PushLabel::of(type_url, variant);
+        self.metrics.xds_pushes.get_or_create(&TypeLabel::of(type_url)).inc();
+        self.metrics.xds_pushed_bytes.get_or_create(&label).inc_by(bytes as u64);
+        self.metrics.xds_pushed_resources.get_or_create(&label).inc_by(resources as u64);
+    }
+}
+
+/// The resources of one type for one peer.
+struct TypeSnapshot {
+    /// SotW `version_info`, delta `system_version_info`.
+    version: String,
+    /// The published table version the endpoints were built from (endpoints only).
+    table_version: Option<u64>,
+    resources: Vec<(String, Any)>,
 }
 
 type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
@@ -175,13 +203,24 @@ impl AggregatedDiscoveryService for Ads {
 
     async fn delta_aggregated_resources(
         &self,
-        _request: Request<Streaming<DeltaDiscoveryRequest>>,
+        request: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
-        Err(Status::unimplemented("this server speaks state-of-the-world ADS; set api_type: GRPC"))
+        let (sender, receiver) = mpsc::channel(16);
+        let stream = DeltaStream { ads: self.clone(), sender, peer: None, types: HashMap::new(), nonce: 0 };
+        tokio::spawn(stream.serve(request.into_inner()));
+        Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
     }
 }
 
-/// One Envoy's stream.
+/// The peer of a stream from its first request's node: the first request must carry it.
+fn first_peer(node: Option<&Node>, default_ingress: SocketAddr) -> Result<Peer, Status> {
+    let node = node.ok_or_else(|| Status::invalid_argument("the first request must carry the node"))?;
+    let peer = Peer::from_node(node, default_ingress);
+    info!(node = %peer.id, ingress = %peer.ingress, "Envoy connected");
+    Ok(peer)
+}
+
+/// One Envoy's state-of-the-world stream.
 struct StreamState {
     ads: Ads,
     sender: mpsc::Sender<Result<DiscoveryResponse, Status>>,
@@ -222,16 +261,13 @@ impl StreamState {
     /// Handles one request; false when the stream should end.
     async fn on_request(&mut self, request: DiscoveryRequest) -> bool {
         if self.peer.is_none() {
-            let Some(node) = &request.node else {
-                let _ = self
-                    .sender
-                    .send(Err(Status::invalid_argument("the first request must carry the node")))
-                    .await;
-                return false;
-            };
-            let peer = Peer::from_node(node, self.ads.topology.ingress);
-            info!(node = %peer.id, ingress = %peer.ingress, "Envoy connected");
-            self.peer = Some(peer);
+            match first_peer(request.node.as_ref(), self.ads.topology.ingress) {
+                Ok(peer) => self.peer = Some(peer),
+                Err(status) => {
+                    let _ = self.sender.send(Err(status)).await;
+                    return false;
+                }
+            }
         }
         let node = self.peer.as_ref().map(|p| p.id.clone()).unwrap_or_default();
         let type_url = request.type_url.clone();
@@ -275,10 +311,18 @@ impl StreamState {
     async fn push(&mut self, type_url: &str, force: bool) -> bool {
         let Some(peer) = self.peer.clone() else { return true };
         let Some(subscription) = self.subscriptions.get_mut(type_url) else { return true };
-        let Some((version, resources)) = self.ads.resources(&peer, type_url, &subscription.names) else {
+        let Some(snapshot) = self.ads.snapshot(&peer, type_url) else {
             warn!(node = %peer.id, type_url, "unknown resource type requested");
             return true;
         };
+        // Listeners and clusters are always sent whole; endpoints by the cluster names asked for.
+        let names = &subscription.names;
+        let resources: Vec<Any> = snapshot
+            .resources
+            .into_iter()
+            .filter(|(name, _)| type_url != ENDPOINT_TYPE || names.is_empty() || names.contains(name))
+            .map(|(_, resource)| resource)
+            .collect();
         let digest: Vec<u8> = resources.iter().flat_map(|r| r.encode_to_vec()).collect();
         if !force && digest == subscription.digest {
             return true;
@@ -287,14 +331,180 @@ impl StreamState {
         subscription.nonce = self.nonce.to_string();
         subscription.digest = digest;
         let response = DiscoveryResponse {
-            version_info: version.clone(),
+            version_info: snapshot.version.clone(),
             resources,
             type_url: type_url.to_owned(),
             nonce: subscription.nonce.clone(),
             ..Default::default()
         };
-        self.ads.metrics.xds_pushes.get_or_create(&crate::metrics::TypeLabel::of(type_url)).inc();
-        debug!(node = %peer.id, type_url, version, "push");
+        self.ads.count_push(type_url, "sotw", response.encoded_len(), response.resources.len());
+        debug!(node = %peer.id, type_url, version = snapshot.version, "push");
+        self.sender.send(Ok(response)).await.is_ok()
+    }
+}
+
+/// Per delta stream, per type: the subscription and what Envoy holds, and the responses in flight.
+#[derive(Debug)]
+struct DeltaType {
+    state: delta::TypeState,
+    /// Responses Envoy has not answered yet, by nonce, with the published table version each one
+    /// brings Envoy up to (endpoints only). Envoy answers every delta response, in order.
+    in_flight: BTreeMap<u64, Option<u64>>,
+    /// Envoy rejected the last answered response: it does not hold what `state` says was sent.
+    rejected: bool,
+}
+
+impl DeltaType {
+    fn new(type_url: &str) -> Self {
+        // Listeners and clusters are asked for as a whole; endpoints by cluster name.
+        let wildcard_capable = type_url != ENDPOINT_TYPE;
+        Self { state: delta::TypeState::new(wildcard_capable), in_flight: BTreeMap::new(), rejected: false }
+    }
+}
+
+/// One Envoy's incremental stream.
+struct DeltaStream {
+    ads: Ads,
+    sender: mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>,
+    peer: Option<Peer>,
+    types: HashMap<String, DeltaType>,
+    nonce: u64,
+}
+
+impl DeltaStream {
+    async fn serve(mut self, mut inbound: Streaming<DeltaDiscoveryRequest>) {
+        let mut published = self.ads.published.clone();
+        loop {
+            tokio::select! {
+                request = inbound.next() => match request {
+                    Some(Ok(request)) => {
+                        if !self.on_request(request).await {
+                            break;
+                        }
+                    }
+                    Some(Err(status)) => {
+                        debug!(%status, "delta ADS stream ended with an error");
+                        break;
+                    }
+                    None => break,
+                },
+                changed = published.changed() => {
+                    if changed.is_err() || !self.push(ENDPOINT_TYPE).await {
+                        break;
+                    }
+                }
+            }
+        }
+        if let Some(peer) = &self.peer {
+            info!(node = %peer.id, "Envoy disconnected (delta)");
+        }
+    }
+
+    /// Handles one request: an ACK or NACK of a response, a subscription change, or both; false when
+    /// the stream should end.
+    async fn on_request(&mut self, request: DeltaDiscoveryRequest) -> bool {
+        if self.peer.is_none() {
+            match first_peer(request.node.as_ref(), self.ads.topology.ingress) {
+                Ok(peer) => self.peer = Some(peer),
+                Err(status) => {
+                    let _ = self.sender.send(Err(status)).await;
+                    return false;
+                }
+            }
+        }
+        let node = self.peer.as_ref().map(|p| p.id.clone()).unwrap_or_default();
+        let type_url = request.type_url.clone();
+        let entry = self.types.entry(type_url.clone()).or_insert_with(|| DeltaType::new(&type_url));
+
+        if !request.response_nonce.is_empty() {
+            let answered =
+                request.response_nonce.parse::<u64>().ok().and_then(|n| entry.in_flight.remove(&n));
+            match (answered, &request.error_detail) {
+                // A nonce we did not send on this stream (or already saw answered): nothing to settle.
+                (None, _) => debug!(node, type_url, nonce = request.response_nonce, "stale nonce"),
+                (Some(_), Some(error)) => {
+                    // A NACK: Envoy keeps what it had. What it rejected stays recorded as sent, so it
+                    // is not pushed again in a loop; only a later change of that resource is.
+                    entry.rejected = true;
+                    self.ads.metrics.xds_nacks.inc();
+                    warn!(
+                        node,
+                        type_url,
+                        nonce = request.response_nonce,
+                        error = error.message,
+                        "Envoy rejected a push"
+                    );
+                }
+                (Some(table_version), None) => {
+                    entry.rejected = false;
+                    if let Some(version) = table_version {
+                        self.ads.acks.record(&node, version);
+                    }
+                    debug!(node, type_url, nonce = request.response_nonce, "ACK");
+                }
+            }
+        }
+        entry.state.subscribe(
+            &request.resource_names_subscribe,
+            &request.resource_names_unsubscribe,
+            &request.initial_resource_versions,
+        );
+        self.push(&type_url).await
+    }
+
+    /// Sends what changed of `type_url` since this stream last sent it, if anything; false when the
+    /// stream is gone.
+    async fn push(&mut self, type_url: &str) -> bool {
+        let Some(peer) = self.peer.clone() else { return true };
+        let Some(entry) = self.types.get_mut(type_url) else { return true };
+        let Some(snapshot) = self.ads.snapshot(&peer, type_url) else {
+            warn!(node = %peer.id, type_url, "unknown resource type requested");
+            return true;
+        };
+        let changes = entry.state.delta(&delta::resources(snapshot.resources));
+        if changes.is_empty() {
+            // A new table version that changed nothing for this node: Envoy already has everything
+            // of it once it holds what was last sent, so a cold start waiting for it must not wait
+            // for a push that never comes.
+            if let Some(version) = snapshot.table_version
+                && entry.state.is_subscribed()
+                && !entry.rejected
+            {
+                match entry.in_flight.values_mut().next_back() {
+                    Some(Some(pending)) => *pending = (*pending).max(version),
+                    _ => self.ads.acks.record(&peer.id, version),
+                }
+            }
+            return true;
+        }
+        self.nonce += 1;
+        entry.in_flight.insert(self.nonce, snapshot.table_version);
+        let response = DeltaDiscoveryResponse {
+            system_version_info: snapshot.version.clone(),
+            resources: changes
+                .send
+                .into_iter()
+                .map(|(name, resource)| Resource {
+                    name,
+                    version: resource.version,
+                    resource: Some(resource.body),
+                    ..Default::default()
+                })
+                .collect(),
+            type_url: type_url.to_owned(),
+            removed_resources: changes.removed,
+            nonce: self.nonce.to_string(),
+            ..Default::default()
+        };
+        self.ads.count_push(type_url, "delta", response.encoded_len(), response.resources.len());
+        debug!(
+            node = %peer.id,
+            type_url,
+            version = snapshot.version,
+            changed = response.resources.len(),
+            removed = response.removed_resources.len(),
+            "delta push"
+        );
         self.sender.send(Ok(response)).await.is_ok()
     }
 }
@@ -302,6 +512,7 @@ impl StreamState {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use whisk_contract::clusters;
 
     #[tokio::test]
     async fn ack_waiters_wake_on_the_version_they_need_and_time_out_otherwise() {
@@ -319,5 +530,199 @@ mod tests {
         // Versions never go backwards: a late ACK of an older version is ignored.
         acks.record("envoy-1", 1);
         assert!(acks.wait_for("envoy-1", 5, Duration::from_millis(10)).await);
+    }
+
+    /// A delta stream of node `envoy-1` driven by hand: requests in, responses out, table changes
+    /// published by the test.
+    struct DeltaHarness {
+        stream: DeltaStream,
+        responses: mpsc::Receiver<Result<DeltaDiscoveryResponse, Status>>,
+        published: watch::Sender<Arc<Published>>,
+        acks: AckTracker,
+        metrics: Arc<Metrics>,
+    }
+
+    impl DeltaHarness {
+        fn new() -> Self {
+            let published = watch::channel(Arc::new(Published::default())).0;
+            let acks = AckTracker::default();
+            let metrics = Arc::new(Metrics::default());
+            let ads =
+                Ads::new(Arc::new(Topology::test()), published.subscribe(), acks.clone(), metrics.clone());
+            let (sender, responses) = mpsc::channel(16);
+            let stream = DeltaStream { ads, sender, peer: None, types: HashMap::new(), nonce: 0 };
+            Self { stream, responses, published, acks, metrics }
+        }
+
+        async fn send(&mut self, request: DeltaDiscoveryRequest) -> Option<DeltaDiscoveryResponse> {
+            assert!(self.stream.on_request(request).await);
+            self.next()
+        }
+
+        fn next(&mut self) -> Option<DeltaDiscoveryResponse> {
+            self.responses.try_recv().ok().map(|response| response.unwrap())
+        }
+
+        /// Publishes `table` as `version` and lets the stream react as its select loop would.
+        async fn publish(&mut self, version: u64, table: Table) -> Option<DeltaDiscoveryResponse> {
+            self.published.send_replace(Arc::new(Published { version, table }));
+            assert!(self.stream.push(ENDPOINT_TYPE).await);
+            self.next()
+        }
+
+        async fn acked(&self, version: u64) -> bool {
+            self.acks.wait_for("envoy-1", version, Duration::from_millis(5)).await
+        }
+    }
+
+    fn subscribe(type_url: &str, names: &[&str]) -> DeltaDiscoveryRequest {
+        DeltaDiscoveryRequest {
+            node: Some(Node { id: "envoy-1".into(), ..Default::default() }),
+            type_url: type_url.into(),
+            resource_names_subscribe: names.iter().map(|n| (*n).to_owned()).collect(),
+            ..Default::default()
+        }
+    }
+
+    fn ack(type_url: &str, nonce: &str) -> DeltaDiscoveryRequest {
+        DeltaDiscoveryRequest {
+            type_url: type_url.into(),
+            response_nonce: nonce.into(),
+            ..Default::default()
+        }
+    }
+
+    fn nack(type_url: &str, nonce: &str) -> DeltaDiscoveryRequest {
+        let error = envoy_types::pb::google::rpc::Status { message: "bad".into(), ..Default::default() };
+        DeltaDiscoveryRequest { error_detail: Some(error), ..ack(type_url, nonce) }
+    }
+
+    fn one_container(node: &str, address: &str) -> Table {
+        Table::test().with_ready("a", "hello", node, address)
+    }
+
+    #[tokio::test]
+    async fn delta_pushes_only_changes_and_endpoint_acks_feed_the_tracker() {
+        let mut envoy = DeltaHarness::new();
+        let clusters = envoy.send(subscribe(CLUSTER_TYPE, &[])).await.unwrap();
+        assert_eq!(clusters.resources.len(), 4, "an empty first subscription is a wildcard");
+        assert!(envoy.send(ack(CLUSTER_TYPE, &clusters.nonce)).await.is_none(), "an ACK asks for nothing");
+
+        let endpoints = envoy.send(subscribe(ENDPOINT_TYPE, &[clusters::CONTAINERS])).await.unwrap();
+        assert_eq!(endpoints.resources[0].name, clusters::CONTAINERS);
+        assert!(envoy.send(ack(ENDPOINT_TYPE, &endpoints.nonce)).await.is_none());
+
+        // A change for this node is pushed alone, and its ACK acknowledges the published version.
+        let change = envoy.publish(1, one_container("envoy-1", "127.0.0.1:4001")).await.unwrap();
+        assert_eq!((change.type_url.as_str(), change.resources.len()), (ENDPOINT_TYPE, 1));
+        assert_eq!(change.system_version_info, "1");
+        assert!(!envoy.acked(1).await, "not before Envoy ACKs");
+        assert!(envoy.send(ack(ENDPOINT_TYPE, &change.nonce)).await.is_none());
+        assert!(envoy.acked(1).await);
+
+        // A version that changes nothing here sends nothing and is acknowledged at once.
+        let mut elsewhere = one_container("envoy-1", "127.0.0.1:4001");
+        elsewhere = elsewhere.with_ready("b", "hello", "envoy-2", "127.0.0.1:4002");
+        assert!(envoy.publish(2, elsewhere.clone()).await.is_none());
+        assert!(envoy.acked(2).await);
+
+        // ...unless a push is still in flight: then the ACK of that push covers the new version too.
+        let pending = envoy.publish(3, Table::test()).await.unwrap();
+        assert!(envoy.publish(4, Table::test().with_ready("b", "hello", "envoy-2", "x")).await.is_none());
+        assert!(!envoy.acked(3).await);
+        assert!(envoy.send(ack(ENDPOINT_TYPE, &pending.nonce)).await.is_none());
+        assert!(envoy.acked(4).await);
+
+        let page =
+            envoy.metrics.xds_pushed_resources.get_or_create(&PushLabel::of(ENDPOINT_TYPE, "delta")).get();
+        assert_eq!(page, 3);
+    }
+
+    #[tokio::test]
+    async fn a_nacked_delta_push_is_counted_once_and_not_sent_again() {
+        let mut envoy = DeltaHarness::new();
+        let listener = envoy.send(subscribe(LISTENER_TYPE, &[])).await.unwrap();
+        assert!(envoy.send(nack(LISTENER_TYPE, &listener.nonce)).await.is_none(), "no push loop");
+        assert_eq!(envoy.metrics.xds_nacks.get(), 1);
+        // An answer to a nonce this stream never sent (or already settled) is ignored.
+        assert!(envoy.send(nack(LISTENER_TYPE, &listener.nonce)).await.is_none());
+        assert!(envoy.send(nack(LISTENER_TYPE, "99")).await.is_none());
+        assert_eq!(envoy.metrics.xds_nacks.get(), 1);
+
+        // A rejected endpoints push is not acknowledged, also not by a later version without change.
+        let endpoints = envoy.send(subscribe(ENDPOINT_TYPE, &[clusters::CONTAINERS])).await.unwrap();
+        let change = envoy.publish(1, one_container("envoy-1", "127.0.0.1:4001")).await.unwrap();
+        assert!(envoy.send(ack(ENDPOINT_TYPE, &endpoints.nonce)).await.is_none());
+        assert!(envoy.send(nack(ENDPOINT_TYPE, &change.nonce)).await.is_none());
+        assert!(envoy.publish(2, one_container("envoy-1", "127.0.0.1:4001")).await.is_none());
+        assert!(!envoy.acked(1).await);
+        // A later change is pushed, and its ACK settles everything.
+        let fixed = envoy.publish(3, one_container("envoy-1", "127.0.0.1:4009")).await.unwrap();
+        assert!(envoy.send(ack(ENDPOINT_TYPE, &fixed.nonce)).await.is_none());
+        assert!(envoy.acked(3).await);
+    }
+
+    #[tokio::test]
+    async fn a_reconnecting_envoy_is_sent_only_what_it_does_not_hold() {
+        // What a first server sent...
+        let mut before = DeltaHarness::new();
+        let clusters = before.send(subscribe(CLUSTER_TYPE, &[])).await.unwrap();
+        let endpoints = before.send(subscribe(ENDPOINT_TYPE, &[clusters::CONTAINERS])).await.unwrap();
+        let held = |response: &DeltaDiscoveryResponse| -> HashMap<String, String> {
+            response.resources.iter().map(|r| (r.name.clone(), r.version.clone())).collect()
+        };
+
+        // ...a second one (same topology) does not send again; the endpoints are acknowledged at once.
+        let mut after = DeltaHarness::new();
+        after.published.send_replace(Arc::new(Published { version: 7, table: Table::test() }));
+        let reconnect = |type_url: &str, names: &[&str], held| DeltaDiscoveryRequest {
+            initial_resource_versions: held,
+            ..subscribe(type_url, names)
+        };
+        assert!(after.send(reconnect(CLUSTER_TYPE, &[], held(&clusters))).await.is_none());
+        assert!(
+            after.send(reconnect(ENDPOINT_TYPE, &[clusters::CONTAINERS], held(&endpoints))).await.is_none()
+        );
+        assert!(after.acked(7).await);
+
+        // A first request without the node ends the stream.
+        let mut anonymous = DeltaHarness::new();
+        assert!(!anonymous.stream.on_request(ack(CLUSTER_TYPE, "")).await);
+        assert!(anonymous.responses.try_recv().unwrap().is_err());
+    }
+
+    /// The honest limit of decision 0008: the containers cluster is one resource, so a delta push of
+    /// one container change re-sends the node's whole assignment, as state of the world does.
+    #[test]
+    fn one_endpoints_push_with_a_thousand_containers_is_about_twenty_three_kilobytes() {
+        let mut table = Table::test();
+        for i in 0..1_000u32 {
+            let address = format!("10.0.{}.{}:8080", i / 250, i % 250);
+            table = table.with_ready(&format!("c{i}"), "hello", "envoy-1", &address);
+        }
+        let assignment = snapshot::endpoints(&table, "envoy-1");
+        let body = snapshot::any(&assignment);
+        let sotw = DiscoveryResponse {
+            version_info: "1000".into(),
+            resources: vec![body.clone()],
+            type_url: ENDPOINT_TYPE.into(),
+            nonce: "1000".into(),
+            ..Default::default()
+        };
+        let delta = DeltaDiscoveryResponse {
+            system_version_info: "1000".into(),
+            resources: vec![Resource {
+                name: assignment.cluster_name.clone(),
+                version: delta::version_of(&body),
+                resource: Some(body),
+                ..Default::default()
+            }],
+            type_url: ENDPOINT_TYPE.into(),
+            nonce: "1000".into(),
+            ..Default::default()
+        };
+        let (sotw, delta) = (sotw.encoded_len(), delta.encoded_len());
+        assert!((20_000..26_000).contains(&delta), "{delta} bytes");
+        assert!(delta.abs_diff(sotw) < 100, "delta {delta}, sotw {sotw}: the same assignment either way");
     }
 }

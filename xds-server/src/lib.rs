@@ -1,6 +1,7 @@
 //! The xDS control server and control plane of the platform.
 //!
-//! It serves Envoy its whole configuration by ADS ([`ads`], built by [`snapshot`]), starts action
+//! It serves Envoy its whole configuration by ADS ([`ads`], state of the world or incremental with
+//! [`delta`], built by [`snapshot`]), starts action
 //! containers through a cluster manager ([`cluster`]) when the filter asks for a cold start
 //! ([`api`], [`plane`]), and keeps the container table ([`table`]) that every Envoy's endpoints
 //! are derived from.
@@ -9,6 +10,7 @@ pub mod ads;
 pub mod api;
 pub mod cluster;
 pub mod collector;
+pub mod delta;
 pub mod gc;
 pub mod metrics;
 pub mod placement;

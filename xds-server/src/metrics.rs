@@ -1,5 +1,6 @@
-//! Prometheus metrics of the control server: containers by state, cold starts, xDS pushes and NACKs,
-//! the collector's marks, unmarks and sweeps, and the pool's fragmentation.
+//! Prometheus metrics of the control server: containers by state, cold starts, xDS pushes (count,
+//! bytes and resources, per variant) and NACKs, the collector's marks, unmarks and sweeps, and the
+//! pool's fragmentation.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -29,6 +30,20 @@ impl TypeLabel {
     }
 }
 
+/// The xDS resource type and protocol variant of a push.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PushLabel {
+    pub r#type: &'static str,
+    /// `sotw` (state of the world) or `delta` (incremental).
+    pub variant: &'static str,
+}
+
+impl PushLabel {
+    pub fn of(type_url: &str, variant: &'static str) -> Self {
+        Self { r#type: TypeLabel::of(type_url).r#type, variant }
+    }
+}
+
 /// Cold-start outcome label.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OutcomeLabel {
@@ -54,6 +69,10 @@ pub struct Metrics {
     pub containers_starting: Gauge,
     pub xds_pushes: Family<TypeLabel, Counter>,
     pub xds_nacks: Counter,
+    /// Encoded bytes of the xDS responses sent: what a push costs on the wire and in Envoy's parsing.
+    pub xds_pushed_bytes: Family<PushLabel, Counter>,
+    /// Resources carried by the xDS responses sent (a delta push carries only what changed).
+    pub xds_pushed_resources: Family<PushLabel, Counter>,
     pub containers_retired: Counter,
     pub containers_lost: Counter,
     pub marks: Family<ReasonLabel, Counter>,
@@ -75,6 +94,8 @@ impl Default for Metrics {
             containers_starting: Gauge::default(),
             xds_pushes: Family::default(),
             xds_nacks: Counter::default(),
+            xds_pushed_bytes: Family::default(),
+            xds_pushed_resources: Family::default(),
             containers_retired: Counter::default(),
             containers_lost: Counter::default(),
             marks: Family::default(),
@@ -108,6 +129,16 @@ impl Metrics {
             self.xds_pushes.clone(),
         );
         registry.register("whisk_xds_nacks", "xDS responses Envoy rejected", self.xds_nacks.clone());
+        registry.register(
+            "whisk_xds_pushed_bytes",
+            "Encoded bytes of the xDS responses sent, by resource type and variant (sotw, delta)",
+            self.xds_pushed_bytes.clone(),
+        );
+        registry.register(
+            "whisk_xds_pushed_resources",
+            "Resources in the xDS responses sent, by resource type and variant (sotw, delta)",
+            self.xds_pushed_resources.clone(),
+        );
         registry.register(
             "whisk_containers_retired",
             "Containers the data plane retired (timeout, lost client, refused run)",

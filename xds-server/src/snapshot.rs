@@ -74,6 +74,34 @@ pub struct Topology {
     pub filter_config: FilterConfig,
 }
 
+#[cfg(test)]
+impl Topology {
+    /// A topology on loopback ports, for tests.
+    pub fn test() -> Self {
+        Topology {
+            ingress: SocketAddr::from(([127, 0, 0, 1], 3233)),
+            management_api: SocketAddr::from(([127, 0, 0, 1], 3234)),
+            control_api: SocketAddr::from(([127, 0, 0, 1], 3235)),
+            filter_wasm: "/tmp/whisk_filter.wasm".into(),
+            filter_config: FilterConfig {
+                node_id: String::new(),
+                internal_token: "t".into(),
+                api_host: "http://127.0.0.1:3233".into(),
+                max_payload_bytes: 1,
+                resolve_timeout_ms: 1,
+                cold_start_timeout_ms: 1,
+                flush_period_ms: 1,
+                max_waiting_per_action: 1,
+                max_wait_ms: 1,
+                waiters_per_cold_start: 1,
+                usage_report_period_ms: 1_000,
+                max_blocking_wait_ms: 60_000,
+                resolve_cache_max_age_ms: 1,
+            },
+        }
+    }
+}
+
 /// Packs a message as `Any`.
 pub fn any<M: Message + Name>(message: &M) -> Any {
     Any { type_url: M::type_url(), value: message.encode_to_vec() }
@@ -314,27 +342,7 @@ mod tests {
     use super::*;
 
     fn topology() -> Topology {
-        Topology {
-            ingress: "127.0.0.1:3233".parse().unwrap(),
-            management_api: "127.0.0.1:3234".parse().unwrap(),
-            control_api: "127.0.0.1:3235".parse().unwrap(),
-            filter_wasm: "/tmp/whisk_filter.wasm".into(),
-            filter_config: FilterConfig {
-                node_id: String::new(),
-                internal_token: "t".into(),
-                api_host: "http://127.0.0.1:3233".into(),
-                max_payload_bytes: 1,
-                resolve_timeout_ms: 1,
-                cold_start_timeout_ms: 1,
-                flush_period_ms: 1,
-                max_waiting_per_action: 1,
-                max_wait_ms: 1,
-                waiters_per_cold_start: 1,
-                usage_report_period_ms: 1_000,
-                max_blocking_wait_ms: 60_000,
-                resolve_cache_max_age_ms: 1,
-            },
-        }
+        Topology::test()
     }
 
     #[test]

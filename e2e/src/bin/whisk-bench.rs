@@ -711,6 +711,8 @@ fn bench_options(dir: PathBuf, concurrency: u32) -> anyhow::Result<Options> {
         xds_args: Vec::new(),
         management_args: e2e::unthrottled(),
         replicas: 1,
+        delta_xds: false,
+        delta_replicas: Vec::new(),
     })
 }
 

@@ -18,6 +18,9 @@ struct Args {
     /// Envoy worker threads.
     #[arg(long, env = "WHISK_ENVOY_CONCURRENCY", default_value_t = 2)]
     concurrency: u32,
+    /// Envoy speaks incremental ADS (DELTA_GRPC) instead of state of the world.
+    #[arg(long, env = "WHISK_DELTA_XDS")]
+    delta_xds: bool,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -36,6 +39,8 @@ fn main() -> anyhow::Result<()> {
         xds_args: vec!["--prewarm".into(), "nodejs:20=1".into()],
         management_args: Vec::new(),
         replicas: 1,
+        delta_xds: args.delta_xds,
+        delta_replicas: Vec::new(),
     };
     eprintln!("starting the platform (management API, xDS control server, Envoy)...");
     let mut platform = Platform::start(options, Artifacts::from_workspace()?)?;

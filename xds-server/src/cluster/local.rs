@@ -405,7 +405,15 @@ mod tests {
             std::process::Command::new("sleep").arg("30").env(labels::OWNER, &owner).spawn().unwrap();
         let mut other =
             std::process::Command::new("sleep").arg("30").env(labels::OWNER, "someone-else").spawn().unwrap();
-        let found: Vec<i32> = owned_runtimes(&owner).into_iter().map(|runtime| runtime.pid).collect();
+        // Until the child has exec'd, /proc shows the parent's environment: give it a moment.
+        let mut found: Vec<i32> = Vec::new();
+        for _ in 0..100 {
+            found = owned_runtimes(&owner).into_iter().map(|runtime| runtime.pid).collect();
+            if !found.is_empty() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
         let _ = (mine.kill(), other.kill(), mine.wait(), other.wait());
         assert_eq!(found, [i32::try_from(mine.id()).unwrap()]);
     }
