@@ -82,9 +82,11 @@ pub mod paths {
     /// once the container is initialised and Envoy has acknowledged the endpoint, or an
     /// OpenWhisk error body.
     pub const COLD_START: &str = "/v1/containers";
-    /// Control server: `DELETE /v1/containers/{id}?grace_ms=N` retires a container the filter
-    /// will not use again: out of xDS at once, stopped after the grace (a running activation may
-    /// finish). 204, or 404 for an unknown id.
+    /// Control server: `DELETE /v1/containers/{id}?grace_ms=N[&swept=true]` retires a container the
+    /// filter will not use again: out of xDS at once, stopped after the grace (a running activation
+    /// may finish). `swept=true` says the filter's sweep retired it while free: a container being
+    /// handed over to another Envoy then moves there instead of stopping. 204, or 404 for an
+    /// unknown id.
     pub const CONTAINERS: &str = "/v1/containers";
     /// Control server: `POST` a [`super::UsageReport`] (what one worker of one Envoy node sees of
     /// the containers it started); 200 [`super::UsageAnswer`] with the collector's marks, unmarks
@@ -283,8 +285,10 @@ pub struct ColdStartResponse {
     /// this slot, so no two writers ever create the same key (creating a shared-data key is not
     /// atomic).
     pub slot: u32,
-    /// Milliseconds spent in `/init`: the activation's `initTime` annotation.
-    pub init_ms: u64,
+    /// Milliseconds spent in `/init`: the first activation's `initTime` annotation. `None` for a
+    /// warm container handed over from another Envoy node (its first activation here is warm).
+    #[serde(default)]
+    pub init_ms: Option<u64>,
 }
 
 /// Names of the Envoy clusters the control server publishes and the filter calls.
@@ -427,6 +431,10 @@ pub struct UsageAnswer {
     /// retire each that is not running an activation.
     #[serde(default)]
     pub unknown: Vec<String>,
+    /// Wanted by another Envoy while the pool is full: retire each that is free (marked or not),
+    /// then ask for its removal as a sweep; the control plane moves it instead of stopping it.
+    #[serde(default)]
+    pub hand_over: Vec<String>,
 }
 
 /// OpenWhisk's error body: `{"error": "...", "code": "..."}`.

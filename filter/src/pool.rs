@@ -85,7 +85,7 @@ pub struct Slot {
     pub address: String,
     /// Activations claimed in this container so far.
     pub uses: u64,
-    /// `/init` milliseconds, only on a [`SlotState::New`] slot.
+    /// `/init` milliseconds, only on a [`SlotState::New`] slot (and not on one handed over warm).
     pub init_ms: Option<u64>,
 }
 
@@ -107,7 +107,7 @@ impl Slot {
         let uses = parts.next()?.parse().ok()?;
         let init_ms = match (state, parts.next()) {
             (SlotState::New, Some(ms)) => Some(ms.parse().ok()?),
-            (SlotState::New, None) => return None,
+            // A new slot without `/init` time: a warm container handed over from another Envoy.
             (_, None) => None,
             (_, Some(_)) => return None,
         };
@@ -189,14 +189,14 @@ pub fn insert_new(
     slot: u32,
     container_id: &str,
     address: &str,
-    init_ms: u64,
+    init_ms: Option<u64>,
 ) {
     let new = Slot {
         state: SlotState::New,
         container_id: container_id.to_owned(),
         address: address.to_owned(),
         uses: 0,
-        init_ms: Some(init_ms),
+        init_ms,
     };
     let _ = store.set(&slot_key(prefix, slot), &new.encode(), None);
 }
@@ -356,12 +356,15 @@ mod tests {
     #[test]
     fn a_new_container_hands_its_init_time_to_its_first_claim_only() {
         let store = MemoryData::default();
-        insert_new(&store, PREFIX, 0, "c0", "127.0.0.1:4000", 120);
+        insert_new(&store, PREFIX, 0, "c0", "127.0.0.1:4000", Some(120));
         let first = super::claim(&store, PREFIX).unwrap();
         assert_eq!(first.init_ms, Some(120));
         assert!(release(&store, &first, SlotState::Free));
         assert_eq!(super::claim(&store, PREFIX).unwrap().init_ms, None);
-        assert_eq!(Slot::decode(b"N c0 127.0.0.1:1 0"), None, "a new slot without init time is damaged");
+        // A warm container handed over from another Envoy is new here, with no init time.
+        insert_new(&store, PREFIX, 1, "c1", "127.0.0.1:4001", None);
+        let moved = Slot::decode(b"N c1 127.0.0.1:4001 0").unwrap();
+        assert_eq!((moved.state, moved.init_ms), (SlotState::New, None));
         assert_eq!(Slot::decode(b"F c0 127.0.0.1:1 0 5"), None);
         assert_eq!(Slot::decode(b"F c0 127.0.0.1:1"), None, "a slot without use count is damaged");
     }
@@ -447,7 +450,7 @@ mod tests {
     #[test]
     fn a_sweep_takes_only_a_still_marked_container_and_unmark_restores_it() {
         let store = MemoryData::default();
-        insert_new(&store, PREFIX, 0, "c0", "127.0.0.1:1", 50);
+        insert_new(&store, PREFIX, 0, "c0", "127.0.0.1:1", Some(50));
         let key = slot_key(PREFIX, 0);
         assert!(mark(&store, &key, "c0"), "a never-used container can be marked");
         assert!(unmark(&store, &key, "c0"));

@@ -144,6 +144,9 @@ enum Outgoing {
     Retire {
         container_id: String,
         grace_ms: u64,
+        /// Retired by a sweep while free: nothing can be running in it (it may move to another
+        /// Envoy rather than stop).
+        swept: bool,
     },
 }
 
@@ -594,15 +597,18 @@ impl Root {
                 pool::unmark(&EnvoySharedData, key, id);
             }
         }
-        for id in &answer.sweep {
+        let sweeps = answer.sweep.iter().map(|id| (id, true));
+        let hand_overs = answer.hand_over.iter().map(|id| (id, false));
+        for (id, only_marked) in sweeps.chain(hand_overs) {
             if let Some(key) = self.started.get(id)
-                && pool::retire_free(&EnvoySharedData, key, id, true)
+                && pool::retire_free(&EnvoySharedData, key, id, only_marked)
             {
                 self.started.remove(id);
-                shared
-                    .outbox
-                    .borrow_mut()
-                    .push_back(Outgoing::Retire { container_id: id.clone(), grace_ms: 0 });
+                shared.outbox.borrow_mut().push_back(Outgoing::Retire {
+                    container_id: id.clone(),
+                    grace_ms: 0,
+                    swept: true,
+                });
             }
         }
         for id in &answer.unknown {
@@ -695,9 +701,10 @@ impl Root {
                         error!("could not start non-blocking activation {activation_id}: {status:?}");
                     }
                 }
-                Outgoing::Retire { container_id, grace_ms } => {
+                Outgoing::Retire { container_id, grace_ms, swept } => {
                     Counters::bump(shared.counters.retired);
-                    let path = format!("{}/{container_id}?grace_ms={grace_ms}", paths::CONTAINERS);
+                    let path =
+                        format!("{}/{container_id}?grace_ms={grace_ms}&swept={swept}", paths::CONTAINERS);
                     let call = hostcalls::dispatch_http_call(
                         clusters::CONTROL_PLANE,
                         vec![
@@ -1481,10 +1488,11 @@ impl Request {
         let claim = state.claim.take();
         let released = claim.as_ref().map(|claim| pool::release(&EnvoySharedData, claim, next));
         if let (Some(claim), SlotState::Retired) = (&claim, next) {
-            self.shared
-                .outbox
-                .borrow_mut()
-                .push_back(Outgoing::Retire { container_id: claim.container_id.clone(), grace_ms: 0 });
+            self.shared.outbox.borrow_mut().push_back(Outgoing::Retire {
+                container_id: claim.container_id.clone(),
+                grace_ms: 0,
+                swept: false,
+            });
         }
         let logs = activation::decode_logs(state.response_logs.as_deref());
         let mut record = activation::record(&action, &state.activation_id, response, logs, state.timing);
@@ -1714,10 +1722,11 @@ impl HttpContext for Request {
             pool::release(&EnvoySharedData, &claim, SlotState::Retired);
             // The activation may still be running: let it reach its deadline before the stop.
             let grace_ms = state.deadline_ms.saturating_sub(now_ms());
-            self.shared
-                .outbox
-                .borrow_mut()
-                .push_back(Outgoing::Retire { container_id: claim.container_id, grace_ms });
+            self.shared.outbox.borrow_mut().push_back(Outgoing::Retire {
+                container_id: claim.container_id,
+                grace_ms,
+                swept: false,
+            });
         }
     }
 }

@@ -99,6 +99,9 @@ async fn containers<C: ClusterManager>(State(state): State<Arc<ApiState<C>>>) ->
 struct RetireQuery {
     #[serde(default)]
     grace_ms: u64,
+    /// The filter's sweep retired it: it was free, and no activation can be running in it.
+    #[serde(default)]
+    swept: bool,
 }
 
 async fn retire<C: ClusterManager>(
@@ -112,7 +115,7 @@ async fn retire<C: ClusterManager>(
     }
     // Bounded: a retire never keeps a process longer than the longest action timeout.
     let grace = std::time::Duration::from_millis(query.grace_ms.min(300_000));
-    if state.plane.retire(&id, grace) {
+    if state.plane.retire(&id, grace, query.swept) {
         StatusCode::NO_CONTENT.into_response()
     } else {
         error(StatusCode::NOT_FOUND, messages::RESOURCE_DOES_NOT_EXIST)

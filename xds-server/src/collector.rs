@@ -15,9 +15,10 @@
 
 use whisk_contract::{SlotUse, UsageAnswer, UsageReport};
 
+use crate::gc::GcState;
 use crate::gc::{self, ContainerView, GcConfig};
 use crate::placement::{self, Node};
-use crate::table::{ActionKey, Container, ContainerState, Table};
+use crate::table::{ActionKey, Container, ContainerState, Handover, Table, Usage};
 
 /// What the collector sees of a container.
 pub fn view(container: &Container) -> ContainerView<'_> {
@@ -85,6 +86,12 @@ pub fn apply_report(table: &mut Table, report: &UsageReport, now: u64, config: &
             usage.reclaimed = false;
             outcome.unmarked += 1;
         }
+        if matches!(container.handover, Some(Handover::Draining { .. })) && reported.state != SlotUse::Busy {
+            // Free when reported: its node lets go of it, by CAS, unless an activation claims it
+            // first (then the next report tries again).
+            outcome.answer.hand_over.push(reported.id.clone());
+        }
+        let usage = &mut container.usage;
         if usage.obsolete {
             // Of an old revision: no new activation will come, so a use does not revive it.
             usage.gc.marked_at.get_or_insert(now);
@@ -196,6 +203,63 @@ pub fn reclaim(
     Some(victims)
 }
 
+/// The pool is full and `node` needs a container of `action`: another node's idle container of the
+/// same action can move instead of a new one starting (and instead of freeing other actions'
+/// containers). Picks the one idle longest (ready, not busy, not moving, of the current revision)
+/// and records where it goes; its node's next report is told to let go of it if it is free. A
+/// handover to `node` already under way is answered again rather than doubled. Its id.
+pub fn start_handover(table: &mut Table, action: &ActionKey, node: &str) -> Option<String> {
+    let to_node = |c: &Container| matches!(&c.handover, Some(Handover::Draining { to }) if to == node);
+    if let Some(under_way) = table.iter().find(|c| &c.action == action && to_node(c)) {
+        return Some(under_way.id.clone());
+    }
+    let id = table
+        .iter()
+        .filter(|c| {
+            &c.action == action
+                && c.node != node
+                && c.state == ContainerState::Ready
+                && c.handover.is_none()
+                && !c.usage.busy
+                && !c.usage.obsolete
+        })
+        .min_by_key(|c| (c.usage.gc.last_used_ms, c.id.clone()))?
+        .id
+        .clone();
+    table.get_mut(&id)?.handover = Some(Handover::Draining { to: node.to_owned() });
+    Some(id)
+}
+
+/// Its node swept container `id` (it was free and will never be claimed there again): if it was
+/// being handed over, it now belongs to the target node at that node's lowest free slot, unused
+/// and unclaimed until the target's filter takes it. The new node and slot; `None` (nothing
+/// changed) for a container not being handed over.
+pub fn complete_handover(table: &mut Table, id: &str, now: u64) -> Option<(String, u32)> {
+    let container = table.get(id)?;
+    let Some(Handover::Draining { to }) = &container.handover else { return None };
+    let (to, action) = (to.clone(), container.action.clone());
+    let slot = table.free_slot(&action, &to);
+    let container = table.get_mut(id)?;
+    container.node = to.clone();
+    container.slot = slot;
+    container.usage = Usage { gc: GcState::new(now), unclaimed_since: Some(now), ..Usage::default() };
+    container.handover = Some(Handover::Moved);
+    Some((to, slot))
+}
+
+/// A container of `action` moved to `node` and not yet given to that node's filter: given now.
+/// Its id, address and slot.
+pub fn take_moved(table: &mut Table, action: &ActionKey, node: &str) -> Option<(String, String, u32)> {
+    let container = table.iter_mut().find(|c| {
+        &c.action == action
+            && c.node == node
+            && c.state == ContainerState::Ready
+            && c.handover == Some(Handover::Moved)
+    })?;
+    container.handover = None;
+    Some((container.id.clone(), container.address.clone()?, container.slot))
+}
+
 /// A cold start of `current` means every container of an older revision of the same action on
 /// that Envoy node will never be chosen again (the filter keys its pool by revision): marks them
 /// as due, so the node's next report sweeps each one as soon as it is free. Their ids.
@@ -240,6 +304,54 @@ mod tests {
         container.host = "local".into();
         container.memory_mb = 256;
         container.usage.gc = gc::GcState::new(now);
+    }
+
+    #[test]
+    fn a_handover_drains_the_idlest_container_of_the_action_then_moves_it_once_swept() {
+        let mut table = Table::default();
+        start(&mut table, "old", "hello", 100);
+        start(&mut table, "recent", "hello", 900);
+        start(&mut table, "other-action", "bye", 0);
+        // Already on the asking node: nothing to hand over from there.
+        table.reserve("mine".into(), action("hello"), "nodejs:20".into(), "envoy-2".into());
+        table.set_ready("mine", "127.0.0.1:4999".into());
+
+        let id = start_handover(&mut table, &action("hello"), "envoy-2");
+        assert_eq!(id.as_deref(), Some("old"), "the one idle longest, of the same action, elsewhere");
+        assert_eq!(table.get("old").unwrap().handover, Some(Handover::Draining { to: "envoy-2".into() }));
+        // Its node's next report is told to let go of it, unless it is busy then.
+        let busy = apply_report(&mut table, &report(&[("old", SlotUse::Busy, 1)]), 1_050, &CONFIG);
+        assert!(busy.answer.hand_over.is_empty());
+        let free = apply_report(&mut table, &report(&[("old", SlotUse::Free, 1)]), 1_060, &CONFIG);
+        assert_eq!(free.answer.hand_over, ["old"]);
+        assert_eq!(
+            start_handover(&mut table, &action("hello"), "envoy-2").as_deref(),
+            Some("old"),
+            "asked again: the same handover, not a second one"
+        );
+        assert_eq!(take_moved(&mut table, &action("hello"), "envoy-2"), None, "not swept yet");
+
+        // Its node sweeps it (free): it moves to the lowest free slot there ("mine" holds 0).
+        assert_eq!(complete_handover(&mut table, "recent", 1_200), None, "not being handed over");
+        assert_eq!(complete_handover(&mut table, "old", 1_200), Some(("envoy-2".into(), 1)));
+        let moved = table.get("old").unwrap();
+        assert_eq!((moved.node.as_str(), moved.slot, moved.usage.gc.marked_at), ("envoy-2", 1, None));
+        assert_eq!(moved.usage.unclaimed_since, Some(1_200));
+        let taken = take_moved(&mut table, &action("hello"), "envoy-2").unwrap();
+        assert_eq!((taken.0.as_str(), taken.2), ("old", 1));
+        assert_eq!(take_moved(&mut table, &action("hello"), "envoy-2"), None, "given once");
+        assert_eq!(table.get("old").unwrap().handover, None);
+    }
+
+    #[test]
+    fn busy_or_moving_containers_are_not_chosen() {
+        let mut table = Table::default();
+        start(&mut table, "a", "hello", 0);
+        apply_report(&mut table, &report(&[("a", SlotUse::Busy, 1)]), 20, &CONFIG);
+        assert_eq!(start_handover(&mut table, &action("hello"), "envoy-2"), None, "busy");
+        apply_report(&mut table, &report(&[("a", SlotUse::Free, 1)]), 50, &CONFIG);
+        assert_eq!(start_handover(&mut table, &action("hello"), "envoy-2").as_deref(), Some("a"));
+        assert_eq!(start_handover(&mut table, &action("hello"), "envoy-3"), None, "already moving");
     }
 
     fn report(containers: &[(&str, SlotUse, u64)]) -> UsageReport {
@@ -400,6 +512,61 @@ mod tests {
                 if outcome.answer.sweep.iter().any(|swept| swept == id) {
                     prop_assert_eq!(state, SlotUse::Marked);
                     prop_assert_eq!(extra_uses, 0);
+                }
+            }
+        }
+
+        /// Containers of one action moving between three Envoy nodes: a node is only ever told to
+        /// let go of a container it reported free, a container moves only to the node that asked
+        /// for it, and slots stay unique per node.
+        #[test]
+        fn handovers_move_only_released_containers_and_keep_slots_unique(
+            steps in proptest::collection::vec((0usize..4, 0usize..3, slot_use(), 0u8..4), 1..150)
+        ) {
+            const NODES: [&str; 3] = ["n0", "n1", "n2"];
+            const IDS: [&str; 4] = ["a", "b", "c", "d"];
+            let mut table = Table::default();
+            for (index, id) in IDS.iter().enumerate() {
+                table.reserve((*id).into(), action("x"), "nodejs:20".into(), NODES[index % 3].into());
+                table.set_ready(id, format!("127.0.0.1:{}", 4000 + index));
+            }
+            let mut released: Vec<String> = Vec::new();
+            for (now, (index, node, state, op)) in steps.into_iter().enumerate() {
+                let now = now as u64;
+                let id = IDS[index];
+                let owner = table.get(id).map(|c| c.node.clone()).unwrap_or_default();
+                match op {
+                    0 => {
+                        start_handover(&mut table, &action("x"), NODES[node]);
+                    }
+                    1 => {
+                        let mut report = report(&[(id, state, 0)]);
+                        report.node_id = owner.clone();
+                        let answer = apply_report(&mut table, &report, now, &CONFIG).answer;
+                        if answer.hand_over.iter().any(|named| named == id) {
+                            prop_assert_ne!(state, SlotUse::Busy);
+                            released.push(id.to_owned());
+                        }
+                    }
+                    // The node's retire of a container it let go of (the only caller of
+                    // `complete_handover` is a swept retire).
+                    2 if released.iter().any(|r| r == id) => {
+                        released.retain(|r| r != id);
+                        let target = match &table.get(id).and_then(|c| c.handover.clone()) {
+                            Some(Handover::Draining { to }) => Some(to.clone()),
+                            _ => None,
+                        };
+                        let moved = complete_handover(&mut table, id, now);
+                        prop_assert_eq!(moved.map(|(node, _)| node), target, "moves to where it was asked");
+                    }
+                    2 => {}
+                    _ => {
+                        take_moved(&mut table, &action("x"), NODES[node]);
+                    }
+                }
+                let mut seen = std::collections::BTreeSet::new();
+                for container in table.iter() {
+                    prop_assert!(seen.insert((container.node.clone(), container.slot)), "slot taken twice");
                 }
             }
         }

@@ -75,6 +75,7 @@ pub struct Metrics {
     pub xds_pushed_resources: Family<PushLabel, Counter>,
     pub containers_retired: Counter,
     pub containers_lost: Counter,
+    pub handovers: Counter,
     pub marks: Family<ReasonLabel, Counter>,
     pub unmarks: Counter,
     pub sweeps: Counter,
@@ -98,6 +99,7 @@ impl Default for Metrics {
             xds_pushed_resources: Family::default(),
             containers_retired: Counter::default(),
             containers_lost: Counter::default(),
+            handovers: Counter::default(),
             marks: Family::default(),
             unmarks: Counter::default(),
             sweeps: Counter::default(),
@@ -148,6 +150,11 @@ impl Metrics {
             "whisk_containers_lost",
             "Containers that stopped on their own (exited process; failed, evicted or deleted pod)",
             self.containers_lost.clone(),
+        );
+        registry.register(
+            "whisk_handovers",
+            "Warm containers moved from one Envoy node to another (pool full)",
+            self.handovers.clone(),
         );
         registry.register(
             "whisk_gc_marks",

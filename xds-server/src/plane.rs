@@ -29,7 +29,7 @@ use crate::collector;
 use crate::gc::{GcConfig, GcState};
 use crate::metrics::{Metrics, OutcomeLabel, ReasonLabel};
 use crate::placement::Node;
-use crate::table::{ActionKey, Container, ContainerState, Table, Usage};
+use crate::table::{ActionKey, Container, ContainerState, Handover, Table, Usage};
 
 /// How long `/init` is retried while the runtime is not listening yet.
 const LISTEN_WAIT: Duration = Duration::from_secs(10);
@@ -230,6 +230,7 @@ impl<C: ClusterManager> ControlPlane<C> {
         let started = Instant::now();
         let outcome = self.try_cold_start(&request).await;
         let label = match &outcome {
+            Ok(response) if response.init_ms.is_none() => "handed_over",
             Ok(_) => "started",
             Err(ColdStartError::AtCapacity(_)) => "at_capacity",
             Err(error) if error.is_developer_error() => "init_failed",
@@ -239,7 +240,7 @@ impl<C: ClusterManager> ControlPlane<C> {
         match &outcome {
             Ok(response) => info!(
                 container = %response.container_id, action = %request.name, node = %request.node_id,
-                elapsed_ms = started.elapsed().as_millis() as u64, init_ms = response.init_ms, "cold start"
+                elapsed_ms = started.elapsed().as_millis() as u64, init_ms = ?response.init_ms, "cold start"
             ),
             Err(error @ ColdStartError::AtCapacity(_)) => {
                 debug!(action = %request.name, node = %request.node_id, %error, "cold start refused")
@@ -263,6 +264,9 @@ impl<C: ClusterManager> ControlPlane<C> {
             name: request.name.clone(),
             revision: request.revision.clone(),
         };
+        if let Some(moved) = self.take_moved(&action, &request.node_id).await? {
+            return Ok(moved);
+        }
         let (id, slot, stem) = {
             let now = self.now_ms();
             let mut state = self.lock();
@@ -276,16 +280,23 @@ impl<C: ClusterManager> ControlPlane<C> {
             }
             let Some(host) = collector::place(&state.table, &self.config.capacities, request.memory_mb)
             else {
+                if let Some(refusal) = self.hand_over(&mut state, &action, &request.node_id) {
+                    return Err(refusal);
+                }
                 return Err(self.reclaim(&mut state, &action, request.memory_mb, now));
             };
             if state.table.len() >= self.config.max_containers {
+                if let Some(refusal) = self.hand_over(&mut state, &action, &request.node_id) {
+                    return Err(refusal);
+                }
                 return Err(ColdStartError::AtCapacity(format!(
                     "{} containers in the pool",
                     state.table.len()
                 )));
             }
-            // Per node: containers never move between Envoys yet, so a cap shared by all nodes would
-            // let one node take every container of an action and starve the others.
+            // Per node: containers move between Envoys only when the pool is full, so a cap shared
+            // by all nodes would let one node take every container of an action and starve the
+            // others.
             let of_action = state.table.count_of_on(&action, &request.node_id);
             if of_action >= self.config.max_containers_per_action {
                 return Err(ColdStartError::AtCapacity(format!(
@@ -336,13 +347,44 @@ impl<C: ClusterManager> ControlPlane<C> {
                     self.discard(&id).await;
                     return Err(ColdStartError::NotAcknowledged { node: request.node_id.clone() });
                 }
-                Ok(ColdStartResponse { container_id: id, address, slot, init_ms })
+                Ok(ColdStartResponse { container_id: id, address, slot, init_ms: Some(init_ms) })
             }
             Err(error) => {
                 self.discard(&id).await;
                 Err(error)
             }
         }
+    }
+
+    /// A container of the action handed over to this node, once this node applied the move: the
+    /// cold start's answer, with no process start and no `/init` (it is warm).
+    async fn take_moved(
+        &self,
+        action: &ActionKey,
+        node: &str,
+    ) -> Result<Option<ColdStartResponse>, ColdStartError> {
+        let (moved, version) = {
+            let mut state = self.lock();
+            (collector::take_moved(&mut state.table, action, node), state.version)
+        };
+        let Some((id, address, slot)) = moved else { return Ok(None) };
+        if !self.acks.wait_for(node, version, self.config.ack_timeout).await {
+            if let Some(container) = self.lock().table.get_mut(&id) {
+                container.handover = Some(Handover::Moved);
+            }
+            return Err(ColdStartError::NotAcknowledged { node: node.to_owned() });
+        }
+        self.metrics.handovers.inc();
+        info!(container = %id, action = %action, node, slot, "handed-over container taken");
+        Ok(Some(ColdStartResponse { container_id: id, address, slot, init_ms: None }))
+    }
+
+    /// The pool is full: another node's idle container of the same action moves here rather than
+    /// other actions' containers being freed. The refusal that tells the caller to ask again.
+    fn hand_over(&self, state: &mut TableState, action: &ActionKey, node: &str) -> Option<ColdStartError> {
+        let id = collector::start_handover(&mut state.table, action, node)?;
+        debug!(container = %id, action = %action, to = node, "pool full: handing over an idle container");
+        Some(ColdStartError::AtCapacity(format!("pool full; container {id} is being handed over to {node}")))
     }
 
     /// No node has room: marks idle containers of other actions as due, so the owning nodes sweep
@@ -428,6 +470,7 @@ impl<C: ClusterManager> ControlPlane<C> {
                     host: self.config.capacities.first().map(|node| node.name.clone()).unwrap_or_default(),
                     memory_mb: spec.memory_mb,
                     usage: Usage { gc: GcState::new(now), unclaimed_since: Some(now), ..Usage::default() },
+                    handover: None,
                 };
                 if !state.table.insert_adopted(container) {
                     refused.push(spec.id);
@@ -603,7 +646,10 @@ impl<C: ClusterManager> ControlPlane<C> {
     /// Retires a container the data plane will not use again: out of the table (and so out of
     /// xDS) now, stopped after `grace` so that an activation still running in it can finish.
     /// False when the id is unknown.
-    pub fn retire(self: &Arc<Self>, id: &str, grace: Duration) -> bool {
+    pub fn retire(self: &Arc<Self>, id: &str, grace: Duration, swept: bool) -> bool {
+        if swept && self.finish_handover(id) {
+            return true;
+        }
         let (removed, version) = {
             let mut state = self.lock();
             let Some(removed) = state.table.remove(id) else {
@@ -630,6 +676,37 @@ impl<C: ClusterManager> ControlPlane<C> {
             tokio::time::sleep(grace).await;
             if let Err(error) = plane.cluster.stop(&id).await {
                 warn!(container = id, %error, "could not stop a retired container");
+            }
+        });
+        true
+    }
+
+    /// A container its node swept (free, and never to be claimed there again) that was being
+    /// handed over: published on its new node instead of stopped, its labels rewritten for restart
+    /// recovery. False when it was not being handed over.
+    fn finish_handover(self: &Arc<Self>, id: &str) -> bool {
+        let now = self.now_ms();
+        let spec = {
+            let mut state = self.lock();
+            let Some((node, slot)) = collector::complete_handover(&mut state.table, id, now) else {
+                return false;
+            };
+            self.publish(&mut state);
+            let Some(container) = state.table.get(id) else { return true };
+            info!(container = id, action = %container.action, to = %node, slot, "container handed over");
+            ContainerSpec {
+                id: id.to_owned(),
+                action: container.action.clone(),
+                kind: container.kind.clone(),
+                memory_mb: container.memory_mb,
+                node,
+                slot,
+            }
+        };
+        let plane = self.clone();
+        tokio::spawn(async move {
+            if let Err(error) = plane.cluster.relabel(&spec).await {
+                warn!(container = %spec.id, %error, "could not relabel a handed-over container");
             }
         });
         true

@@ -54,6 +54,19 @@ pub struct Container {
     pub memory_mb: u64,
     /// What the collector knows of its use.
     pub usage: Usage,
+    /// On its way to another Envoy node (see [`Handover`]).
+    pub handover: Option<Handover>,
+}
+
+/// A warm container moving from one Envoy node to another, which only happens once its node let
+/// go of it: each container is routed by exactly one node at a time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Handover {
+    /// Marked due on its node; the node's sweep (a CAS that succeeds only while it is free) moves
+    /// it to `to`.
+    Draining { to: String },
+    /// Published to its new node; the next cold start of its action there takes it.
+    Moved,
 }
 
 /// The collector's view of one container's use, fed by the data plane's usage reports.
@@ -87,13 +100,7 @@ impl Table {
     /// across nodes would leave each Envoy long runs of other nodes' slots, and the filter's scan
     /// stops at a gap of a few missing slots.
     pub fn reserve(&mut self, id: String, action: ActionKey, kind: String, node: String) -> u32 {
-        let taken: BTreeSet<u32> = self
-            .containers
-            .values()
-            .filter(|c| c.action == action && c.node == node)
-            .map(|c| c.slot)
-            .collect();
-        let slot = (0..).find(|slot| !taken.contains(slot)).unwrap_or(0);
+        let slot = self.free_slot(&action, &node);
         self.containers.insert(
             id.clone(),
             Container {
@@ -107,9 +114,21 @@ impl Table {
                 host: String::new(),
                 memory_mb: 0,
                 usage: Usage::default(),
+                handover: None,
             },
         );
         slot
+    }
+
+    /// The lowest slot no container of `action` on `node` holds.
+    pub fn free_slot(&self, action: &ActionKey, node: &str) -> u32 {
+        let taken: BTreeSet<u32> = self
+            .containers
+            .values()
+            .filter(|c| &c.action == action && c.node == node)
+            .map(|c| c.slot)
+            .collect();
+        (0..).find(|slot| !taken.contains(slot)).unwrap_or(0)
     }
 
     /// Marks a reserved container as initialised at `address`; false when the id is unknown.
