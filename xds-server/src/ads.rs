@@ -197,7 +197,7 @@ impl AggregatedDiscoveryService for Ads {
         let (sender, receiver) = mpsc::channel(16);
         let stream =
             StreamState { ads: self.clone(), sender, peer: None, subscriptions: HashMap::new(), nonce: 0 };
-        tokio::spawn(stream.serve(request.into_inner()));
+        tokio::spawn(serve(stream, request.into_inner()));
         Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
     }
 
@@ -207,7 +207,7 @@ impl AggregatedDiscoveryService for Ads {
     ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
         let (sender, receiver) = mpsc::channel(16);
         let stream = DeltaStream { ads: self.clone(), sender, peer: None, types: HashMap::new(), nonce: 0 };
-        tokio::spawn(stream.serve(request.into_inner()));
+        tokio::spawn(serve(stream, request.into_inner()));
         Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
     }
 }
@@ -220,6 +220,51 @@ fn first_peer(node: Option<&Node>, default_ingress: SocketAddr) -> Result<Peer, 
     Ok(peer)
 }
 
+/// What both stream variants do with their Envoy: handle its requests, and push when the table is
+/// published anew.
+trait AdsStream: Send + Sized + 'static {
+    type Request: Send;
+    const VARIANT: &'static str;
+    fn published(&self) -> watch::Receiver<Arc<Published>>;
+    fn peer(&self) -> Option<&Peer>;
+    /// Handles one request; false when the stream should end.
+    fn on_request(&mut self, request: Self::Request) -> impl Future<Output = bool> + Send;
+    /// The table changed; false when the stream is gone.
+    fn on_published(&mut self) -> impl Future<Output = bool> + Send;
+}
+
+/// One stream's life: requests and table changes in arrival order, until either side ends it.
+async fn serve<S: AdsStream>(mut stream: S, mut inbound: Streaming<S::Request>)
+where
+    Streaming<S::Request>: Stream<Item = Result<S::Request, Status>> + Unpin,
+{
+    let mut published = stream.published();
+    loop {
+        tokio::select! {
+            request = inbound.next() => match request {
+                Some(Ok(request)) => {
+                    if !stream.on_request(request).await {
+                        break;
+                    }
+                }
+                Some(Err(status)) => {
+                    debug!(%status, variant = S::VARIANT, "ADS stream ended with an error");
+                    break;
+                }
+                None => break,
+            },
+            changed = published.changed() => {
+                if changed.is_err() || !stream.on_published().await {
+                    break;
+                }
+            }
+        }
+    }
+    if let Some(peer) = stream.peer() {
+        info!(node = %peer.id, variant = S::VARIANT, "Envoy disconnected");
+    }
+}
+
 /// One Envoy's state-of-the-world stream.
 struct StreamState {
     ads: Ads,
@@ -229,35 +274,28 @@ struct StreamState {
     nonce: u64,
 }
 
-impl StreamState {
-    async fn serve(mut self, mut inbound: Streaming<DiscoveryRequest>) {
-        let mut published = self.ads.published.clone();
-        loop {
-            tokio::select! {
-                request = inbound.next() => match request {
-                    Some(Ok(request)) => {
-                        if !self.on_request(request).await {
-                            break;
-                        }
-                    }
-                    Some(Err(status)) => {
-                        debug!(%status, "ADS stream ended with an error");
-                        break;
-                    }
-                    None => break,
-                },
-                changed = published.changed() => {
-                    if changed.is_err() || !self.push(ENDPOINT_TYPE, false).await {
-                        break;
-                    }
-                }
-            }
-        }
-        if let Some(peer) = &self.peer {
-            info!(node = %peer.id, "Envoy disconnected");
-        }
+impl AdsStream for StreamState {
+    type Request = DiscoveryRequest;
+    const VARIANT: &'static str = "state of the world";
+
+    fn published(&self) -> watch::Receiver<Arc<Published>> {
+        self.ads.published.clone()
     }
 
+    fn peer(&self) -> Option<&Peer> {
+        self.peer.as_ref()
+    }
+
+    async fn on_request(&mut self, request: DiscoveryRequest) -> bool {
+        StreamState::on_request(self, request).await
+    }
+
+    async fn on_published(&mut self) -> bool {
+        self.push(ENDPOINT_TYPE, false).await
+    }
+}
+
+impl StreamState {
     /// Handles one request; false when the stream should end.
     async fn on_request(&mut self, request: DiscoveryRequest) -> bool {
         if self.peer.is_none() {
@@ -371,35 +409,28 @@ struct DeltaStream {
     nonce: u64,
 }
 
-impl DeltaStream {
-    async fn serve(mut self, mut inbound: Streaming<DeltaDiscoveryRequest>) {
-        let mut published = self.ads.published.clone();
-        loop {
-            tokio::select! {
-                request = inbound.next() => match request {
-                    Some(Ok(request)) => {
-                        if !self.on_request(request).await {
-                            break;
-                        }
-                    }
-                    Some(Err(status)) => {
-                        debug!(%status, "delta ADS stream ended with an error");
-                        break;
-                    }
-                    None => break,
-                },
-                changed = published.changed() => {
-                    if changed.is_err() || !self.push(ENDPOINT_TYPE).await {
-                        break;
-                    }
-                }
-            }
-        }
-        if let Some(peer) = &self.peer {
-            info!(node = %peer.id, "Envoy disconnected (delta)");
-        }
+impl AdsStream for DeltaStream {
+    type Request = DeltaDiscoveryRequest;
+    const VARIANT: &'static str = "delta";
+
+    fn published(&self) -> watch::Receiver<Arc<Published>> {
+        self.ads.published.clone()
     }
 
+    fn peer(&self) -> Option<&Peer> {
+        self.peer.as_ref()
+    }
+
+    async fn on_request(&mut self, request: DeltaDiscoveryRequest) -> bool {
+        DeltaStream::on_request(self, request).await
+    }
+
+    async fn on_published(&mut self) -> bool {
+        self.push(ENDPOINT_TYPE).await
+    }
+}
+
+impl DeltaStream {
     /// Handles one request: an ACK or NACK of a response, a subscription change, or both; false when
     /// the stream should end.
     async fn on_request(&mut self, request: DeltaDiscoveryRequest) -> bool {
