@@ -41,3 +41,8 @@ fn the_official_javascript_client_works_unchanged() {
 fn feeds_created_through_the_official_client_fire_their_trigger() {
     run_node_test("envoy-feeds", "feeds.test.js", 1);
 }
+
+#[test]
+fn packages_triggers_rules_activations_and_web_actions_through_the_official_client() {
+    run_node_test("envoy-entities-js", "entities.test.js", 1);
+}

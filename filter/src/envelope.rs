@@ -49,6 +49,28 @@ pub struct RunContext<'a> {
     pub api_host: &'a str,
     /// Epoch milliseconds by which the action must have answered.
     pub deadline_ms: u64,
+    /// The invoking key (`uuid:key`), handed to actions annotated `provide-api-key` only.
+    pub api_key: Option<&'a str>,
+}
+
+/// Whether the action asked for the invoking key (`provide-api-key: true`), as OpenWhisk's
+/// actions do to call the platform back; by default the container never sees a key.
+pub fn provides_api_key(action: &ResolvedAction) -> bool {
+    action.annotations.iter().any(|annotation| {
+        annotation.key == "provide-api-key"
+            && (matches!(&annotation.value, Value::Bool(true)) || annotation.value == json!("true"))
+    })
+}
+
+/// The `uuid:key` of a `Basic` authorization value.
+pub fn api_key_of(authorization: &str) -> Option<String> {
+    use base64::Engine as _;
+    let (scheme, encoded) = authorization.trim().split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return None;
+    }
+    let decoded = base64::engine::general_purpose::STANDARD.decode(encoded.trim()).ok()?;
+    String::from_utf8(decoded).ok().filter(|key| key.contains(':'))
 }
 
 /// The `/run` body.
@@ -68,6 +90,10 @@ pub fn run_body(
         // The protocol carries the deadline as a string of epoch milliseconds.
         "deadline": context.deadline_ms.to_string(),
     });
+    let mut envelope = envelope;
+    if let (Some(api_key), Some(fields)) = (context.api_key, envelope.as_object_mut()) {
+        fields.insert("api_key".into(), json!(api_key));
+    }
     serde_json::to_vec(&envelope).unwrap_or_default()
 }
 
@@ -133,13 +159,37 @@ mod tests {
 
     #[test]
     fn the_envelope_has_the_protocol_fields() {
-        let context =
-            RunContext { activation_id: "a1", transaction_id: "t1", api_host: "http://h", deadline_ms: 1234 };
+        let context = RunContext {
+            activation_id: "a1",
+            transaction_id: "t1",
+            api_host: "http://h",
+            deadline_ms: 1234,
+            api_key: None,
+        };
         let body: Value = serde_json::from_slice(&run_body(&action(), Map::new(), &context)).unwrap();
         assert_eq!(body["action_name"], "/guest/hello");
         assert_eq!(body["deadline"], "1234");
         assert_eq!(body["activation_id"], "a1");
         assert_eq!(body["namespace"], "guest");
         assert!(body["value"].is_object());
+        assert!(body.get("api_key").is_none(), "no key unless the action asks for it");
+        let with_key = RunContext { api_key: Some("uuid:secret"), ..context };
+        let body: Value = serde_json::from_slice(&run_body(&action(), Map::new(), &with_key)).unwrap();
+        assert_eq!(body["api_key"], "uuid:secret");
+    }
+
+    #[test]
+    fn the_key_is_provided_only_on_request_and_read_from_basic_auth() {
+        assert!(!provides_api_key(&action()));
+        let asking = ResolvedAction {
+            annotations: vec![KeyValue { key: "provide-api-key".into(), value: json!(true) }],
+            ..action()
+        };
+        assert!(provides_api_key(&asking));
+        assert_eq!(api_key_of("Basic dXVpZDpzZWNyZXQ=").as_deref(), Some("uuid:secret"));
+        assert_eq!(api_key_of("basic dXVpZDpzZWNyZXQ=").as_deref(), Some("uuid:secret"));
+        assert_eq!(api_key_of("Bearer dXVpZDpzZWNyZXQ="), None);
+        assert_eq!(api_key_of("Basic bm9jb2xvbg=="), None, "not uuid:key");
+        assert_eq!(api_key_of(""), None);
     }
 }

@@ -453,11 +453,17 @@ fn answer_without_container(shared: &Shared, state: &mut State, response: Activa
 fn forward(shared: &Shared, state: &mut State, claim: Claim, resume: bool) {
     let Some(action) = &state.action else { return };
     let now = now_ms();
+    // Only an action that asks for it gets the invoking key; a web request's run has none of its
+    // own to give (its activation is the owner's, whose key is stored hashed).
+    let api_key = (envelope::provides_api_key(action) && !state.web_resolve)
+        .then(|| envelope::api_key_of(&state.authorization))
+        .flatten();
     let context = RunContext {
         activation_id: &state.activation_id,
         transaction_id: &state.activation_id,
         api_host: &shared.config.api_host,
         deadline_ms: now + action.limits.timeout,
+        api_key: api_key.as_deref(),
     };
     let parameters = envelope::merge_parameters(&action.parameters, std::mem::take(&mut state.parameters));
     let run = envelope::run_body(action, parameters, &context);
@@ -475,7 +481,7 @@ fn forward(shared: &Shared, state: &mut State, claim: Claim, resume: bool) {
     set("x-envoy-upstream-rq-timeout-ms", Some(&upstream_timeout));
     set("content-type", Some("application/json"));
     set("content-length", Some(&run.len().to_string()));
-    // The container never sees the user's key.
+    // The key travels in the envelope only when the action asked for it, never as a header.
     set("authorization", None);
     if let Err(status) = hostcalls::set_buffer(BufferType::HttpRequestBody, 0, usize::MAX / 2, &run) {
         error!("could not rewrite the body of activation {}: {status:?}", state.activation_id);
