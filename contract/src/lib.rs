@@ -74,9 +74,6 @@ pub mod paths {
     /// [`super::ActionCode`] (the control server needs the code to `/init` a container).
     pub const ACTION_CODE: &str = "/internal/v1/actions";
     /// Management API: `POST` a JSON array of [`super::ActivationRecord`]; 204 once stored.
-    /// `GET {ACTIVATIONS}/{id}?namespace=&wait_ms=` answers the record of `namespace` as soon as
-    /// it is stored (200), or 204 when `wait_ms` passed without it: a detached blocking invoke
-    /// waits on it.
     pub const ACTIVATIONS: &str = "/internal/v1/activations";
     /// Control server: `POST` a [`super::ColdStartRequest`]; 200 [`super::ColdStartResponse`]
     /// once the container is initialised and Envoy has acknowledged the endpoint, or an

@@ -13,6 +13,9 @@ use serde_json::json;
 const MAYBE_LOOP_JS: &str = "function main(p) { if (p.loop) { while (true) {} } return {ok: true}; }";
 const SLEEPY_JS: &str =
     "function main(p) { return new Promise(r => setTimeout(() => r({slept: p.ms}), p.ms)); }";
+/// Sleeps `ms` and passes it on: a sequence of these sleeps `ms` per component.
+const SLEEP_ON_JS: &str =
+    "function main(p) { return new Promise(r => setTimeout(() => r({ms: p.ms}), p.ms)); }";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn timeouts_end_runaways_and_lost_clients_retire_their_container() {
@@ -73,9 +76,10 @@ async fn timeouts_end_runaways_and_lost_clients_retire_their_container() {
     assert!(annotation(&next.body, "initTime").is_some(), "a fresh container, not the abandoned one");
 }
 
-/// A blocking invoke of an action allowed to run longer than a client may wait: answered with its
-/// result when it ends within the wait, 202 with the activation id when it runs past it, and the
-/// record appears once the action ends (OpenWhisk's blocking invoke, with the wait shortened here).
+/// A blocking invoke of an action allowed to run longer than a client may wait, or of a sequence:
+/// answered with its result when it ends within the wait, 202 with the activation id when it runs
+/// past it, and the record appears once it ends (OpenWhisk's blocking invoke, with the wait
+/// shortened here).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_blocking_invoke_past_the_wait_turns_into_202_and_its_record_appears() {
     let dir = tempfile::tempdir().unwrap();
@@ -111,6 +115,30 @@ async fn a_blocking_invoke_past_the_wait_turns_into_202_and_its_record_appears()
     assert_eq!(record.body["response"]["result"], json!({"slept": 4_000}));
     assert!(record.body["duration"].as_u64().unwrap() >= 4_000, "{}", record.body);
     assert!(started.elapsed() >= Duration::from_secs(4));
+
+    // A sequence past the wait: 202 with the sequence's id; its record (and its components') later.
+    let sleep_on = json!({"exec": {"kind": "nodejs:20", "code": SLEEP_ON_JS}});
+    assert_eq!(
+        client.put("/api/v1/namespaces/_/actions/nap?overwrite=true", &sleep_on).await.unwrap().status,
+        200
+    );
+    let naps = json!({"exec": {"kind": "sequence", "components": ["/guest/nap", "/guest/nap"]}});
+    assert_eq!(
+        client.put("/api/v1/namespaces/_/actions/naps?overwrite=true", &naps).await.unwrap().status,
+        200
+    );
+    let quick_sequence = client.invoke("naps", &json!({"ms": 10}), true).await.unwrap();
+    assert_eq!((quick_sequence.status, quick_sequence.body), (200, json!({"ms": 10})));
+    let started = Instant::now();
+    let long_sequence = client.invoke("naps", &json!({"ms": 1_000}), false).await.unwrap();
+    let answered_after = started.elapsed();
+    assert_eq!(long_sequence.status, 202, "{}", long_sequence.body);
+    assert!(answered_after < Duration::from_millis(1_900), "answered after {answered_after:?}");
+    let id = long_sequence.body["activationId"].as_str().unwrap().to_owned();
+    let record = client.wait_for_activation(&id, Duration::from_secs(15)).await.unwrap();
+    assert_eq!(record.status, 200, "{}", record.body);
+    assert_eq!(record.body["response"]["result"], json!({"ms": 1_000}));
+    assert_eq!(record.body["logs"].as_array().unwrap().len(), 2, "both components ran");
 
     // An action whose limit fits in the wait is never detached: it answers when it ends.
     let fits = json!({"exec": {"kind": "nodejs:20", "code": SLEEPY_JS}, "limits": {"timeout": 1_000}});

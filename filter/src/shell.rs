@@ -69,8 +69,6 @@ const FAILED_BACKOFF_MS: u64 = 500;
 const RUN_TIMEOUT_MS: u64 = 310_000;
 /// How much later than the action's time limit Envoy gives up on the container.
 const UPSTREAM_TIMEOUT_MARGIN_MS: u64 = 1_000;
-/// The management API answers a record wait by its deadline; the callout's own bound is later.
-const RECORD_WAIT_MARGIN_MS: u64 = 5_000;
 
 /// Envoy's shared data, through the hostcalls that report errors instead of panicking.
 struct EnvoySharedData;
@@ -153,7 +151,7 @@ enum Outgoing {
 /// Where a request is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
-    /// Headers or body still arriving, or the resolve, relay or record callout in flight.
+    /// Headers or body still arriving, or the resolve, relay or web run callout in flight.
     Receiving,
     /// In the worker's queue for a container.
     Waiting,
@@ -161,6 +159,9 @@ enum Phase {
     Forwarded,
     /// Running a sequence: one component's internal invoke in flight at a time.
     Sequencing,
+    /// A blocking invoke whose run went out through the worker's root context (it may outlast the
+    /// client's wait): answered by the root with the run's answer, or 202 once the wait is over.
+    Detached,
     /// Answered locally (error, 202, relay, sequence).
     Answered,
     /// The stream is over.
@@ -221,8 +222,6 @@ enum Callout {
     Relay,
     /// A sequence's component, invoked blocking through the ingress.
     Component,
-    /// The record of a detached blocking invoke, awaited from the management API.
-    Record,
     /// A web request's run: an internal blocking invoke of the action through the ingress.
     Web,
 }
@@ -297,6 +296,8 @@ struct Shared {
     /// No cold start is asked for an action revision before this time (the control plane was full).
     refused_until: RefCell<HashMap<String, u64>>,
     fast_tick: Cell<bool>,
+    /// Detached blocking invokes by activation id, with the epoch milliseconds their wait ends.
+    detached: RefCell<HashMap<String, (SharedState, u64)>>,
 }
 
 impl Shared {
@@ -519,6 +520,8 @@ struct Root {
     records_in_flight: Option<(u32, Vec<ActivationRecord>)>,
     /// No record batch before this time (the last one failed).
     records_not_before: u64,
+    /// Internal runs in flight (non-blocking and detached invokes): token → activation id.
+    runs: HashMap<u32, String>,
 }
 
 impl Root {
@@ -535,6 +538,7 @@ impl Root {
             pending_records: VecDeque::new(),
             records_in_flight: None,
             records_not_before: 0,
+            runs: HashMap::new(),
         }
     }
 
@@ -703,8 +707,19 @@ impl Root {
                         vec![],
                         Duration::from_millis(RUN_TIMEOUT_MS + shared.config.cold_start_timeout_ms),
                     );
-                    if let Err(status) = call {
-                        error!("could not start non-blocking activation {activation_id}: {status:?}");
+                    match call {
+                        Ok(token) => {
+                            self.runs.insert(token, activation_id);
+                        }
+                        Err(status) => {
+                            error!("could not start activation {activation_id}: {status:?}");
+                            self.answer_detached(
+                                shared,
+                                &activation_id,
+                                503,
+                                &error_body(messages::INTERNAL_ERROR),
+                            );
+                        }
                     }
                 }
                 Outgoing::Retire { container_id, grace_ms, swept } => {
@@ -766,6 +781,51 @@ impl Root {
         }
         self.pending_records.truncate(MAX_PENDING_RECORDS);
         self.records_not_before = now_ms() + RECORD_RETRY_MS;
+    }
+
+    /// The answer of a detached invoke's run: to its client, as a blocking invoke's (the record, or
+    /// the result), if the client still waits on this worker.
+    fn answer_detached(&self, shared: &Shared, activation_id: &str, status: u16, body: &[u8]) {
+        let Some((waiting, _)) = shared.detached.borrow_mut().remove(activation_id) else { return };
+        let Ok(mut state) = waiting.try_borrow_mut() else { return };
+        if state.phase != Phase::Detached {
+            return;
+        }
+        let _switch = OnBehalfOf::enter(state.context_id, self.context_id);
+        let result_only = state.invocation.as_ref().is_some_and(|i| i.result_only);
+        match serde_json::from_slice::<ActivationRecord>(body) {
+            Ok(record) => {
+                let (status, reply) = activation::reply(&record, result_only);
+                answer(&mut state, u32::from(status), vec![(headers::ACTIVATION_ID, activation_id)], &reply);
+            }
+            // Refused or failed before it ran (throttled, gone, no capacity): already an error.
+            Err(_) => {
+                let status = if status == 0 { 503 } else { u32::from(status) };
+                answer(&mut state, status, vec![(headers::ACTIVATION_ID, activation_id)], body);
+            }
+        }
+    }
+
+    /// Detached invokes whose wait is over get 202 with their id; their runs go on.
+    fn expire_detached(&self, shared: &Shared) {
+        let now = now_ms();
+        let over: Vec<String> = shared
+            .detached
+            .borrow()
+            .iter()
+            .filter(|(_, (state, wait_ends))| {
+                now >= *wait_ends || state.try_borrow().is_ok_and(|state| state.phase != Phase::Detached)
+            })
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in over {
+            let Some((waiting, _)) = shared.detached.borrow_mut().remove(&id) else { continue };
+            let Ok(mut state) = waiting.try_borrow_mut() else { continue };
+            if state.phase == Phase::Detached {
+                let _switch = OnBehalfOf::enter(state.context_id, self.context_id);
+                answer_accepted(&mut state);
+            }
+        }
     }
 
     /// Serves, expires and provisions the wait queues.
@@ -931,7 +991,16 @@ impl Context for Root {
             }
             return;
         }
-        // Internal runs: a non-2xx is logged (the run itself recorded its outcome).
+        if let Some(activation_id) = self.runs.remove(&token) {
+            let body = self.get_http_call_response_body(0, body_size).unwrap_or_default();
+            if let Some(shared) = self.shared.clone() {
+                self.answer_detached(&shared, &activation_id, status, &body);
+            }
+            if !(200..300).contains(&status) && status != 502 {
+                warn!("internal run {activation_id} answered {status}");
+            }
+            return;
+        }
         if !(200..300).contains(&status) {
             warn!("outbox call answered {status}");
         }
@@ -960,6 +1029,7 @@ impl RootContext for Root {
             starting: RefCell::new(HashMap::new()),
             refused_until: RefCell::new(HashMap::new()),
             fast_tick: Cell::new(false),
+            detached: RefCell::new(HashMap::new()),
         }));
         true
     }
@@ -967,6 +1037,7 @@ impl RootContext for Root {
     fn on_tick(&mut self) {
         let Some(shared) = self.shared.clone() else { return };
         self.tend_waiters(&shared);
+        self.expire_detached(&shared);
         self.report_usage(&shared);
         self.flush_outbox(&shared);
         self.poll_generation(&shared);
@@ -1262,10 +1333,10 @@ impl Request {
         let runs_in_container = action.components.is_none();
         // An action allowed to run longer than a client may wait runs detached, so that a run past
         // the wait can be answered 202 while it goes on (a stream that ends takes its run with it).
+        // A sequence's length is unknown until it runs, so every blocking sequence runs detached.
         let detached = from_client
             && blocking
-            && runs_in_container
-            && action.limits.timeout > self.shared.config.max_blocking_wait_ms;
+            && (!runs_in_container || action.limits.timeout > self.shared.config.max_blocking_wait_ms);
         let relayed = from_client && state.bodyless && runs_in_container && !detached;
         if let Err(refused) = envelope::check_final(&action, &state.parameters) {
             answer_error(state, 400, &refused.0);
@@ -1292,7 +1363,13 @@ impl Request {
                 body: std::mem::take(&mut state.body),
             });
             if detached {
-                self.await_record(state, &action.subject);
+                // Answered by the worker's root context (see `Root::on_run_answered`).
+                let wait_ends = state.timing.arrived + self.shared.config.max_blocking_wait_ms;
+                self.shared
+                    .detached
+                    .borrow_mut()
+                    .insert(state.activation_id.clone(), (self.state.clone(), wait_ends));
+                state.phase = Phase::Detached;
             } else {
                 answer_accepted(state);
             }
@@ -1322,52 +1399,6 @@ impl Request {
                 Action::Pause
             }
         }
-    }
-
-    /// Asks the management API for the record of this request's detached run, to be answered as
-    /// soon as it is stored or when the blocking wait is over, whichever comes first.
-    fn await_record(&self, state: &mut State, subject: &str) {
-        let waited = now_ms().saturating_sub(state.timing.arrived);
-        let wait_ms = self.shared.config.max_blocking_wait_ms.saturating_sub(waited);
-        let path = format!(
-            "{}/{}?namespace={}&wait_ms={wait_ms}",
-            paths::ACTIVATIONS,
-            query_escape(&state.activation_id),
-            query_escape(subject)
-        );
-        let call = self.dispatch_http_call(
-            clusters::MANAGEMENT_API,
-            vec![
-                (":method", "GET"),
-                (":path", &path),
-                (":authority", "whisk-management"),
-                (headers::INTERNAL_TOKEN, &self.shared.config.internal_token),
-            ],
-            None,
-            vec![],
-            Duration::from_millis(wait_ms + RECORD_WAIT_MARGIN_MS),
-        );
-        match call {
-            Ok(token) => state.callout = Some((token, Callout::Record)),
-            Err(status) => {
-                // The run is on its way regardless: the client can fetch the record by its id.
-                error!("record wait for {} failed to start: {status:?}", state.activation_id);
-                answer_accepted(state);
-            }
-        }
-    }
-
-    /// The record of a detached run, or nothing within the blocking wait (202 with the id).
-    fn on_record(&self, state: &mut State, status: u16, body: &[u8]) {
-        let record = (status == 200).then(|| serde_json::from_slice::<ActivationRecord>(body).ok()).flatten();
-        let Some(record) = record else {
-            answer_accepted(state);
-            return;
-        };
-        let result_only = state.invocation.as_ref().is_some_and(|i| i.result_only);
-        let (status, reply) = activation::reply(&record, result_only);
-        let activation_id = state.activation_id.clone();
-        answer(state, u32::from(status), vec![(headers::ACTIVATION_ID, &activation_id)], &reply);
     }
 
     /// Starts running a sequence's components; the request stays paused until it is answered.
@@ -1551,10 +1582,6 @@ impl Context for Request {
         }
         if kind == Callout::Component {
             self.on_component(&mut state, status, &body);
-            return;
-        }
-        if kind == Callout::Record {
-            self.on_record(&mut state, status, &body);
             return;
         }
         if kind == Callout::Web {

@@ -3,7 +3,6 @@
 //! ```text
 //! filter     ── GET  /internal/v1/resolve?namespace=&action=  (+ client's authorization) ─► ResolvedAction
 //! filter     ── POST /internal/v1/activations  [ActivationRecord, …] ─────────────────────► 204
-//! filter     ── GET  /internal/v1/activations/{id}?namespace=&wait_ms= ─► ActivationRecord | 204
 //! xds-server ── GET  /internal/v1/actions/{ns}/[{pkg}/]{name} ─────────────────────────────► ActionCode
 //! ```
 //!
@@ -14,8 +13,6 @@
 //!
 //! Every call carries the shared token in `x-whisk-internal-token`; [`require_token`] refuses the
 //! rest with 401 before any handler runs.
-
-use std::time::Duration;
 
 use axum::Json;
 use axum::extract::{Request, State};
@@ -160,43 +157,6 @@ pub async fn store_activations(
 ) -> Result<StatusCode, ApiError> {
     let stored = records.len();
     state.db(move |store| store.put_activations(&records)).await?;
-    state.records_stored().send_modify(|batches| *batches += 1);
     tracing::debug!(stored, "activation records stored");
     Ok(StatusCode::NO_CONTENT)
-}
-
-/// Longest a record wait is held open, whatever the caller asks: the longest action time limit
-/// OpenWhisk allows.
-const MAX_RECORD_WAIT: Duration = Duration::from_secs(300);
-
-#[derive(Debug, Deserialize)]
-pub struct AwaitQuery {
-    namespace: Option<String>,
-    wait_ms: Option<u64>,
-}
-
-/// `GET /internal/v1/activations/{id}?namespace=&wait_ms=`: the record as soon as it is stored, or
-/// 204 once `wait_ms` passed without it. The filter answers a detached blocking invoke with it (or
-/// with 202 and the id when the action runs past the blocking wait).
-pub async fn await_activation(
-    State(state): State<AppState>,
-    ApiPath(id): ApiPath<String>,
-    ApiQuery(query): ApiQuery<AwaitQuery>,
-) -> Result<Response, ApiError> {
-    let namespace = query.namespace.ok_or_else(|| missing("namespace"))?;
-    let wait = Duration::from_millis(query.wait_ms.unwrap_or(0)).min(MAX_RECORD_WAIT);
-    let deadline = tokio::time::Instant::now() + wait;
-    let mut stored = state.records_stored().subscribe();
-    loop {
-        // Marked seen before the lookup: a batch stored during the lookup wakes the wait below.
-        stored.borrow_and_update();
-        let (namespace, id) = (namespace.clone(), id.clone());
-        if let Some(record) = state.db(move |store| store.get_activation(&namespace, &id)).await? {
-            return Ok(Json(record).into_response());
-        }
-        match tokio::time::timeout_at(deadline, stored.changed()).await {
-            Ok(Ok(())) => continue,
-            _ => return Ok(StatusCode::NO_CONTENT.into_response()),
-        }
-    }
 }

@@ -186,7 +186,6 @@ pub fn router(state: AppState) -> Router {
         .route(&action_code, get(internal::action_code))
         .route(&packaged_action_code, get(internal::action_code))
         .route(paths::ACTIVATIONS, post(internal::store_activations))
-        .route(&format!("{}/{{id}}", paths::ACTIVATIONS), get(internal::await_activation))
         .route(paths::GENERATION, get(generation::poll))
         .route_layer(middleware::from_fn_with_state(state.clone(), internal::require_token));
     let action = || get(actions::get).put(actions::put).delete(actions::delete).post(actions::invoke);

@@ -6,7 +6,6 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use axum::extract::FromRequestParts;
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
-use tokio::sync::watch;
 
 use crate::auth::{AuthCache, Key};
 use crate::error::ApiError;
@@ -35,8 +34,6 @@ struct Shared {
     metrics: Metrics,
     generation: Generation,
     namespace_limits: NamespaceLimits,
-    /// Bumped after every stored batch of activation records: detached blocking invokes wait on it.
-    records_stored: watch::Sender<u64>,
 }
 
 impl AppState {
@@ -61,7 +58,6 @@ impl AppState {
                 metrics: Metrics::new(),
                 generation: Generation::default(),
                 namespace_limits,
-                records_stored: watch::channel(0).0,
             }),
         }
     }
@@ -74,11 +70,6 @@ impl AppState {
     /// The store, for work that is no request's (activation retention).
     pub fn store(&self) -> Arc<Store> {
         Arc::clone(&self.inner.store)
-    }
-
-    /// Changes after every stored batch of activation records.
-    pub fn records_stored(&self) -> &watch::Sender<u64> {
-        &self.inner.records_stored
     }
 
     /// The entity generation (changes on every write; the data plane's resolve caches follow it).

@@ -32,7 +32,6 @@ on_every_backend!(
     resolve_answers_the_filter,
     internal_routes_refuse_a_missing_or_wrong_token,
     activation_records_are_listed_and_read,
-    a_record_wait_answers_once_the_record_is_stored,
     health_and_metrics_are_served,
     serve_answers_over_tcp_and_stops_gracefully,
     expired_activations_are_deleted_while_serving,
@@ -387,7 +386,6 @@ async fn internal_routes_refuse_a_missing_or_wrong_token(backend: Backend) {
         (Method::GET, "/internal/v1/resolve?namespace=_&action=hello", None),
         (Method::GET, "/internal/v1/actions/guest/hello", None),
         (Method::POST, "/internal/v1/activations", Some(json!([]))),
-        (Method::GET, "/internal/v1/activations/x?namespace=guest&wait_ms=0", None),
     ];
     for (method, uri, body) in routes {
         for token in [None, Some("wrong"), Some("")] {
@@ -406,43 +404,6 @@ async fn internal_routes_refuse_a_missing_or_wrong_token(backend: Backend) {
     )
     .await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
-}
-
-/// The wait a detached blocking invoke makes: the record as soon as it is stored, 204 when the wait
-/// ends without it, and never another namespace's record.
-async fn a_record_wait_answers_once_the_record_is_stored(backend: Backend) {
-    let h = harness(&backend);
-    let wait = |id: &str, namespace: &str, wait_ms: u64| {
-        internal(
-            Method::GET,
-            &format!("/internal/v1/activations/{id}?namespace={namespace}&wait_ms={wait_ms}"),
-            None,
-            None,
-        )
-    };
-    let started = std::time::Instant::now();
-    let (status, _) = send(&h.router, wait("late", "guest", 200)).await;
-    assert_eq!(status, StatusCode::NO_CONTENT);
-    assert!(started.elapsed() >= std::time::Duration::from_millis(200));
-
-    let waiting = tokio::spawn({
-        let router = h.router.clone();
-        async move { send(&router, wait("late", "guest", 20_000)).await }
-    });
-    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    post_records(&h, &[record("other", "hello", 10, "guest")]).await;
-    post_records(&h, &[record("late", "hello", 20, "guest")]).await;
-    let (status, body) = waiting.await.unwrap();
-    assert_eq!(status, StatusCode::OK, "{body}");
-    assert_eq!(body["activationId"], "late");
-    // Stored already: at once. Another namespace's id: nothing.
-    let (status, _) = send(&h.router, wait("late", "guest", 0)).await;
-    assert_eq!(status, StatusCode::OK);
-    let (status, _) = send(&h.router, wait("late", "alice", 0)).await;
-    assert_eq!(status, StatusCode::NO_CONTENT);
-    let (status, body) =
-        send(&h.router, internal(Method::GET, "/internal/v1/activations/late", None, None)).await;
-    assert_eq!(status, StatusCode::BAD_REQUEST, "namespace is required: {body}");
 }
 
 async fn activation_records_are_listed_and_read(backend: Backend) {
