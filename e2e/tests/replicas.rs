@@ -1,6 +1,6 @@
 //! One activation per container across Envoy replicas: two Envoys (each with two workers) in front
-//! of one control plane, 32 clients on each, 4,000 invocations in all. Shared data is per Envoy
-//! process, so the control plane gives each container to exactly one node (per-node endpoints);
+//! of one control plane, 32 clients on each, 5,000 invocations in all, at most 2 containers per
+//! node. Shared data is per Envoy process, so the control plane gives each container to exactly one node (per-node endpoints);
 //! our runtime refuses an overlapping `/run`, which would surface as an error here.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -13,13 +13,16 @@ use e2e::{Artifacts, GUEST_KEY, Options, Platform};
 
 const SLOW_ECHO_JS: &str = "function main(p) { return new Promise(r => setTimeout(() => r({n: p.n}), 3)); }";
 const CLIENTS_PER_REPLICA: usize = 32;
-const INVOCATIONS: usize = 4_000;
+const INVOCATIONS: usize = 5_000;
+/// Containers per Envoy node; the pool holds at most twice this.
+const CAP_PER_NODE: usize = 2;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_replicas_never_overlap_in_one_container() {
     let dir = tempfile::tempdir().unwrap();
     let mut options = Options::for_test(dir.path(), "envoy-replica").unwrap();
     options.replicas = 2;
+    options.xds_args = vec!["--max-containers-per-action".into(), CAP_PER_NODE.to_string()];
     let platform = Platform::start(options, Artifacts::from_workspace().unwrap()).unwrap();
     let clients =
         [Client::new(&platform.api_host_of(0), GUEST_KEY), Client::new(&platform.api_host_of(1), GUEST_KEY)];
@@ -53,6 +56,12 @@ async fn two_replicas_never_overlap_in_one_container() {
         .await
         .unwrap();
     let containers = table.as_array().unwrap();
+    assert!(
+        containers.len() <= 2 * CAP_PER_NODE,
+        "{} containers, cap {}",
+        containers.len(),
+        2 * CAP_PER_NODE
+    );
     let nodes: std::collections::BTreeSet<&str> =
         containers.iter().map(|c| c["node"].as_str().unwrap()).collect();
     assert_eq!(
