@@ -21,16 +21,17 @@
 //! Schema changes are SQL files under `migrations/postgres/`, each applied in its own transaction
 //! under an advisory lock and recorded as a row of `schema_version`.
 
+use std::collections::HashMap;
 use std::fmt;
-use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
+use std::sync::{Condvar, LazyLock, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use futures::executor::block_on;
 use serde::de::DeserializeOwned;
 use sha2::{Digest as _, Sha256};
 use tokio::runtime::{Handle, Runtime};
-use tokio_postgres::types::Type;
-use tokio_postgres::{Client, Config, GenericClient, NoTls, Row};
+use tokio_postgres::types::{ToSql, Type};
+use tokio_postgres::{Client, Config, GenericClient, NoTls, Row, Statement};
 use whisk_contract::{ActionLimits, ActivationRecord};
 
 use super::{ActivationFilter, StoreError, encode};
@@ -137,8 +138,31 @@ impl PostgresStore {
         work: impl AsyncFnOnce(&mut Client) -> Result<R, E>,
     ) -> Result<R, E> {
         let mut pooled = self.checkout()?;
-        let client = pooled.client.as_mut().ok_or_else(|| StoreError::Task("no pooled client".into()))?;
-        block_on(work(client))
+        let session = pooled.client.as_mut().ok_or_else(|| StoreError::Task("no pooled client".into()))?;
+        block_on(work(&mut session.client))
+    }
+
+    /// Runs `sql` as a statement this connection prepared on its first use and keeps: PostgreSQL
+    /// then neither parses nor plans it again (the hot reads: every action GET and resolve miss).
+    fn query_prepared_opt(
+        &self,
+        sql: &'static str,
+        types: &[Type],
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Option<Row>, StoreError> {
+        let mut pooled = self.checkout()?;
+        let session = pooled.client.as_mut().ok_or_else(|| StoreError::Task("no pooled client".into()))?;
+        block_on(async {
+            let statement = match session.statements.get(sql) {
+                Some(statement) => statement.clone(),
+                None => {
+                    let statement = session.client.prepare_typed(sql, types).await?;
+                    session.statements.insert(sql, statement.clone());
+                    statement
+                }
+            };
+            Ok(session.client.query_opt(&statement, params).await?)
+        })
     }
 
     /// An idle client, a new one while fewer than [`POOL_SIZE`] are open, or the next one returned.
@@ -146,7 +170,7 @@ impl PostgresStore {
         let mut state = self.pool.state();
         loop {
             if let Some(client) = state.idle.pop() {
-                if client.is_closed() {
+                if client.client.is_closed() {
                     state.open -= 1;
                     continue;
                 }
@@ -157,7 +181,7 @@ impl PostgresStore {
                 drop(state);
                 // Counted before connecting, so a failure gives the slot back through `Pooled`.
                 let mut pooled = Pooled { pool: &self.pool, client: None };
-                pooled.client = Some(self.open_client()?);
+                pooled.client = Some(Session { client: self.open_client()?, statements: HashMap::new() });
                 return Ok(pooled);
             }
             state = self.pool.available.wait(state).unwrap_or_else(PoisonError::into_inner);
@@ -260,7 +284,12 @@ impl PostgresStore {
         name: &str,
         with_code: bool,
     ) -> Result<Option<Action>, StoreError> {
-        self.run(async |client| select_action(client, namespace, name, with_code).await)
+        let row = self.query_prepared_opt(
+            &SELECT_ACTION,
+            &[Type::TEXT, Type::BOOL, Type::TEXT],
+            &[&namespace, &with_code, &name],
+        )?;
+        row.as_ref().map(action_from_row).transpose()
     }
 
     /// Creates or replaces an action atomically: `build` sees the current version (with code) and
@@ -454,7 +483,7 @@ struct Pool {
 
 #[derive(Default)]
 struct PoolState {
-    idle: Vec<Client>,
+    idle: Vec<Session>,
     /// Idle, checked out, or being connected.
     open: usize,
 }
@@ -467,17 +496,23 @@ impl Pool {
     }
 }
 
+/// A connection and the statements it prepared (a prepared statement belongs to its connection).
+struct Session {
+    client: Client,
+    statements: HashMap<&'static str, Statement>,
+}
+
 /// A checked-out client; dropping it returns it (or, if its connection is gone, its slot).
 struct Pooled<'a> {
     pool: &'a Pool,
-    client: Option<Client>,
+    client: Option<Session>,
 }
 
 impl Drop for Pooled<'_> {
     fn drop(&mut self) {
         let mut state = self.pool.state();
         match self.client.take() {
-            Some(client) if !client.is_closed() => state.idle.push(client),
+            Some(session) if !session.client.is_closed() => state.idle.push(session),
             _ => state.open -= 1,
         }
         self.pool.available.notify_one();
@@ -589,6 +624,10 @@ fn filter_bounds(filter: &ActivationFilter) -> Result<(Option<i64>, Option<i64>)
 }
 
 /// The columns [`action_from_row`] reads; `$2` says whether to load the code.
+/// One action by namespace (`$1`) and name (`$3`); `$2` says whether to read its code.
+static SELECT_ACTION: LazyLock<String> =
+    LazyLock::new(|| format!("SELECT {ACTION_COLUMNS} FROM actions WHERE namespace = $1 AND name = $3"));
+
 const ACTION_COLUMNS: &str = "namespace, name, version, revision, kind, CASE WHEN $2 THEN code ELSE '' END,
     is_binary, main, image, parameters, annotations, timeout_ms, memory_mb, logs_mb, concurrency, publish,
     updated, components";
@@ -651,10 +690,10 @@ async fn select_action(
     with_code: bool,
 ) -> Result<Option<Action>, StoreError> {
     // Typed parameters let the statement go out with its execution in one round trip (an untyped
-    // one is prepared first, a round trip of its own): this is every action GET and resolve miss.
+    // one is prepared first, a round trip of its own).
     let row = client
         .query_typed_opt(
-            &format!("SELECT {ACTION_COLUMNS} FROM actions WHERE namespace = $1 AND name = $3"),
+            &SELECT_ACTION,
             &[(&namespace, Type::TEXT), (&with_code, Type::BOOL), (&name, Type::TEXT)],
         )
         .await?;
