@@ -78,6 +78,17 @@ pub fn classify(method: &str, path_and_query: &str) -> Route {
     })
 }
 
+/// Percent-encodes everything but RFC 3986's unreserved characters: a path segment or a query value.
+pub fn percent_encode(value: &str) -> String {
+    value
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            other => format!("%{other:02X}"),
+        })
+        .collect()
+}
+
 /// Percent-decodes one path segment; `None` when the escapes are not valid UTF-8.
 pub(crate) fn percent_decode(segment: &str) -> Option<String> {
     let bytes = segment.as_bytes();

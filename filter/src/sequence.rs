@@ -19,6 +19,7 @@ use whisk_contract::{
     SEQUENCE_KIND, SEQUENCE_LIMIT, messages,
 };
 
+use crate::route::percent_encode;
 use crate::{activation, envelope};
 
 /// How deep sequences may nest at run time. The management API refuses cycles and more than
@@ -67,17 +68,6 @@ impl Component {
         path.push_str("?blocking=true");
         path
     }
-}
-
-/// Percent-encodes everything but RFC 3986's unreserved characters.
-pub fn percent_encode(value: &str) -> String {
-    value
-        .bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
-            other => format!("%{other:02X}"),
-        })
-        .collect()
 }
 
 /// What the shell does next for a sequence.

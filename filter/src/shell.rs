@@ -44,7 +44,7 @@ use crate::cache;
 use crate::envelope::{self, RunContext};
 use crate::limits;
 use crate::pool::{self, CasMismatch, Claim, SharedData, SlotState};
-use crate::route::{self, Invocation, Route};
+use crate::route::{self, Invocation, Route, percent_encode};
 use crate::sequence::{self, Step};
 use crate::web::{self, WebTarget};
 
@@ -640,7 +640,7 @@ impl Root {
             return;
         }
         let current = cache::current_generation(&EnvoySharedData).unwrap_or_default();
-        let path = format!("{}?after={}", paths::GENERATION, query_escape(&current));
+        let path = format!("{}?after={}", paths::GENERATION, percent_encode(&current));
         let call = hostcalls::dispatch_http_call(
             clusters::MANAGEMENT_API,
             vec![
@@ -1186,8 +1186,8 @@ impl Request {
         let path = format!(
             "{}?namespace={}&action={}{}",
             paths::RESOLVE,
-            query_escape(namespace),
-            query_escape(action_path),
+            percent_encode(namespace),
+            percent_encode(action_path),
             if state.web_resolve { "&web=true" } else { "" }
         );
         let mut request_headers = vec![
@@ -1554,17 +1554,6 @@ impl Request {
         }
         (released == Some(true) && next == SlotState::Free).then(|| state.prefix.clone())
     }
-}
-
-/// Percent-encodes a query value (names may hold spaces, `@`, `/`).
-fn query_escape(value: &str) -> String {
-    value
-        .bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
-            other => format!("%{other:02X}"),
-        })
-        .collect()
 }
 
 impl Context for Request {

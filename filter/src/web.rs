@@ -10,7 +10,7 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use serde_json::{Map, Value};
 use whisk_contract::{KeyValue, messages};
 
-use crate::route::percent_decode;
+use crate::route::{percent_decode, percent_encode};
 
 /// Path prefix of web actions.
 pub const PREFIX: &str = "/api/v1/web/";
@@ -93,8 +93,8 @@ impl WebTarget {
     pub fn invoke_path(&self) -> String {
         format!(
             "/api/v1/namespaces/{}/actions/{}?blocking=true",
-            encode_segment(&self.namespace),
-            self.action_path().split('/').map(encode_segment).collect::<Vec<_>>().join("/")
+            percent_encode(&self.namespace),
+            self.action_path().split('/').map(percent_encode).collect::<Vec<_>>().join("/")
         )
     }
 }
@@ -449,19 +449,6 @@ fn http_response(value: &Value) -> Reply {
         (None, None) => 204,
     };
     Reply { status, headers, body: body.unwrap_or_default() }
-}
-
-/// Percent-encodes a path segment.
-fn encode_segment(segment: &str) -> String {
-    segment
-        .bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'@' => {
-                (b as char).to_string()
-            }
-            other => format!("%{other:02X}"),
-        })
-        .collect()
 }
 
 #[cfg(test)]
