@@ -402,6 +402,37 @@ fn post_internal(
     )
 }
 
+/// A blocking invoke through this Envoy's own ingress, carrying the internal token and the
+/// activation id it runs under (plus `extra` internal headers): how non-blocking and detached runs,
+/// bodyless relays, sequence components and web runs reach the same resolve, claim and cold start
+/// as any invoke. The callout belongs to the effective context (a request's, or the root's).
+fn invoke_internally(
+    shared: &Shared,
+    path: &str,
+    authorization: &str,
+    activation_id: &str,
+    extra: &[(&str, &str)],
+    body: &[u8],
+) -> Result<u32, proxy_wasm::types::Status> {
+    let mut request_headers = vec![
+        (":method", "POST"),
+        (":path", path),
+        (":authority", "whisk-ingress"),
+        ("content-type", "application/json"),
+        ("authorization", authorization),
+        (headers::INTERNAL_TOKEN, shared.config.internal_token.as_str()),
+        (headers::INTERNAL_ACTIVATION_ID, activation_id),
+    ];
+    request_headers.extend_from_slice(extra);
+    hostcalls::dispatch_http_call(
+        clusters::INGRESS,
+        request_headers,
+        Some(body),
+        vec![],
+        Duration::from_millis(RUN_TIMEOUT_MS + shared.config.cold_start_timeout_ms),
+    )
+}
+
 /// Answers `state`'s request locally (hostcalls act on the effective context).
 fn answer(state: &mut State, status: u32, extra: Vec<(&str, &str)>, body: &[u8]) {
     let mut response_headers = vec![("content-type", "application/json")];
@@ -692,21 +723,7 @@ impl Root {
                     self.pending_records.push_back(record);
                 }
                 Outgoing::Run { path, authorization, activation_id, body } => {
-                    let call = hostcalls::dispatch_http_call(
-                        clusters::INGRESS,
-                        vec![
-                            (":method", "POST"),
-                            (":path", &path),
-                            (":authority", "whisk-ingress"),
-                            ("content-type", "application/json"),
-                            ("authorization", &authorization),
-                            (headers::INTERNAL_TOKEN, &shared.config.internal_token),
-                            (headers::INTERNAL_ACTIVATION_ID, &activation_id),
-                        ],
-                        Some(&body),
-                        vec![],
-                        Duration::from_millis(RUN_TIMEOUT_MS + shared.config.cold_start_timeout_ms),
-                    );
+                    let call = invoke_internally(shared, &path, &authorization, &activation_id, &[], &body);
                     match call {
                         Ok(token) => {
                             self.runs.insert(token, activation_id);
@@ -1123,20 +1140,13 @@ impl Request {
     /// Re-sends a bodyless blocking invoke through this Envoy's ingress with `{}` as its body and
     /// answers with whatever that internal invoke answers.
     fn relay_with_empty_body(&self, state: &mut State) -> Action {
-        let call = self.dispatch_http_call(
-            clusters::INGRESS,
-            vec![
-                (":method", "POST"),
-                (":path", &state.original_path),
-                (":authority", "whisk-ingress"),
-                ("content-type", "application/json"),
-                ("authorization", &state.authorization),
-                (headers::INTERNAL_TOKEN, &self.shared.config.internal_token),
-                (headers::INTERNAL_ACTIVATION_ID, &state.activation_id),
-            ],
-            Some(b"{}"),
-            vec![],
-            Duration::from_millis(RUN_TIMEOUT_MS + self.shared.config.cold_start_timeout_ms),
+        let call = invoke_internally(
+            &self.shared,
+            &state.original_path,
+            &state.authorization,
+            &state.activation_id,
+            &[],
+            b"{}",
         );
         match call {
             Ok(token) => state.callout = Some((token, Callout::Relay)),
@@ -1294,25 +1304,17 @@ impl Request {
         };
         let body = serde_json::Value::Object(parameters).to_string();
         let path = request.target.invoke_path();
-        let mut request_headers = vec![
-            (":method", "POST"),
-            (":path", path.as_str()),
-            (":authority", "whisk-ingress"),
-            ("content-type", "application/json"),
-            ("authorization", state.authorization.as_str()),
-            (headers::INTERNAL_TOKEN, self.shared.config.internal_token.as_str()),
-            (headers::INTERNAL_ACTIVATION_ID, state.activation_id.as_str()),
-            (headers::INTERNAL_WEB, "1"),
-        ];
+        let mut extra = vec![(headers::INTERNAL_WEB, "1")];
         if let Some(secret) = &state.web_secret {
-            request_headers.push((headers::REQUIRE_WHISK_AUTH, secret.as_str()));
+            extra.push((headers::REQUIRE_WHISK_AUTH, secret.as_str()));
         }
-        let call = self.dispatch_http_call(
-            clusters::INGRESS,
-            request_headers,
-            Some(body.as_bytes()),
-            vec![],
-            Duration::from_millis(RUN_TIMEOUT_MS + self.shared.config.cold_start_timeout_ms),
+        let call = invoke_internally(
+            &self.shared,
+            &path,
+            &state.authorization,
+            &state.activation_id,
+            &extra,
+            body.as_bytes(),
         );
         match call {
             Ok(token) => state.callout = Some((token, Callout::Web)),
@@ -1422,23 +1424,10 @@ impl Request {
             // A fresh id for the component, known before it runs; the sequence's id as its cause.
             let component_id = new_id();
             let depth = state.sequence_depth.saturating_add(1).to_string();
-            let call = self.dispatch_http_call(
-                clusters::INGRESS,
-                vec![
-                    (":method", "POST"),
-                    (":path", &path),
-                    (":authority", "whisk-ingress"),
-                    ("content-type", "application/json"),
-                    ("authorization", &state.authorization),
-                    (headers::INTERNAL_TOKEN, &self.shared.config.internal_token),
-                    (headers::INTERNAL_ACTIVATION_ID, &component_id),
-                    (headers::INTERNAL_CAUSE, &state.activation_id),
-                    (headers::SEQUENCE_DEPTH, &depth),
-                ],
-                Some(&body),
-                vec![],
-                Duration::from_millis(RUN_TIMEOUT_MS + self.shared.config.cold_start_timeout_ms),
-            );
+            let extra =
+                [(headers::INTERNAL_CAUSE, state.activation_id.as_str()), (headers::SEQUENCE_DEPTH, &depth)];
+            let call =
+                invoke_internally(&self.shared, &path, &state.authorization, &component_id, &extra, &body);
             match call {
                 Ok(token) => {
                     state.callout = Some((token, Callout::Component));
