@@ -53,9 +53,44 @@ impl Ports {
     }
 }
 
-/// A port the kernel reports free now.
+/// A loopback port that is free now, taken below the kernel's ephemeral range and never handed out
+/// twice by this process.
+///
+/// The kernel's own pick (`bind` to port 0) comes from the ephemeral range, where any outgoing
+/// connection of the machine may take the port the moment its server stops: a test that restarts
+/// a server on its old port then finds the port held by a client (seen once in CI as a control
+/// server that never came back). Ports below the range are never given to outgoing connections.
 pub fn free_port() -> anyhow::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    static HANDED_OUT: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let (low, high) = (FIXED_PORTS_FROM, ephemeral_range_start().saturating_sub(1));
+    if high <= low {
+        return Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port());
+    }
+    let span = u128::from(high - low);
+    let mut handed_out = HANDED_OUT.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    for _ in 0..1_000 {
+        let offset = u16::try_from(rand_u128() % span).unwrap_or(0);
+        let port = low + offset;
+        if handed_out.contains(&port) {
+            continue;
+        }
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            handed_out.push(port);
+            return Ok(port);
+        }
+    }
+    bail!("no free port between {low} and {high}")
+}
+
+/// The lowest port the harness hands out: clear of the well-known ports and of `make up`'s.
+const FIXED_PORTS_FROM: u16 = 20_000;
+
+/// The first port of the kernel's ephemeral range (Linux's default when it cannot be read).
+fn ephemeral_range_start() -> u16 {
+    fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next().and_then(|low| low.parse().ok()))
+        .unwrap_or(32_768)
 }
 
 /// What to start.
@@ -177,6 +212,22 @@ struct Process {
 }
 
 impl Process {
+    /// Waits until `url` answers 200, and gives up at once, with the process's log, if the
+    /// process exits first (a port taken, a bad flag) instead of waiting out the whole timeout.
+    fn wait_ready(&mut self, url: &str) -> anyhow::Result<()> {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        while Instant::now() < deadline {
+            if http_status(url) == Some(200) {
+                return Ok(());
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                bail!("{} exited ({status}) before {url} answered:\n{}", self.name, self.tail(40));
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        bail!("{url} did not answer 200 within {READY_TIMEOUT:?}:\n{}", self.tail(40))
+    }
+
     fn stop(&mut self) {
         if let Ok(Some(_)) = self.child.try_wait() {
             return;
@@ -312,8 +363,8 @@ impl Platform {
                 .args(&self.options.management_args)
                 .env("WHISK_INTERNAL_TOKEN", &self.internal_token),
         )?;
-        self.management = Some(process);
-        wait_http_ok(&format!("{}/health", self.management_url()), READY_TIMEOUT)
+        let url = format!("{}/health", self.management_url());
+        self.management.insert(process).wait_ready(&url)
     }
 
     /// Starts the control server (it adopts the containers a crashed predecessor left running).
@@ -341,8 +392,8 @@ impl Platform {
                 .args(&self.options.xds_args)
                 .env("WHISK_INTERNAL_TOKEN", &self.internal_token),
         )?;
-        self.xds = Some(process);
-        wait_http_ok(&format!("{}/health", self.control_url()), READY_TIMEOUT)
+        let url = format!("{}/health", self.control_url());
+        self.xds.insert(process).wait_ready(&url)
     }
 
     fn start_envoy(&mut self, replica: usize) -> anyhow::Result<()> {
@@ -501,17 +552,6 @@ fn http_status(url: &str) -> Option<u16> {
     let mut head = [0u8; 12];
     stream.read_exact(&mut head).ok()?;
     std::str::from_utf8(&head[9..12]).ok()?.parse().ok()
-}
-
-fn wait_http_ok(url: &str, timeout: Duration) -> anyhow::Result<()> {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if http_status(url) == Some(200) {
-            return Ok(());
-        }
-        std::thread::sleep(Duration::from_millis(25));
-    }
-    bail!("{url} did not answer 200 within {timeout:?}")
 }
 
 /// Randomness for the internal token, without another dependency: the kernel's.
