@@ -330,6 +330,11 @@ impl Platform {
         format!("http://127.0.0.1:{}", self.options.ports.control)
     }
 
+    /// The process id of replica `replica`'s Envoy (for its memory figures).
+    pub fn envoy_pid(&self, replica: usize) -> Option<u32> {
+        self.envoys.get(replica).map(|process| process.child.id())
+    }
+
     pub fn admin_url(&self) -> String {
         format!("http://127.0.0.1:{}", self.options.ports.admin)
     }

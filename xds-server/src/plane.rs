@@ -454,30 +454,39 @@ impl<C: ClusterManager> ControlPlane<C> {
     pub async fn adopt(&self) -> Result<usize, ClusterError> {
         let found = self.cluster.adopt().await?;
         let now = self.now_ms();
-        let mut refused = Vec::new();
-        let count = {
+        let (count, refused) = {
             let mut state = self.lock();
-            for adopted in found {
-                let spec = adopted.spec;
-                let container = Container {
-                    id: spec.id.clone(),
-                    action: spec.action,
-                    kind: spec.kind,
-                    slot: spec.slot,
-                    node: spec.node,
-                    address: Some(adopted.address),
-                    state: ContainerState::Ready,
-                    host: self.config.capacities.first().map(|node| node.name.clone()).unwrap_or_default(),
-                    memory_mb: spec.memory_mb,
-                    usage: Usage { gc: GcState::new(now), unclaimed_since: Some(now), ..Usage::default() },
-                    handover: None,
-                };
-                if !state.table.insert_adopted(container) {
-                    refused.push(spec.id);
-                }
-            }
+            let containers = found
+                .into_iter()
+                .map(|adopted| {
+                    let spec = adopted.spec;
+                    Container {
+                        id: spec.id,
+                        action: spec.action,
+                        kind: spec.kind,
+                        slot: spec.slot,
+                        node: spec.node,
+                        address: Some(adopted.address),
+                        state: ContainerState::Ready,
+                        host: self
+                            .config
+                            .capacities
+                            .first()
+                            .map(|node| node.name.clone())
+                            .unwrap_or_default(),
+                        memory_mb: spec.memory_mb,
+                        usage: Usage {
+                            gc: GcState::new(now),
+                            unclaimed_since: Some(now),
+                            ..Usage::default()
+                        },
+                        handover: None,
+                    }
+                })
+                .collect();
+            let refused = state.table.insert_adopted(containers);
             self.publish(&mut state);
-            state.table.len()
+            (state.table.len(), refused)
         };
         for id in refused {
             warn!(container = %id, "adopted container clashes with another's id or slot; stopping it");

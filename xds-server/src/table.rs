@@ -151,17 +151,24 @@ impl Table {
         self.containers.get(id)
     }
 
-    /// Puts a running, initialised container found at start-up back in the table, at its slot.
-    /// False (and nothing changed) when its id or its slot on its node is taken.
-    pub fn insert_adopted(&mut self, container: Container) -> bool {
-        let clash = self.containers.values().any(|c| {
-            c.id == container.id
-                || (c.action == container.action && c.node == container.node && c.slot == container.slot)
-        });
-        if !clash {
+    /// Puts the running, initialised containers found at start-up back in the table, each at its
+    /// slot, and returns the ids of those refused because their id or their slot on their node was
+    /// taken (by the table or by an earlier one of them). The slots are indexed once, so adopting a
+    /// pool of 50,000 containers costs O(n log n), not a scan of the table per container.
+    pub fn insert_adopted(&mut self, found: Vec<Container>) -> Vec<String> {
+        let mut slots: std::collections::HashSet<(ActionKey, String, u32)> =
+            self.containers.values().map(|c| (c.action.clone(), c.node.clone(), c.slot)).collect();
+        let mut refused = Vec::new();
+        for container in found {
+            let slot = (container.action.clone(), container.node.clone(), container.slot);
+            if self.containers.contains_key(&container.id) || slots.contains(&slot) {
+                refused.push(container.id);
+                continue;
+            }
+            slots.insert(slot);
             self.containers.insert(container.id.clone(), container);
         }
-        !clash
+        refused
     }
 
     pub fn get_mut(&mut self, id: &str) -> Option<&mut Container> {
@@ -262,6 +269,27 @@ mod tests {
         assert_eq!(table.count_in(ContainerState::Starting), 1);
         assert_eq!(table.count_of_on(&action("x"), "envoy-1"), 2);
         assert_eq!(table.count_of_on(&action("x"), "envoy-2"), 1);
+    }
+
+    #[test]
+    fn adoption_refuses_a_taken_id_or_slot_also_within_the_batch() {
+        let mut table = Table::test().with_ready("a", "x", "envoy-1", "127.0.0.1:1");
+        let found = |id: &str, name: &str, slot: u32| {
+            let mut container = table.containers["a"].clone();
+            (container.id, container.action, container.slot) = (id.into(), action(name), slot);
+            container
+        };
+        let batch = vec![
+            found("a", "y", 0), // the id is the table's
+            found("b", "x", 0), // slot 0 of x on envoy-1 is a's
+            found("c", "x", 1), // adopted
+            found("d", "x", 1), // c took that slot a moment ago
+            found("e", "y", 0), // adopted
+        ];
+        assert_eq!(table.insert_adopted(batch), ["a", "b", "d"]);
+        let mut ids: Vec<_> = table.ready_on("envoy-1").map(|c| c.id.clone()).collect();
+        ids.sort();
+        assert_eq!(ids, ["a", "c", "e"]);
     }
 
     proptest! {

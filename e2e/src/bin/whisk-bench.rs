@@ -11,6 +11,12 @@
 //! - `publish`: from the control plane publishing a new container to its Envoy node acknowledging
 //!   the endpoints (the control server's histogram), over cold starts with one and four Envoys;
 //!   absolute targets.
+//! - `scale`: 10,000 actions with 50,000 containers published to one Envoy (padding containers
+//!   reported by `whisk-xds-padded`'s cluster manager) against the same platform with 10 actions:
+//!   warm p50, Envoy's resident memory, bytes pushed for one container change (delta xDS).
+//! - `scale-grouping`: plain Envoy holding 50,000 endpoints as one cluster (override_host picks
+//!   the exact one) against 10,000 clusters of 5 (the route names the action's cluster): resident
+//!   memory, start-up, warm p50; the figures behind decision 0009.
 //! - `api`: the management API alone: an activation list over 1,000,000 stored records (plain, and
 //!   filtered by name and time) and action GET throughput; absolute targets. SQLite, and PostgreSQL
 //!   too when `WHISK_TEST_POSTGRES_URL` names a server (`make bench` provides a throwaway one).
@@ -25,7 +31,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::Parser;
-use e2e::client::{Client, metric};
+use e2e::client::{Client, control_metrics, metric};
 use e2e::{Artifacts, GUEST_KEY, Options, Platform, Ports, free_port, workspace_root};
 use serde_json::{Value, json};
 use whisk_contract::{ActivationRecord, ActivationResponse, ActivationStatus, KeyValue};
@@ -57,6 +63,11 @@ struct Args {
     /// Cold starts measured by the publish scenario, per Envoy count.
     #[arg(long, default_value_t = 40)]
     publishes: usize,
+    /// Actions of the scale scenario (each with `--scale-containers-per-action` containers).
+    #[arg(long, default_value_t = 10_000)]
+    scale_actions: usize,
+    #[arg(long, default_value_t = 5)]
+    scale_containers_per_action: usize,
     /// Activation records stored before the list is measured.
     #[arg(long, default_value_t = 1_000_000)]
     records: usize,
@@ -495,6 +506,184 @@ impl Bench {
         Ok(vec![one, four])
     }
 
+    /// One platform whose control server publishes `actions × per_action` padding containers
+    /// beside the benchmark's own actions.
+    async fn scale_on(&self, actions: usize) -> anyhow::Result<ScaleRun> {
+        let per_action = self.args.scale_containers_per_action;
+        let mut options =
+            bench_options(self.dir.path().join(format!("scale-{actions}")), self.args.concurrency)?;
+        options.node_id = format!("envoy-scale-{actions}");
+        options.delta_xds = true;
+        let padding = actions * per_action;
+        options.xds_args = [
+            "--max-containers",
+            &(padding + 64).to_string(),
+            "--pool-memory-mb",
+            &(padding + 64 * 256).to_string(),
+            // Padding is never named in a usage report: it would be swept as orphaned after ten
+            // report periods; ten periods of 10 s outlast the measurement.
+            "--usage-report-period-ms",
+            "10000",
+            "--padding-actions",
+            &actions.to_string(),
+            "--padding-containers-per-action",
+            &per_action.to_string(),
+            "--padding-node",
+            &options.node_id,
+        ]
+        .map(str::to_owned)
+        .to_vec();
+        let mut artifacts = self.artifacts.clone();
+        artifacts.xds_server = artifacts.xds_server.with_file_name("whisk-xds-padded");
+        let started = Instant::now();
+        let platform = Platform::start(options, artifacts)?;
+        let membership =
+            format!("{}/stats?filter=cluster.whisk_containers.membership_total", platform.admin_url());
+        loop {
+            let page = self.http.get(&membership).send().await?.text().await?;
+            let held: f64 = page.rsplit(' ').next().and_then(|n| n.trim().parse().ok()).unwrap_or(0.0);
+            if held >= padding as f64 {
+                break;
+            }
+            if started.elapsed() > Duration::from_secs(120) {
+                bail!("Envoy holds {held} of {padding} endpoints after 2 minutes");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let published_s = started.elapsed().as_secs_f64();
+        let client = Client::new(&platform.api_host(), GUEST_KEY);
+        client.create_action("bench", "nodejs:20", TRIVIAL_JS).await?;
+        let cold = Instant::now();
+        let reply = client.invoke("bench", &json!({}), true).await?;
+        if reply.status != 200 {
+            bail!("cold invoke at {actions} actions answered {} {}", reply.status, reply.body);
+        }
+        let cold_ms = cold.elapsed().as_secs_f64() * 1000.0;
+        let (http, url) = (
+            self.http.clone(),
+            format!("{}/api/v1/namespaces/_/actions/bench?blocking=true&result=true", platform.api_host()),
+        );
+        let (user, password) = GUEST_KEY.split_once(':').unwrap_or((GUEST_KEY, ""));
+        let latency = sequential(self.args.requests, |n| {
+            http.post(&url).basic_auth(user, Some(password)).json(&json!({"n": n}))
+        })
+        .await?;
+        let envoy_rss_mib = platform.envoy_pid(0).map(resident_mib).transpose()?.unwrap_or(f64::NAN);
+        // One container change: a cold start of a second action adds one endpoint.
+        let pushed = |page: &str| {
+            metric(page, "xds_whisk_xds_pushed_bytes_total", "type=\"endpoint\",variant=\"delta\"")
+        };
+        let before = pushed(&control_metrics(&platform).await?);
+        client.create_action("second", "nodejs:20", TRIVIAL_JS).await?;
+        let reply = client.invoke("second", &json!({}), true).await?;
+        if reply.status != 200 {
+            bail!("cold invoke of a second action answered {} {}", reply.status, reply.body);
+        }
+        let change_bytes = pushed(&control_metrics(&platform).await?) - before;
+        let (p50, _, p99) = summary(latency);
+        Ok(ScaleRun { p50, p99, envoy_rss_mib, change_bytes, cold_ms, published_s })
+    }
+
+    async fn scale(&self) -> anyhow::Result<Vec<Figure>> {
+        let small = self.scale_on(10).await?;
+        let large = self.scale_on(self.args.scale_actions).await?;
+        let containers = self.args.scale_actions * self.args.scale_containers_per_action;
+        let extra = json!({
+            "actions": self.args.scale_actions, "containers": containers,
+            "small": small.json(), "large": large.json(),
+        });
+        Ok(vec![
+            Figure {
+                scenario: "scale-latency".into(),
+                unit: "ms (p50)",
+                value: large.p50,
+                baseline: small.p50,
+                target: 1.1,
+                lower_is_better: true,
+                extra: extra.clone(),
+            },
+            Figure {
+                scenario: "scale-envoy-memory".into(),
+                unit: "MiB (RSS)",
+                value: large.envoy_rss_mib,
+                baseline: 300.0,
+                target: 1.0,
+                lower_is_better: true,
+                extra: json!({"absolute_target_mib": 300, "rss_mib_with_10_actions": round(small.envoy_rss_mib),
+                              "actions": self.args.scale_actions, "containers": containers}),
+            },
+            Figure {
+                scenario: "scale-change-bytes".into(),
+                unit: "bytes per container change (delta)",
+                value: large.change_bytes,
+                baseline: small.change_bytes,
+                target: 1.1,
+                lower_is_better: true,
+                extra: json!({"note": "O(1) means the same bytes at 10,000 actions as at 10",
+                              "actions": self.args.scale_actions, "containers": containers}),
+            },
+        ])
+    }
+
+    /// Plain Envoy with the same 50,000 endpoints grouped two ways, one real container among them.
+    async fn scale_grouping(&self) -> anyhow::Result<Vec<Figure>> {
+        let (_container, address, _) = bare_container(&self.artifacts, "nodejs:20", TRIVIAL_JS).await?;
+        let (actions, per_action) = (self.args.scale_actions, self.args.scale_containers_per_action);
+        let mut runs = Vec::new();
+        for grouping in [Grouping::Shared, Grouping::PerAction] {
+            let started = Instant::now();
+            let (envoy, port) = grouped_envoy(
+                &self.artifacts,
+                self.dir.path(),
+                grouping,
+                actions,
+                per_action,
+                &address,
+                self.args.concurrency,
+            )?;
+            let url = format!("http://127.0.0.1:{port}/run");
+            let request = |n| {
+                self.http
+                    .post(&url)
+                    .header("x-whisk-container", &address)
+                    .header("x-whisk-cluster", "action-0")
+                    .json(&run_body(n))
+            };
+            let deadline = Instant::now() + Duration::from_secs(180);
+            while request(0).send().await.map_or(true, |r| !r.status().is_success()) {
+                if Instant::now() > deadline {
+                    bail!("plain Envoy with {grouping:?} grouping did not come up");
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            let ready_s = started.elapsed().as_secs_f64();
+            let latency = sequential(self.args.requests, request).await?;
+            let rss = resident_mib(envoy.0.id())?;
+            let (p50, _, _) = summary(latency);
+            eprintln!("  {grouping:?}: ready in {ready_s:.1} s, {rss:.0} MiB, p50 {p50:.3} ms");
+            runs.push((grouping, p50, rss, ready_s));
+            drop(envoy);
+        }
+        let [(_, shared_p50, shared_rss, shared_ready), (_, per_p50, per_rss, per_ready)] = runs[..] else {
+            bail!("two groupings were measured");
+        };
+        let extra = json!({
+            "actions": actions, "containers": actions * per_action,
+            "shared_cluster": {"p50_ms": round(shared_p50), "rss_mib": round(shared_rss), "ready_s": round(shared_ready)},
+            "cluster_per_action": {"p50_ms": round(per_p50), "rss_mib": round(per_rss), "ready_s": round(per_ready)},
+            "note": "plain Envoy, static clusters; the per-action grouping is the baseline",
+        });
+        Ok(vec![Figure {
+            scenario: "scale-grouping-memory".into(),
+            unit: "MiB (RSS, shared cluster)",
+            value: shared_rss,
+            baseline: per_rss,
+            target: 1.0,
+            lower_is_better: true,
+            extra,
+        }])
+    }
+
     async fn api(&self) -> anyhow::Result<Vec<Figure>> {
         let mut figures = api_figures(&self.artifacts, &self.http, self.dir.path(), None, &self.args).await?;
         if let Ok(url) = std::env::var("WHISK_TEST_POSTGRES_URL") {
@@ -766,6 +955,138 @@ async fn wait_until_up(http: &reqwest::Client, url: &str) -> anyhow::Result<()> 
     bail!("{url} did not come up")
 }
 
+/// What one run of the scale scenario measured.
+#[derive(Debug, Clone, Copy)]
+struct ScaleRun {
+    p50: f64,
+    p99: f64,
+    envoy_rss_mib: f64,
+    change_bytes: f64,
+    cold_ms: f64,
+    published_s: f64,
+}
+
+impl ScaleRun {
+    fn json(&self) -> Value {
+        json!({"p50_ms": round(self.p50), "p99_ms": round(self.p99), "envoy_rss_mib": round(self.envoy_rss_mib),
+               "change_bytes": self.change_bytes, "cold_start_ms": round(self.cold_ms),
+               "start_to_published_s": round(self.published_s)})
+    }
+}
+
+/// Resident memory of a process, from `/proc/<pid>/status`.
+fn resident_mib(pid: u32) -> anyhow::Result<f64> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let kib: f64 = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+        .context("VmRSS")?;
+    Ok(kib / 1024.0)
+}
+
+/// How the scale-grouping scenario puts containers into Envoy clusters.
+#[derive(Debug, Clone, Copy)]
+enum Grouping {
+    /// One cluster of every container; override_host picks the one the header names.
+    Shared,
+    /// One cluster per action; the route takes the cluster the header names.
+    PerAction,
+}
+
+/// A plain Envoy (router only) holding `actions × per_action` endpoints grouped by `grouping`;
+/// the first endpoint of `action-0` is the real container at `real`, the others unreachable.
+fn grouped_envoy(
+    artifacts: &Artifacts,
+    dir: &Path,
+    grouping: Grouping,
+    actions: usize,
+    per_action: usize,
+    real: &str,
+    concurrency: u32,
+) -> anyhow::Result<(Guard, u16)> {
+    let (listen, admin) = (free_port()?, free_port()?);
+    let endpoint = |index: usize| {
+        let (host, port) = if index == 0 {
+            real.split_once(':').map(|(h, p)| (h.to_owned(), p.to_owned())).unwrap_or_default()
+        } else {
+            (format!("127.1.{}.{}", index / 250, index % 250 + 1), "9".to_owned())
+        };
+        format!("{{endpoint: {{address: {{socket_address: {{address: {host}, port_value: {port}}}}}}}}}")
+    };
+    let cluster = |name: &str, endpoints: Vec<String>, policy: &str| {
+        format!(
+            "  - name: {name}\n    type: STATIC\n    connect_timeout: 1s\n{policy}    load_assignment:\n      cluster_name: {name}\n      endpoints: [{{lb_endpoints: [{}]}}]\n",
+            endpoints.join(", ")
+        )
+    };
+    let (route, clusters) = match grouping {
+        Grouping::Shared => {
+            let policy = r#"    load_balancing_policy:
+      policies:
+        - typed_extension_config:
+            name: envoy.load_balancing_policies.override_host
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.load_balancing_policies.override_host.v3.OverrideHost
+              override_host_sources: [{header: x-whisk-container}]
+              fallback_policy:
+                policies:
+                  - typed_extension_config:
+                      name: envoy.load_balancing_policies.random
+                      typed_config: {"@type": type.googleapis.com/envoy.extensions.load_balancing_policies.random.v3.Random}
+"#;
+            (
+                "cluster: containers",
+                cluster("containers", (0..actions * per_action).map(endpoint).collect(), policy),
+            )
+        }
+        Grouping::PerAction => (
+            "cluster_header: x-whisk-cluster",
+            (0..actions)
+                .map(|action| {
+                    let endpoints =
+                        (0..per_action).map(|slot| endpoint(action * per_action + slot)).collect();
+                    cluster(&format!("action-{action}"), endpoints, "")
+                })
+                .collect::<String>(),
+        ),
+    };
+    let config = format!(
+        r#"admin: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {admin} }} }} }}
+static_resources:
+  listeners:
+    - name: plain
+      address: {{ socket_address: {{ address: 127.0.0.1, port_value: {listen} }} }}
+      filter_chains:
+        - filters:
+            - name: envoy.filters.network.http_connection_manager
+              typed_config:
+                "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+                stat_prefix: plain
+                route_config:
+                  virtual_hosts:
+                    - name: all
+                      domains: ["*"]
+                      routes: [{{ match: {{ prefix: "/" }}, route: {{ {route}, timeout: 310s }} }}]
+                http_filters:
+                  - name: envoy.filters.http.router
+                    typed_config: {{ "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }}
+  clusters:
+{clusters}"#
+    );
+    let path = dir.join(format!("grouped-envoy-{grouping:?}.yaml"));
+    fs::write(&path, config)?;
+    let child = Command::new(&artifacts.envoy)
+        .arg("-c")
+        .arg(&path)
+        .args(["--concurrency", &concurrency.to_string(), "--disable-hot-restart", "--log-level", "error"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting plain Envoy")?;
+    Ok((Guard(child), listen))
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -777,8 +1098,16 @@ async fn main() -> anyhow::Result<()> {
     let http = reqwest::Client::builder().pool_max_idle_per_host(256).build()?;
     let bench = Bench { args, artifacts, platform, client, http, dir };
 
-    let scenarios =
-        ["warm-latency", "cold-start", "cold-start-prewarmed", "warm-throughput", "publish", "api"];
+    let scenarios = [
+        "warm-latency",
+        "cold-start",
+        "cold-start-prewarmed",
+        "warm-throughput",
+        "publish",
+        "scale",
+        "scale-grouping",
+        "api",
+    ];
     let wanted: Vec<&str> = match &bench.args.scenario {
         Some(one) => scenarios.iter().copied().filter(|s| one.is_empty() || s == one).collect(),
         None => scenarios.to_vec(),
@@ -799,6 +1128,8 @@ async fn main() -> anyhow::Result<()> {
             "cold-start-prewarmed" => bench.cold_start_prewarmed().await?,
             "publish" => bench.publish().await?,
             "api" => bench.api().await?,
+            "scale" => bench.scale().await?,
+            "scale-grouping" => bench.scale_grouping().await?,
             _ => bench.warm_throughput().await?,
         };
         for figure in figures {
