@@ -24,6 +24,9 @@ pub mod headers {
     /// The id of the container the filter claimed; our runtime refuses a `/run` whose id is not its
     /// own, so a request that Envoy's fallback policy sent elsewhere is never executed.
     pub const CONTAINER_ID: &str = "x-whisk-container-id";
+    /// The containers cluster that holds [`CONTAINER_ADDRESS`] ([`super::clusters::containers_of`]);
+    /// the container route takes its cluster from this header.
+    pub const CONTAINER_CLUSTER: &str = "x-whisk-cluster";
     /// Set by the filter to `container` to select the route to the containers cluster.
     pub const ROUTE: &str = "x-whisk-route";
     /// Value of [`ROUTE`] selecting the containers cluster.
@@ -290,8 +293,37 @@ pub struct ColdStartResponse {
 
 /// Names of the Envoy clusters the control server publishes and the filter calls.
 pub mod clusters {
-    /// EDS cluster whose endpoints are the action containers (override-host load balancing).
+    /// EDS cluster whose endpoints are the action containers (override-host load balancing); with
+    /// more than one containers cluster, the prefix of their names.
     pub const CONTAINERS: &str = "whisk_containers";
+
+    /// The containers cluster that holds the container at `address` when the containers are spread
+    /// over `count` clusters: [`CONTAINERS`] when there is one, else `whisk_containers_<k>` with `k`
+    /// from a hash of the address. The control plane files the container there, the filter routes
+    /// to it there; a container change then re-sends one cluster's endpoints, about 1/`count` of
+    /// the pool, instead of all of them.
+    pub fn containers_of(address: &str, count: u32) -> String {
+        if count <= 1 {
+            return CONTAINERS.to_owned();
+        }
+        format!("{CONTAINERS}_{}", fnv1a(address.as_bytes()) % u64::from(count))
+    }
+
+    /// The names of all `count` containers clusters.
+    pub fn all_containers(count: u32) -> Vec<String> {
+        if count <= 1 {
+            return vec![CONTAINERS.to_owned()];
+        }
+        (0..count).map(|k| format!("{CONTAINERS}_{k}")).collect()
+    }
+
+    /// FNV-1a, 64 bits: stable across builds and targets (the filter is wasm, the server native),
+    /// which the standard library's hasher does not promise.
+    fn fnv1a(bytes: &[u8]) -> u64 {
+        bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
+            (hash ^ u64::from(*byte)).wrapping_mul(0x0000_0100_0000_01b3)
+        })
+    }
     /// The management API (resolve, action code, activation records).
     pub const MANAGEMENT_API: &str = "whisk_management_api";
     /// The control server's HTTP API (cold starts).
@@ -345,6 +377,9 @@ pub struct FilterConfig {
     /// with the activation id, and the record appears when the action ends.
     #[serde(default = "FilterConfig::default_max_blocking_wait_ms")]
     pub max_blocking_wait_ms: u64,
+    /// How many containers clusters the containers are spread over ([`clusters::containers_of`]).
+    #[serde(default = "FilterConfig::default_container_clusters")]
+    pub container_clusters: u32,
 }
 
 impl FilterConfig {
@@ -377,6 +412,9 @@ impl FilterConfig {
     }
     fn default_max_blocking_wait_ms() -> u64 {
         60_000
+    }
+    fn default_container_clusters() -> u32 {
+        1
     }
 }
 
@@ -519,6 +557,25 @@ pub struct ActivationRecord {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_containers_cluster_keeps_its_plain_name_and_more_spread_the_pool() {
+        assert_eq!(clusters::containers_of("127.0.0.1:4000", 1), "whisk_containers");
+        assert_eq!(clusters::all_containers(1), ["whisk_containers"]);
+        let all = clusters::all_containers(8);
+        let mut used = std::collections::BTreeMap::<String, usize>::new();
+        for port in 30_000..31_000 {
+            let cluster = clusters::containers_of(&format!("127.0.0.1:{port}"), 8);
+            assert!(all.contains(&cluster), "{cluster}");
+            *used.entry(cluster).or_default() += 1;
+        }
+        // A thousand neighbouring ports land in every cluster, none with more than twice its share.
+        assert_eq!(used.len(), 8, "{used:?}");
+        assert!(used.values().all(|&n| n < 250), "{used:?}");
+        // A fixed value (FNV-1a computed by hand): the filter (wasm) and the control server (native)
+        // must agree, also across versions while a rolling update runs both.
+        assert_eq!(clusters::containers_of("10.0.0.1:8080", 256), "whisk_containers_149");
+    }
 
     #[test]
     fn status_serialises_with_openwhisk_names_and_codes() {

@@ -73,6 +73,11 @@ async fn containers(platform: &Platform) -> Vec<Value> {
 
 /// Envoy holds the four clusters, all active, and the listener, active without error.
 async fn assert_everything_accepted(platform: &Platform) {
+    assert_everything_accepted_with(platform, 1).await;
+}
+
+/// The same with the containers spread over `container_clusters` clusters.
+async fn assert_everything_accepted_with(platform: &Platform, container_clusters: u32) {
     let dump = admin(platform, "/config_dump").await;
     let clusters = dump_of(&dump, "ClustersConfigDump");
     let mut names: Vec<&str> = clusters["dynamic_active_clusters"]
@@ -82,7 +87,10 @@ async fn assert_everything_accepted(platform: &Platform) {
         .map(|c| c["cluster"]["name"].as_str().unwrap())
         .collect();
     names.sort_unstable();
-    assert_eq!(names, ["whisk_containers", "whisk_control_plane", "whisk_ingress", "whisk_management_api"]);
+    let mut expected = whisk_contract::clusters::all_containers(container_clusters);
+    expected.extend(["whisk_control_plane", "whisk_ingress", "whisk_management_api"].map(str::to_owned));
+    expected.sort_unstable();
+    assert_eq!(names, expected);
     assert!(clusters.get("dynamic_warming_clusters").is_none_or(|w| w.as_array().is_none_or(Vec::is_empty)));
     let listeners = dump_of(&dump, "ListenersConfigDump")["dynamic_listeners"].as_array().unwrap();
     assert_eq!(listeners.len(), 1, "{listeners:?}");
@@ -270,4 +278,64 @@ async fn a_sotw_and_a_delta_envoy_serve_the_same_action() {
         assert!(pushed_resources(&page, "endpoint", variant) >= 2.0, "{variant}: {page}");
     }
     assert_eq!(metric(&page, "xds_whisk_xds_nacks_total", ""), 0.0);
+}
+
+/// Decision 0009: containers spread over several EDS clusters by a hash of their address. The
+/// filter stamps the cluster, Envoy routes by it, and a container change re-sends one cluster's
+/// endpoints; both ADS variants.
+async fn spread_containers_are_routed_and_one_change_pushes_one_cluster(delta: bool) {
+    const CLUSTERS: u32 = 8;
+    let dir = tempfile::tempdir().unwrap();
+    let mut options = options(dir.path(), if delta { "envoy-spread-delta" } else { "envoy-spread" }, delta);
+    options.xds_args = vec!["--container-clusters".into(), CLUSTERS.to_string()];
+    let platform = Platform::start(options, Artifacts::from_workspace().unwrap()).unwrap();
+    let client = Client::new(&platform.api_host(), GUEST_KEY);
+    let names = ["one", "two", "three", "four"];
+    for name in names {
+        let code = format!("function main(p) {{ return {{name: '{name}', n: p.n}}; }}");
+        assert_eq!(client.create_action(name, "nodejs:20", &code).await.unwrap().status, 200);
+    }
+    let variant = if delta { "delta" } else { "sotw" };
+    for name in &names[..3] {
+        assert_eq!(client.invoke(name, &json!({"n": 0}), true).await.unwrap().status, 200);
+    }
+    let before = control_metrics(&platform).await.unwrap();
+    assert_eq!(client.invoke(names[3], &json!({"n": 0}), true).await.unwrap().status, 200);
+    let after = control_metrics(&platform).await.unwrap();
+    let pushed =
+        pushed_resources(&after, "endpoint", variant) - pushed_resources(&before, "endpoint", variant);
+    // State of the world re-sends every assignment the node subscribes to; delta only the one
+    // cluster the new container hashes to.
+    assert_eq!(pushed, if delta { 1.0 } else { f64::from(CLUSTERS) }, "{after}");
+
+    // Warm invokes reach the right container through the cluster the filter stamped.
+    for n in 1..=5 {
+        for name in names {
+            let reply = client.invoke(name, &json!({"n": n}), true).await.unwrap();
+            assert_eq!(reply.status, 200, "{}", reply.body);
+            assert_eq!(reply.body, json!({"name": name, "n": n}));
+        }
+    }
+    // Each container is an endpoint of exactly the cluster its address hashes to.
+    let listed = containers(&platform).await;
+    assert_eq!(listed.len(), names.len(), "{listed:?}");
+    for container in &listed {
+        let address = container["address"].as_str().unwrap();
+        let home = whisk_contract::clusters::containers_of(address, CLUSTERS);
+        for cluster in whisk_contract::clusters::all_containers(CLUSTERS) {
+            let held = hosts(&platform, &cluster).await.contains(&address.to_owned());
+            assert_eq!(held, cluster == home, "{address} in {cluster}");
+        }
+    }
+    assert_everything_accepted_with(&platform, CLUSTERS).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spread_containers_sotw() {
+    spread_containers_are_routed_and_one_change_pushes_one_cluster(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spread_containers_delta() {
+    spread_containers_are_routed_and_one_change_pushes_one_cluster(true).await;
 }

@@ -508,6 +508,11 @@ fn forward(shared: &Shared, state: &mut State, claim: Claim, resume: bool) {
     };
     set(headers::ROUTE, Some(headers::ROUTE_CONTAINER));
     set(headers::CONTAINER_ADDRESS, Some(&claim.address));
+    let count = shared.config.container_clusters;
+    if count > 1 {
+        let cluster = clusters::containers_of(&claim.address, count);
+        set(headers::CONTAINER_CLUSTER, Some(&cluster));
+    }
     set(headers::CONTAINER_ID, Some(&claim.container_id));
     set(":path", Some("/run"));
     set("x-envoy-upstream-rq-timeout-ms", Some(&upstream_timeout));

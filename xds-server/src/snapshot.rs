@@ -97,6 +97,7 @@ impl Topology {
                 usage_report_period_ms: 1_000,
                 max_blocking_wait_ms: 60_000,
                 resolve_cache_max_age_ms: 1,
+                container_clusters: 1,
             },
         }
     }
@@ -170,7 +171,9 @@ fn route_to(cluster_name: &str, timeout_seconds: i64) -> route::Action {
     })
 }
 
-fn route_config() -> RouteConfiguration {
+/// With one containers cluster the container route names it; with more, it takes the cluster the
+/// filter stamped ([`headers::CONTAINER_CLUSTER`]).
+fn route_config(container_clusters: u32) -> RouteConfiguration {
     let to_containers = Route {
         name: "invoke".into(),
         r#match: Some(RouteMatch {
@@ -189,7 +192,17 @@ fn route_config() -> RouteConfiguration {
             }],
             ..Default::default()
         }),
-        action: Some(route_to(clusters::CONTAINERS, CONTAINER_ROUTE_TIMEOUT_SECONDS)),
+        action: Some(if container_clusters <= 1 {
+            route_to(clusters::CONTAINERS, CONTAINER_ROUTE_TIMEOUT_SECONDS)
+        } else {
+            route::Action::Route(RouteAction {
+                cluster_specifier: Some(route_action::ClusterSpecifier::ClusterHeader(
+                    headers::CONTAINER_CLUSTER.into(),
+                )),
+                timeout: Some(Duration { seconds: CONTAINER_ROUTE_TIMEOUT_SECONDS, nanos: 0 }),
+                ..Default::default()
+            })
+        }),
         ..Default::default()
     };
     let to_management = Route {
@@ -218,7 +231,9 @@ pub fn listener(topology: &Topology, node_id: &str, ingress: SocketAddr) -> List
     let manager = HttpConnectionManager {
         stat_prefix: "ingress".into(),
         codec_type: http_connection_manager::CodecType::Auto as i32,
-        route_specifier: Some(http_connection_manager::RouteSpecifier::RouteConfig(route_config())),
+        route_specifier: Some(http_connection_manager::RouteSpecifier::RouteConfig(route_config(
+            topology.filter_config.container_clusters,
+        ))),
         http_filters: vec![
             wasm_filter(topology, node_id),
             HttpFilter {
@@ -275,7 +290,7 @@ fn lb_endpoint_at(address: SocketAddr) -> LbEndpoint {
 }
 
 /// The containers cluster: endpoints by EDS, the exact host chosen by the filter's header.
-fn containers_cluster() -> Cluster {
+fn containers_cluster(name: String) -> Cluster {
     // The fallback only runs when the stamped host is not in this node's endpoint set, which the
     // cold-start handshake (answer only after the node ACKed the endpoint) rules out for new
     // containers; our runtime also refuses a /run stamped for another container id.
@@ -296,7 +311,7 @@ fn containers_cluster() -> Cluster {
         ..Default::default()
     };
     Cluster {
-        name: clusters::CONTAINERS.into(),
+        name,
         connect_timeout: Some(Duration { seconds: 1, nanos: 0 }),
         cluster_discovery_type: Some(cluster::ClusterDiscoveryType::Type(cluster::DiscoveryType::Eds as i32)),
         eds_cluster_config: Some(cluster::EdsClusterConfig { eds_config: Some(ads()), ..Default::default() }),
@@ -315,26 +330,39 @@ fn containers_cluster() -> Cluster {
 
 /// The clusters of a node whose ingress listens on `ingress`.
 pub fn clusters(topology: &Topology, ingress: SocketAddr) -> Vec<Cluster> {
-    vec![
-        containers_cluster(),
+    let mut all: Vec<Cluster> = clusters::all_containers(topology.filter_config.container_clusters)
+        .into_iter()
+        .map(containers_cluster)
+        .collect();
+    all.extend([
         static_cluster(clusters::MANAGEMENT_API, topology.management_api),
         static_cluster(clusters::CONTROL_PLANE, topology.control_api),
         static_cluster(clusters::INGRESS, ingress),
-    ]
+    ]);
+    all
 }
 
-/// The containers given to `node`, as the containers cluster's endpoints.
-pub fn endpoints(table: &Table, node: &str) -> ClusterLoadAssignment {
-    let lb_endpoints = table
-        .ready_on(node)
-        .filter_map(|container| container.address.as_deref()?.parse::<SocketAddr>().ok())
-        .map(lb_endpoint_at)
-        .collect();
-    ClusterLoadAssignment {
-        cluster_name: clusters::CONTAINERS.into(),
-        endpoints: vec![LocalityLbEndpoints { lb_endpoints, ..Default::default() }],
-        ..Default::default()
+/// The containers given to `node`, as the endpoints of the `count` containers clusters: one
+/// assignment per cluster, empty ones included (Envoy keeps a cluster warming until its first
+/// assignment arrives), each container in the cluster its address hashes to.
+pub fn endpoints(table: &Table, node: &str, count: u32) -> Vec<ClusterLoadAssignment> {
+    let mut by_cluster: std::collections::BTreeMap<String, Vec<LbEndpoint>> =
+        clusters::all_containers(count).into_iter().map(|name| (name, Vec::new())).collect();
+    for container in table.ready_on(node) {
+        let Some(address) = container.address.as_deref() else { continue };
+        let Ok(socket) = address.parse::<SocketAddr>() else { continue };
+        if let Some(lb_endpoints) = by_cluster.get_mut(&clusters::containers_of(address, count)) {
+            lb_endpoints.push(lb_endpoint_at(socket));
+        }
     }
+    by_cluster
+        .into_iter()
+        .map(|(cluster_name, lb_endpoints)| ClusterLoadAssignment {
+            cluster_name,
+            endpoints: vec![LocalityLbEndpoints { lb_endpoints, ..Default::default() }],
+            ..Default::default()
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -353,7 +381,9 @@ mod tests {
             "envoy-2",
             "127.0.0.1:4002",
         );
-        let assignment = endpoints(&table, "envoy-1");
+        let assignments = endpoints(&table, "envoy-1", 1);
+        assert_eq!(assignments.len(), 1);
+        let assignment = &assignments[0];
         assert_eq!(assignment.cluster_name, clusters::CONTAINERS);
         let hosts: Vec<_> = assignment.endpoints[0]
             .lb_endpoints
@@ -364,6 +394,49 @@ mod tests {
             })
             .collect();
         assert_eq!(hosts, vec![socket_address("127.0.0.1:4001".parse().unwrap())]);
+    }
+
+    #[test]
+    fn spread_containers_go_to_the_cluster_of_their_address_and_the_route_reads_the_header() {
+        let mut topology = topology();
+        topology.filter_config.container_clusters = 4;
+        let names: Vec<_> = clusters(&topology, topology.ingress).into_iter().map(|c| c.name).collect();
+        assert_eq!(names[..4], clusters::all_containers(4));
+        let routes = route_config(4);
+        let Some(route::Action::Route(action)) = &routes.virtual_hosts[0].routes[0].action else {
+            panic!("no route action")
+        };
+        assert_eq!(
+            action.cluster_specifier,
+            Some(route_action::ClusterSpecifier::ClusterHeader(headers::CONTAINER_CLUSTER.into()))
+        );
+
+        let mut table = Table::test();
+        for port in 4000..4020 {
+            table = table.with_ready(&format!("c{port}"), "hello", "envoy-1", &format!("127.0.0.1:{port}"));
+        }
+        let assignments = endpoints(&table, "envoy-1", 4);
+        assert_eq!(assignments.len(), 4, "every cluster gets an assignment, empty or not");
+        let mut seen = 0;
+        for assignment in &assignments {
+            for endpoint in &assignment.endpoints[0].lb_endpoints {
+                let Some(lb_endpoint::HostIdentifier::Endpoint(endpoint)) = &endpoint.host_identifier else {
+                    panic!("no endpoint")
+                };
+                let Some(address::Address::SocketAddress(socket)) =
+                    endpoint.address.as_ref().and_then(|a| a.address.clone())
+                else {
+                    panic!("no socket address")
+                };
+                let Some(socket_address::PortSpecifier::PortValue(port)) = socket.port_specifier else {
+                    panic!("no port")
+                };
+                let address = format!("{}:{port}", socket.address);
+                assert_eq!(assignment.cluster_name, clusters::containers_of(&address, 4));
+                seen += 1;
+            }
+        }
+        assert_eq!(seen, 20);
     }
 
     #[test]
