@@ -68,6 +68,10 @@ struct Args {
     scale_actions: usize,
     #[arg(long, default_value_t = 5)]
     scale_containers_per_action: usize,
+    /// Containers clusters of the scale scenario's platform (`--container-clusters`); it also runs
+    /// the large pool with one, for comparison.
+    #[arg(long, default_value_t = 256)]
+    scale_container_clusters: u32,
     /// Activation records stored before the list is measured.
     #[arg(long, default_value_t = 1_000_000)]
     records: usize,
@@ -508,11 +512,11 @@ impl Bench {
 
     /// One platform whose control server publishes `actions × per_action` padding containers
     /// beside the benchmark's own actions.
-    async fn scale_on(&self, actions: usize) -> anyhow::Result<ScaleRun> {
+    async fn scale_on(&self, actions: usize, container_clusters: u32) -> anyhow::Result<ScaleRun> {
         let per_action = self.args.scale_containers_per_action;
-        let mut options =
-            bench_options(self.dir.path().join(format!("scale-{actions}")), self.args.concurrency)?;
-        options.node_id = format!("envoy-scale-{actions}");
+        let name = format!("scale-{actions}-{container_clusters}");
+        let mut options = bench_options(self.dir.path().join(&name), self.args.concurrency)?;
+        options.node_id = format!("envoy-{name}");
         options.delta_xds = true;
         let padding = actions * per_action;
         options.xds_args = [
@@ -530,6 +534,8 @@ impl Bench {
             &per_action.to_string(),
             "--padding-node",
             &options.node_id,
+            "--container-clusters",
+            &container_clusters.to_string(),
         ]
         .map(str::to_owned)
         .to_vec();
@@ -537,11 +543,14 @@ impl Bench {
         artifacts.xds_server = artifacts.xds_server.with_file_name("whisk-xds-padded");
         let started = Instant::now();
         let platform = Platform::start(options, artifacts)?;
-        let membership =
-            format!("{}/stats?filter=cluster.whisk_containers.membership_total", platform.admin_url());
+        let membership = format!("{}/stats?filter=membership_total", platform.admin_url());
         loop {
             let page = self.http.get(&membership).send().await?.text().await?;
-            let held: f64 = page.rsplit(' ').next().and_then(|n| n.trim().parse().ok()).unwrap_or(0.0);
+            let held: f64 = page
+                .lines()
+                .filter(|line| line.starts_with("cluster.whisk_containers"))
+                .filter_map(|line| line.rsplit(' ').next()?.trim().parse::<f64>().ok())
+                .sum();
             if held >= padding as f64 {
                 break;
             }
@@ -588,12 +597,14 @@ impl Bench {
     }
 
     async fn scale(&self) -> anyhow::Result<Vec<Figure>> {
-        let small = self.scale_on(10).await?;
-        let large = self.scale_on(self.args.scale_actions).await?;
+        let clusters = self.args.scale_container_clusters;
+        let small = self.scale_on(10, clusters).await?;
+        let large = self.scale_on(self.args.scale_actions, clusters).await?;
+        let single = self.scale_on(self.args.scale_actions, 1).await?;
         let containers = self.args.scale_actions * self.args.scale_containers_per_action;
         let extra = json!({
-            "actions": self.args.scale_actions, "containers": containers,
-            "small": small.json(), "large": large.json(),
+            "actions": self.args.scale_actions, "containers": containers, "container_clusters": clusters,
+            "small": small.json(), "large": large.json(), "large_with_one_cluster": single.json(),
         });
         Ok(vec![
             Figure {
@@ -613,7 +624,9 @@ impl Bench {
                 target: 1.0,
                 lower_is_better: true,
                 extra: json!({"absolute_target_mib": 300, "rss_mib_with_10_actions": round(small.envoy_rss_mib),
-                              "actions": self.args.scale_actions, "containers": containers}),
+                              "rss_mib_with_one_cluster": round(single.envoy_rss_mib),
+                              "actions": self.args.scale_actions, "containers": containers,
+                              "container_clusters": clusters}),
             },
             Figure {
                 scenario: "scale-change-bytes".into(),
@@ -623,7 +636,11 @@ impl Bench {
                 target: 1.1,
                 lower_is_better: true,
                 extra: json!({"note": "O(1) means the same bytes at 10,000 actions as at 10",
-                              "actions": self.args.scale_actions, "containers": containers}),
+                              "actions": self.args.scale_actions, "containers": containers,
+                              "container_clusters": clusters,
+                              "bytes_with_one_cluster": single.change_bytes,
+                              "cold_start_ms": round(large.cold_ms),
+                              "cold_start_ms_with_one_cluster": round(single.cold_ms)}),
             },
         ])
     }
