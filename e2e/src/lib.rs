@@ -330,6 +330,13 @@ impl Platform {
         format!("http://127.0.0.1:{}", self.options.ports.control)
     }
 
+    /// Stops replica `replica`'s Envoy for good: a node that goes away.
+    pub fn stop_envoy(&mut self, replica: usize) {
+        if let Some(process) = self.envoys.get_mut(replica) {
+            process.stop();
+        }
+    }
+
     /// The process id of replica `replica`'s Envoy (for its memory figures).
     pub fn envoy_pid(&self, replica: usize) -> Option<u32> {
         self.envoys.get(replica).map(|process| process.child.id())

@@ -64,3 +64,62 @@ async fn a_container_that_dies_leaves_xds_at_once_and_is_replaced() {
     assert_eq!(container_hosts(&platform).await.len(), 1);
     assert_eq!(owned_runtimes(&platform.owner()).len(), 1, "the new one only");
 }
+
+/// The control plane's container table, by node.
+async fn nodes_of_containers(platform: &Platform) -> Vec<String> {
+    let url = format!("{}/v1/containers", platform.control_url());
+    let table: Vec<Value> = reqwest::get(url).await.unwrap().json().await.unwrap();
+    table.iter().map(|c| c["node"].as_str().unwrap().to_owned()).collect()
+}
+
+/// An Envoy that goes away for good leaves containers that no filter will ever name in a usage
+/// report again. After the orphan timeout the control plane removes and stops them; the containers
+/// of the Envoy that stays, named in every report, are kept and stay warm.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_containers_of_an_envoy_that_went_away_are_stopped_after_the_orphan_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut options = Options::for_test(dir.path(), "envoy-gone").unwrap();
+    options.replicas = 2;
+    options.xds_args =
+        ["--usage-report-period-ms", "200", "--orphan-timeout-ms", "3000", "--gc-interval-ms", "200"]
+            .map(str::to_owned)
+            .to_vec();
+    let mut platform = Platform::start(options, Artifacts::from_workspace().unwrap()).unwrap();
+    let staying = Client::new(&platform.api_host_of(0), GUEST_KEY);
+    let leaving = Client::new(&platform.api_host_of(1), GUEST_KEY);
+    assert_eq!(
+        staying.create_action("echo", "nodejs:20", "function main(p) { return p; }").await.unwrap().status,
+        200
+    );
+    for client in [&staying, &leaving] {
+        assert_eq!(client.invoke("echo", &json!({"n": 1}), true).await.unwrap().status, 200);
+    }
+    let mut nodes = nodes_of_containers(&platform).await;
+    nodes.sort();
+    assert_eq!(nodes, [platform.node_id_of(0), platform.node_id_of(1)]);
+
+    platform.stop_envoy(1);
+    let stopped = Instant::now();
+    while nodes_of_containers(&platform).await.len() > 1 {
+        assert!(stopped.elapsed() < Duration::from_secs(15), "the gone node's container is still kept");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!(
+        "removed {} ms after its Envoy stopped (orphan timeout 3000 ms)",
+        stopped.elapsed().as_millis()
+    );
+    assert!(stopped.elapsed() >= Duration::from_millis(2_500), "not before the timeout");
+    assert_eq!(nodes_of_containers(&platform).await, [platform.node_id_of(0)]);
+    while owned_runtimes(&platform.owner()).len() > 1 {
+        assert!(stopped.elapsed() < Duration::from_secs(20), "the orphan's process still runs");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let page = control_metrics(&platform).await.unwrap();
+    assert_eq!(metric(&page, "xds_whisk_containers_orphaned_total", ""), 1.0, "{page}");
+
+    // The staying node's container was named all along: still there, still warm.
+    let reply = staying.invoke("echo", &json!({"n": 2}), false).await.unwrap();
+    assert_eq!(reply.status, 200);
+    assert!(reply.body["annotations"].to_string().find("initTime").is_none(), "warm: {}", reply.body);
+    assert_eq!(owned_runtimes(&platform.owner()).len(), 1);
+}

@@ -78,6 +78,7 @@ pub fn apply_report(table: &mut Table, report: &UsageReport, now: u64, config: &
         }
         let usage = &mut container.usage;
         usage.unclaimed_since = None;
+        usage.last_named = Some(now);
         let used = reported.state == SlotUse::Busy || reported.uses > usage.uses_seen;
         usage.uses_seen = usage.uses_seen.max(reported.uses);
         usage.busy = reported.state == SlotUse::Busy;
@@ -129,9 +130,9 @@ pub struct Collected {
     pub marked: Vec<String>,
     /// Marked early to drain a node in excess of the packing lower bound.
     pub compacted: Vec<String>,
-    /// Adopted at a restart and named by no report for `unclaimed_timeout_ms`: no filter holds
-    /// them (their cold start died with the previous server), so nothing routes to them; the
-    /// caller removes and stops them.
+    /// Named by no report of their Envoy node for `orphan_timeout_ms`: no filter holds them
+    /// (adopted at a restart whose cold start died with the previous server; their Envoy is gone,
+    /// or restarted and forgot them), so nothing routes to them; the caller removes and stops them.
     pub orphans: Vec<String>,
 }
 
@@ -142,13 +143,14 @@ pub fn collect(
     capacities: &[Node],
     now: u64,
     config: &GcConfig,
-    unclaimed_timeout_ms: u64,
+    orphan_timeout_ms: u64,
 ) -> Collected {
+    let silent =
+        |since: Option<u64>| since.is_some_and(|since| now.saturating_sub(since) >= orphan_timeout_ms);
     let orphans: Vec<String> = table
         .iter()
-        .filter(|c| {
-            c.usage.unclaimed_since.is_some_and(|since| now.saturating_sub(since) >= unclaimed_timeout_ms)
-        })
+        .filter(|c| c.state == ContainerState::Ready)
+        .filter(|c| silent(c.usage.unclaimed_since) || silent(c.usage.last_named))
         .map(|c| c.id.clone())
         .collect();
     let nodes = nodes(table, capacities);
@@ -242,7 +244,12 @@ pub fn complete_handover(table: &mut Table, id: &str, now: u64) -> Option<(Strin
     let container = table.get_mut(id)?;
     container.node = to.clone();
     container.slot = slot;
-    container.usage = Usage { gc: GcState::new(now), unclaimed_since: Some(now), ..Usage::default() };
+    container.usage = Usage {
+        gc: GcState::new(now),
+        unclaimed_since: Some(now),
+        last_named: Some(now),
+        ..Usage::default()
+    };
     container.handover = Some(Handover::Moved);
     Some((to, slot))
 }
@@ -463,6 +470,34 @@ mod tests {
         assert!(!early.marked.contains(&"orphan".to_owned()), "an unclaimed container is not marked");
         let late = collect(&mut table, &capacities(1024), 10_000, &CONFIG, UNCLAIMED);
         assert_eq!(late.orphans, ["orphan"]);
+    }
+
+    #[test]
+    fn a_container_its_node_stops_naming_is_an_orphan_after_the_timeout() {
+        let mut table = Table::default();
+        start(&mut table, "kept", "x", 0);
+        start(&mut table, "forgotten", "y", 0);
+        for id in ["kept", "forgotten"] {
+            table.get_mut(id).unwrap().usage.last_named = Some(0);
+        }
+        // Both named for a while; then the node names only one (its Envoy restarted and forgot the
+        // other, or another node's Envoy went away for good).
+        for now in (1_000..=5_000).step_by(1_000) {
+            apply_report(
+                &mut table,
+                &report(&[("kept", SlotUse::Free, 1), ("forgotten", SlotUse::Free, 1)]),
+                now,
+                &CONFIG,
+            );
+        }
+        for now in (6_000..15_000).step_by(1_000) {
+            apply_report(&mut table, &report(&[("kept", SlotUse::Free, 1)]), now, &CONFIG);
+            let collected = collect(&mut table, &capacities(1024), now, &CONFIG, UNCLAIMED);
+            assert!(collected.orphans.is_empty(), "at {now}: {collected:?}");
+        }
+        // Ten seconds after it was last named.
+        let collected = collect(&mut table, &capacities(1024), 15_000, &CONFIG, UNCLAIMED);
+        assert_eq!(collected.orphans, ["forgotten"]);
     }
 
     #[test]

@@ -117,6 +117,12 @@ pub struct Config {
     /// with a longer time limit answers 202 with its activation id when it runs past it.
     #[arg(long, env = "WHISK_BLOCKING_WAIT_MS", default_value_t = 60_000)]
     pub blocking_wait_ms: u64,
+    /// A routable container that no usage report of its Envoy node names for this long is held by
+    /// no filter (its Envoy is gone, or restarted and forgot it; or it was adopted and its cold
+    /// start died with the previous server): it is removed and stopped. Default: ten usage report
+    /// periods, at least 30 s.
+    #[arg(long, env = "WHISK_ORPHAN_TIMEOUT_MS")]
+    pub orphan_timeout_ms: Option<u64>,
     /// EDS clusters the containers are spread over (by a hash of their address): a container
     /// change re-sends one cluster's endpoints, so with 50,000 containers, 256 clusters make a
     /// change cost about 200 endpoints instead of 50,000 (decision 0009). 1 keeps the single
@@ -192,8 +198,10 @@ pub async fn run_with<C: ClusterManager>(config: Config, cluster: C) -> anyhow::
                 cluster_node_name(config.cluster_manager),
                 config.pool_memory_mb,
             )],
-            // Ten report periods, at least 30 s: a node that is up names its containers every period.
-            unclaimed_timeout: Duration::from_millis((config.usage_report_period_ms * 10).max(30_000)),
+            orphan_timeout: Duration::from_millis(config.orphan_timeout_ms.unwrap_or(
+                // Ten report periods, at least 30 s: a node that is up names its containers every period.
+                (config.usage_report_period_ms * 10).max(30_000),
+            )),
             prewarm: config.prewarm.clone(),
             prewarm_memory_mb: config.prewarm_memory_mb,
         },

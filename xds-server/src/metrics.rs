@@ -75,6 +75,7 @@ pub struct Metrics {
     pub xds_pushed_resources: Family<PushLabel, Counter>,
     pub containers_retired: Counter,
     pub containers_lost: Counter,
+    pub containers_orphaned: Counter,
     pub handovers: Counter,
     pub marks: Family<ReasonLabel, Counter>,
     pub unmarks: Counter,
@@ -99,6 +100,7 @@ impl Default for Metrics {
             xds_pushed_resources: Family::default(),
             containers_retired: Counter::default(),
             containers_lost: Counter::default(),
+            containers_orphaned: Counter::default(),
             handovers: Counter::default(),
             marks: Family::default(),
             unmarks: Counter::default(),
@@ -150,6 +152,11 @@ impl Metrics {
             "whisk_containers_lost",
             "Containers that stopped on their own (exited process; failed, evicted or deleted pod)",
             self.containers_lost.clone(),
+        );
+        registry.register(
+            "whisk_containers_orphaned",
+            "Containers no Envoy node named in its usage reports for the orphan timeout, stopped",
+            self.containers_orphaned.clone(),
         );
         registry.register(
             "whisk_handovers",

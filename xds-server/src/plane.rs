@@ -85,8 +85,9 @@ pub struct PlaneConfig {
     pub gc: GcConfig,
     /// The machines containers are placed on, with their memory (allocation is derived).
     pub capacities: Vec<Node>,
-    /// How long an adopted container may go unreported by its Envoy node before it is stopped.
-    pub unclaimed_timeout: Duration,
+    /// How long a routable container may go unnamed by its Envoy node's usage reports before it
+    /// is removed and stopped ([`collector::Collected::orphans`]).
+    pub orphan_timeout: Duration,
     /// Prewarmed ("stem cell") containers to keep started per runtime kind, not yet initialised.
     pub prewarm: Vec<(String, usize)>,
     /// The memory a prewarmed container is started with; it serves actions that need no more.
@@ -335,6 +336,10 @@ impl<C: ClusterManager> ControlPlane<C> {
                 let version = {
                     let mut state = self.lock();
                     state.table.set_ready(&id, address.clone());
+                    let now = self.now_ms();
+                    if let Some(container) = state.table.get_mut(&id) {
+                        container.usage.last_named = Some(now);
+                    }
                     self.publish(&mut state)
                 };
                 let published = Instant::now();
@@ -428,7 +433,7 @@ impl<C: ClusterManager> ControlPlane<C> {
                 &self.config.capacities,
                 now,
                 &self.config.gc,
-                self.config.unclaimed_timeout.as_millis() as u64,
+                self.config.orphan_timeout.as_millis() as u64,
             );
             let marked = state.table.iter().filter(|c| c.usage.gc.marked_at.is_some()).count();
             let fragmentation =
@@ -444,7 +449,8 @@ impl<C: ClusterManager> ControlPlane<C> {
         self.metrics.containers_marked.set(marked as i64);
         self.metrics.fragmentation.set(fragmentation);
         for id in collected.orphans {
-            warn!(container = %id, "adopted container claimed by no Envoy node; stopping it");
+            warn!(container = %id, "container named by no Envoy node's usage report in time; stopping it");
+            self.metrics.containers_orphaned.inc();
             self.discard(&id).await;
         }
     }

@@ -84,6 +84,11 @@ pub struct Usage {
     /// Adopted after a restart at this time and not reported by its Envoy node since: a container
     /// whose cold start never reached the filter, discarded if no report names it in time.
     pub unclaimed_since: Option<u64>,
+    /// When its Envoy node last named it in a usage report, or when it became routable there.
+    /// Every worker names the containers it started in each report, so a container no report
+    /// names for the orphan timeout is held by no filter: its Envoy is gone, or restarted and
+    /// forgot it. `None` for one never routable.
+    pub last_named: Option<u64>,
     /// Of an action revision that was replaced: swept as soon as it is free, whatever its use.
     pub obsolete: bool,
 }
