@@ -291,6 +291,46 @@ pub struct ColdStartResponse {
     pub init_ms: Option<u64>,
 }
 
+/// A fully qualified action name, `/namespace/name` or `/namespace/package/name`: how a sequence
+/// stores its components. The management API writes them, the filter invokes them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QualifiedName {
+    pub namespace: String,
+    pub package: Option<String>,
+    pub name: String,
+}
+
+impl QualifiedName {
+    /// Splits `text` into its two or three segments (the leading `/` may be left out, as OpenWhisk
+    /// allows). `None` for any other shape or an empty segment; the segments are not otherwise
+    /// checked, which is the writer's job.
+    pub fn parse(text: &str) -> Option<Self> {
+        let path = text.strip_prefix('/').unwrap_or(text);
+        let segments: Vec<&str> = path.split('/').collect();
+        if segments.iter().any(|segment| segment.is_empty()) {
+            return None;
+        }
+        let (namespace, package, name) = match segments.as_slice() {
+            [namespace, name] => (*namespace, None, *name),
+            [namespace, package, name] => (*namespace, Some(*package), *name),
+            _ => return None,
+        };
+        Some(Self {
+            namespace: namespace.to_owned(),
+            package: package.map(str::to_owned),
+            name: name.to_owned(),
+        })
+    }
+
+    /// `/namespace/name` or `/namespace/package/name`: how it is stored and shown.
+    pub fn fully_qualified(&self) -> String {
+        match &self.package {
+            Some(package) => format!("/{}/{package}/{}", self.namespace, self.name),
+            None => format!("/{}/{}", self.namespace, self.name),
+        }
+    }
+}
+
 /// Names of the Envoy clusters the control server publishes and the filter calls.
 pub mod clusters {
     /// EDS cluster whose endpoints are the action containers (override-host load balancing); with
@@ -557,6 +597,17 @@ pub struct ActivationRecord {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn qualified_names_have_two_or_three_non_empty_segments() {
+        let packaged = QualifiedName::parse("/guest/my pkg/b@x").unwrap();
+        assert_eq!(packaged.package.as_deref(), Some("my pkg"));
+        assert_eq!(packaged.fully_qualified(), "/guest/my pkg/b@x");
+        assert_eq!(QualifiedName::parse("guest/a").unwrap().fully_qualified(), "/guest/a");
+        for bad in ["a", "/a", "/guest/a/b/c", "/guest//a", "//a", "/guest/", ""] {
+            assert_eq!(QualifiedName::parse(bad), None, "{bad:?}");
+        }
+    }
 
     #[test]
     fn one_containers_cluster_keeps_its_plain_name_and_more_spread_the_pool() {

@@ -89,6 +89,19 @@ pub fn percent_encode(value: &str) -> String {
         .collect()
 }
 
+/// The blocking invoke of an action through the ingress (sequence components, web runs), each
+/// segment percent-encoded: names may hold spaces and `@`.
+pub fn blocking_invoke_path(namespace: &str, package: Option<&str>, name: &str) -> String {
+    let mut path = format!("/api/v1/namespaces/{}/actions/", percent_encode(namespace));
+    if let Some(package) = package {
+        path.push_str(&percent_encode(package));
+        path.push('/');
+    }
+    path.push_str(&percent_encode(name));
+    path.push_str("?blocking=true");
+    path
+}
+
 /// Percent-decodes one path segment; `None` when the escapes are not valid UTF-8.
 pub(crate) fn percent_decode(segment: &str) -> Option<String> {
     let bytes = segment.as_bytes();

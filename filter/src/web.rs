@@ -10,7 +10,7 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use serde_json::{Map, Value};
 use whisk_contract::{KeyValue, messages};
 
-use crate::route::{percent_decode, percent_encode};
+use crate::route::{blocking_invoke_path, percent_decode};
 
 /// Path prefix of web actions.
 pub const PREFIX: &str = "/api/v1/web/";
@@ -91,11 +91,7 @@ impl WebTarget {
 
     /// The invoke path of the action, for the internal run through the ingress.
     pub fn invoke_path(&self) -> String {
-        format!(
-            "/api/v1/namespaces/{}/actions/{}?blocking=true",
-            percent_encode(&self.namespace),
-            self.action_path().split('/').map(percent_encode).collect::<Vec<_>>().join("/")
-        )
+        blocking_invoke_path(&self.namespace, self.package.as_deref(), &self.name)
     }
 }
 

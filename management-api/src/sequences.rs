@@ -16,7 +16,6 @@
 
 use whisk_contract::{SEQUENCE_LIMIT, messages};
 
-use crate::actions::ActionName;
 use crate::error::ApiError;
 use crate::names::validate_entity_name;
 use crate::namespaces::DEFAULT_NAMESPACE;
@@ -29,53 +28,26 @@ use crate::store::Store;
 pub const MAX_LOOKUPS: usize = 1_000;
 
 /// A component as a sequence names it: `/namespace/name` or `/namespace/package/name`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Component {
-    pub namespace: String,
-    pub package: Option<String>,
-    pub name: String,
-}
+pub use whisk_contract::QualifiedName as Component;
 
-impl Component {
-    /// Parses a fully qualified action name (the leading `/` may be left out, as OpenWhisk allows);
-    /// `_` as the namespace is `caller`'s.
-    pub fn parse(text: &str, caller: &str) -> Result<Self, ApiError> {
-        let malformed = || {
-            ApiError::Malformed(format!(
-                "sequence component '{text}' is not a fully qualified action name \
-                 (/namespace/name or /namespace/package/name)"
-            ))
-        };
-        let path = text.strip_prefix('/').unwrap_or(text);
-        let segments: Vec<&str> = path.split('/').collect();
-        let (namespace, package, name) = match segments.as_slice() {
-            [namespace, name] => (*namespace, None, *name),
-            [namespace, package, name] => (*namespace, Some(*package), *name),
-            _ => return Err(malformed()),
-        };
-        let namespace = if namespace == DEFAULT_NAMESPACE { caller } else { namespace };
-        for segment in [namespace, name].into_iter().chain(package) {
-            validate_entity_name(segment).map_err(|_| malformed())?;
-        }
-        Ok(Self {
-            namespace: namespace.to_owned(),
-            package: package.map(str::to_owned),
-            name: name.to_owned(),
-        })
+/// Parses a fully qualified action name (the leading `/` may be left out, as OpenWhisk allows) and
+/// checks its segments; `_` as the namespace is `caller`'s.
+pub fn parse_component(text: &str, caller: &str) -> Result<Component, ApiError> {
+    let malformed = || {
+        ApiError::Malformed(format!(
+            "sequence component '{text}' is not a fully qualified action name \
+             (/namespace/name or /namespace/package/name)"
+        ))
+    };
+    let mut component = Component::parse(text).ok_or_else(malformed)?;
+    if component.namespace == DEFAULT_NAMESPACE {
+        caller.clone_into(&mut component.namespace);
     }
-
-    /// `/namespace/name` or `/namespace/package/name`: how it is stored and shown.
-    pub fn fully_qualified(&self) -> String {
-        match &self.package {
-            Some(package) => format!("/{}/{package}/{}", self.namespace, self.name),
-            None => format!("/{}/{}", self.namespace, self.name),
-        }
+    let segments = [&component.namespace, &component.name].into_iter().chain(component.package.as_ref());
+    for segment in segments {
+        validate_entity_name(segment).map_err(|_| malformed())?;
     }
-
-    /// The action within its namespace, as the store's lookups take it.
-    pub fn action_name(&self) -> ActionName {
-        ActionName { package: self.package.clone(), name: self.name.clone() }
-    }
+    Ok(component)
 }
 
 /// The components of a `PUT`, parsed, with `_` resolved: at least one, at most OpenWhisk's limit.
@@ -86,7 +58,7 @@ pub fn parse_components(components: &[String], caller: &str) -> Result<Vec<Compo
     if components.len() > SEQUENCE_LIMIT {
         return Err(ApiError::BadRequest(messages::SEQUENCE_TOO_LONG.into()));
     }
-    components.iter().map(|component| Component::parse(component, caller)).collect()
+    components.iter().map(|component| parse_component(component, caller)).collect()
 }
 
 /// Where an action is stored: its namespace (`ns` or `ns/pkg`, a binding already followed) and name.
@@ -155,7 +127,7 @@ pub fn walk(
                 // Stored components are fully qualified already; the owner stands in for `_`.
                 let owner = located.at.namespace.split('/').next().unwrap_or_default();
                 for text in inner.iter().rev() {
-                    let nested = Component::parse(text, owner).map_err(|_| {
+                    let nested = parse_component(text, owner).map_err(|_| {
                         ApiError::Internal(format!("stored sequence component '{text}' does not parse"))
                     })?;
                     pending.push(nested);
@@ -200,7 +172,7 @@ mod tests {
     use super::*;
 
     fn component(text: &str) -> Component {
-        Component::parse(text, "guest").unwrap()
+        parse_component(text, "guest").unwrap()
     }
 
     fn at(namespace: &str, name: &str) -> Identity {
@@ -231,15 +203,14 @@ mod tests {
     #[test]
     fn components_are_fully_qualified_and_underscore_is_the_caller() {
         assert_eq!(
-            Component::parse("/_/a", "guest").unwrap(),
+            parse_component("/_/a", "guest").unwrap(),
             Component { namespace: "guest".into(), package: None, name: "a".into() }
         );
-        let packaged = Component::parse("/alice/pkg/b", "guest").unwrap();
+        let packaged = parse_component("/alice/pkg/b", "guest").unwrap();
         assert_eq!(packaged.fully_qualified(), "/alice/pkg/b");
-        assert_eq!(packaged.action_name(), ActionName { package: Some("pkg".into()), name: "b".into() });
-        assert_eq!(Component::parse("guest/a", "x").unwrap().fully_qualified(), "/guest/a");
+        assert_eq!(parse_component("guest/a", "x").unwrap().fully_qualified(), "/guest/a");
         for bad in ["a", "/a", "/guest/a/b/c", "//a", "/guest/", "/guest/a$", ""] {
-            let error = Component::parse(bad, "guest").unwrap_err();
+            let error = parse_component(bad, "guest").unwrap_err();
             assert!(matches!(error, ApiError::Malformed(_)), "{bad:?}: {error}");
         }
     }
@@ -312,7 +283,7 @@ mod tests {
 
     #[test]
     fn components_of_another_namespace_are_forbidden() {
-        let components = [Component::parse("/alice/a", "guest").unwrap()];
+        let components = [parse_component("/alice/a", "guest").unwrap()];
         let error = walk(&at("guest", "s"), "guest", &components, |_| -> Result<Option<Located>, ApiError> {
             panic!("no lookup before the entitlement check")
         })
