@@ -346,7 +346,15 @@ pub mod clusters {
         if count <= 1 {
             return CONTAINERS.to_owned();
         }
-        format!("{CONTAINERS}_{}", fnv1a(address.as_bytes()) % u64::from(count))
+        format!("{CONTAINERS}_{}", containers_index(address, count))
+    }
+
+    /// The position of [`containers_of`]'s cluster in [`all_containers`].
+    pub fn containers_index(address: &str, count: u32) -> usize {
+        if count <= 1 {
+            return 0;
+        }
+        usize::try_from(fnv1a(address.as_bytes()) % u64::from(count)).unwrap_or(0)
     }
 
     /// The names of all `count` containers clusters.
@@ -626,6 +634,10 @@ mod tests {
         // A fixed value (FNV-1a computed by hand): the filter (wasm) and the control server (native)
         // must agree, also across versions while a rolling update runs both.
         assert_eq!(clusters::containers_of("10.0.0.1:8080", 256), "whisk_containers_149");
+        assert_eq!(
+            clusters::all_containers(256)[clusters::containers_index("10.0.0.1:8080", 256)],
+            "whisk_containers_149"
+        );
     }
 
     #[test]

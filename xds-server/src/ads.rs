@@ -138,7 +138,14 @@ impl Ads {
     }
 
     /// The resources of `type_url` for `peer`, by name; `None` for a type we do not serve.
-    fn snapshot(&self, peer: &Peer, type_url: &str) -> Option<TypeSnapshot> {
+    /// `endpoints` is the stream's own copy of its node's endpoints, brought to the published
+    /// version here: a publish then costs each stream the containers that changed.
+    fn snapshot(
+        &self,
+        peer: &Peer,
+        type_url: &str,
+        endpoints: &mut Option<snapshot::NodeEndpoints>,
+    ) -> Option<TypeSnapshot> {
         let fixed =
             |resources| TypeSnapshot { version: STATIC_VERSION.into(), table_version: None, resources };
         match type_url {
@@ -155,13 +162,15 @@ impl Ads {
             ENDPOINT_TYPE => {
                 let published = self.published.borrow().clone();
                 let count = self.topology.filter_config.container_clusters;
+                let kept = match endpoints {
+                    Some(kept) if kept.node() == peer.id => kept,
+                    _ => endpoints.insert(snapshot::NodeEndpoints::new(&peer.id, count)),
+                };
+                kept.update(&published.table);
                 Some(TypeSnapshot {
                     version: published.version.to_string(),
                     table_version: Some(published.version),
-                    resources: snapshot::endpoints(&published.table, &peer.id, count)
-                        .iter()
-                        .map(|assignment| (assignment.cluster_name.clone(), snapshot::any(assignment)))
-                        .collect(),
+                    resources: kept.resources(),
                 })
             }
             _ => None,
@@ -198,8 +207,14 @@ impl AggregatedDiscoveryService for Ads {
         request: Request<Streaming<DiscoveryRequest>>,
     ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
         let (sender, receiver) = mpsc::channel(16);
-        let stream =
-            StreamState { ads: self.clone(), sender, peer: None, subscriptions: HashMap::new(), nonce: 0 };
+        let stream = StreamState {
+            ads: self.clone(),
+            sender,
+            peer: None,
+            subscriptions: HashMap::new(),
+            nonce: 0,
+            endpoints: None,
+        };
         tokio::spawn(serve(stream, request.into_inner()));
         Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
     }
@@ -209,7 +224,14 @@ impl AggregatedDiscoveryService for Ads {
         request: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
         let (sender, receiver) = mpsc::channel(16);
-        let stream = DeltaStream { ads: self.clone(), sender, peer: None, types: HashMap::new(), nonce: 0 };
+        let stream = DeltaStream {
+            ads: self.clone(),
+            sender,
+            peer: None,
+            types: HashMap::new(),
+            nonce: 0,
+            endpoints: None,
+        };
         tokio::spawn(serve(stream, request.into_inner()));
         Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
     }
@@ -275,6 +297,8 @@ struct StreamState {
     peer: Option<Peer>,
     subscriptions: HashMap<String, Subscription>,
     nonce: u64,
+    /// This node's endpoints as last sent, kept up to date version by version.
+    endpoints: Option<snapshot::NodeEndpoints>,
 }
 
 impl AdsStream for StreamState {
@@ -352,7 +376,7 @@ impl StreamState {
     async fn push(&mut self, type_url: &str, force: bool) -> bool {
         let Some(peer) = self.peer.clone() else { return true };
         let Some(subscription) = self.subscriptions.get_mut(type_url) else { return true };
-        let Some(snapshot) = self.ads.snapshot(&peer, type_url) else {
+        let Some(snapshot) = self.ads.snapshot(&peer, type_url, &mut self.endpoints) else {
             warn!(node = %peer.id, type_url, "unknown resource type requested");
             return true;
         };
@@ -410,6 +434,8 @@ struct DeltaStream {
     peer: Option<Peer>,
     types: HashMap<String, DeltaType>,
     nonce: u64,
+    /// This node's endpoints as last sent, kept up to date version by version.
+    endpoints: Option<snapshot::NodeEndpoints>,
 }
 
 impl AdsStream for DeltaStream {
@@ -491,7 +517,7 @@ impl DeltaStream {
     async fn push(&mut self, type_url: &str) -> bool {
         let Some(peer) = self.peer.clone() else { return true };
         let Some(entry) = self.types.get_mut(type_url) else { return true };
-        let Some(snapshot) = self.ads.snapshot(&peer, type_url) else {
+        let Some(snapshot) = self.ads.snapshot(&peer, type_url, &mut self.endpoints) else {
             warn!(node = %peer.id, type_url, "unknown resource type requested");
             return true;
         };
@@ -584,7 +610,8 @@ mod tests {
             let ads =
                 Ads::new(Arc::new(Topology::test()), published.subscribe(), acks.clone(), metrics.clone());
             let (sender, responses) = mpsc::channel(16);
-            let stream = DeltaStream { ads, sender, peer: None, types: HashMap::new(), nonce: 0 };
+            let stream =
+                DeltaStream { ads, sender, peer: None, types: HashMap::new(), nonce: 0, endpoints: None };
             Self { stream, responses, published, acks, metrics }
         }
 

@@ -257,12 +257,17 @@ pub fn complete_handover(table: &mut Table, id: &str, now: u64) -> Option<(Strin
 /// A container of `action` moved to `node` and not yet given to that node's filter: given now.
 /// Its id, address and slot.
 pub fn take_moved(table: &mut Table, action: &ActionKey, node: &str) -> Option<(String, String, u32)> {
-    let container = table.iter_mut().find(|c| {
-        &c.action == action
-            && c.node == node
-            && c.state == ContainerState::Ready
-            && c.handover == Some(Handover::Moved)
-    })?;
+    let id = table
+        .iter()
+        .find(|c| {
+            &c.action == action
+                && c.node == node
+                && c.state == ContainerState::Ready
+                && c.handover == Some(Handover::Moved)
+        })?
+        .id
+        .clone();
+    let container = table.get_mut(&id)?;
     container.handover = None;
     Some((container.id.clone(), container.address.clone()?, container.slot))
 }
@@ -271,19 +276,24 @@ pub fn take_moved(table: &mut Table, action: &ActionKey, node: &str) -> Option<(
 /// that Envoy node will never be chosen again (the filter keys its pool by revision): marks them
 /// as due, so the node's next report sweeps each one as soon as it is free. Their ids.
 pub fn retire_old_revisions(table: &mut Table, current: &ActionKey, node: &str, now: u64) -> Vec<String> {
-    let mut retired = Vec::new();
-    for container in table.iter_mut() {
-        let action = &container.action;
-        let older = action.namespace == current.namespace
-            && action.package == current.package
-            && action.name == current.name
-            && action.revision != current.revision
-            && container.node == node;
-        if older && !container.usage.obsolete {
+    let retired: Vec<String> = table
+        .iter()
+        .filter(|container| {
+            let action = &container.action;
+            action.namespace == current.namespace
+                && action.package == current.package
+                && action.name == current.name
+                && action.revision != current.revision
+                && container.node == node
+                && !container.usage.obsolete
+        })
+        .map(|container| container.id.clone())
+        .collect();
+    for id in &retired {
+        if let Some(container) = table.get_mut(id) {
             container.usage.gc.marked_at.get_or_insert(now);
             container.usage.reclaimed = true;
             container.usage.obsolete = true;
-            retired.push(container.id.clone());
         }
     }
     retired

@@ -11,6 +11,7 @@
 //! Clusters stay static for the life of the server; only endpoints churn (Envoy pauses EDS and
 //! warms clusters on every CDS change, so busy/free state never goes into xDS).
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
@@ -45,7 +46,7 @@ use envoy_types::pb::google::protobuf::{Any, BoolValue, Duration, StringValue, U
 use prost::{Message, Name};
 use whisk_contract::{FilterConfig, clusters, headers};
 
-use crate::table::Table;
+use crate::table::{Container, ContainerState, Table};
 
 /// Listener resource type.
 pub const LISTENER_TYPE: &str = "type.googleapis.com/envoy.config.listener.v3.Listener";
@@ -346,23 +347,112 @@ pub fn clusters(topology: &Topology, ingress: SocketAddr) -> Vec<Cluster> {
 /// assignment per cluster, empty ones included (Envoy keeps a cluster warming until its first
 /// assignment arrives), each container in the cluster its address hashes to.
 pub fn endpoints(table: &Table, node: &str, count: u32) -> Vec<ClusterLoadAssignment> {
-    let mut by_cluster: std::collections::BTreeMap<String, Vec<LbEndpoint>> =
-        clusters::all_containers(count).into_iter().map(|name| (name, Vec::new())).collect();
+    let names = clusters::all_containers(count);
+    // By position, not by name: one hash per container, no name built for it.
+    let mut by_cluster: Vec<Vec<LbEndpoint>> = vec![Vec::new(); names.len()];
     for container in table.ready_on(node) {
         let Some(address) = container.address.as_deref() else { continue };
         let Ok(socket) = address.parse::<SocketAddr>() else { continue };
-        if let Some(lb_endpoints) = by_cluster.get_mut(&clusters::containers_of(address, count)) {
+        if let Some(lb_endpoints) = by_cluster.get_mut(clusters::containers_index(address, count)) {
             lb_endpoints.push(lb_endpoint_at(socket));
         }
     }
-    by_cluster
+    names
         .into_iter()
+        .zip(by_cluster)
         .map(|(cluster_name, lb_endpoints)| ClusterLoadAssignment {
             cluster_name,
             endpoints: vec![LocalityLbEndpoints { lb_endpoints, ..Default::default() }],
             ..Default::default()
         })
         .collect()
+}
+
+/// One node's endpoints, carried from one table version to the next so that a new version costs
+/// what changed between the two, not the whole pool: the table is a persistent map whose versions
+/// share their unchanged parts, and the diff skips those. Only the assignments of clusters whose
+/// members changed are encoded again. Always equal to [`endpoints`] of the last table given.
+#[derive(Debug, Clone)]
+pub struct NodeEndpoints {
+    node: String,
+    count: u32,
+    built_from: Table,
+    /// Per cluster, in [`clusters::all_containers`] order: its members by container id.
+    members: Vec<BTreeMap<String, SocketAddr>>,
+    /// Per cluster, the encoded assignment; `None` when its members changed since.
+    encoded: Vec<Option<Any>>,
+}
+
+impl NodeEndpoints {
+    pub fn new(node: &str, count: u32) -> Self {
+        let clusters = clusters::all_containers(count).len();
+        Self {
+            node: node.to_owned(),
+            count,
+            built_from: Table::default(),
+            members: vec![BTreeMap::new(); clusters],
+            encoded: vec![None; clusters],
+        }
+    }
+
+    /// The node these are the endpoints of.
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
+    /// Brings the endpoints to `table`'s version.
+    pub fn update(&mut self, table: &Table) {
+        let (node, count) = (&self.node, self.count);
+        let routable = |container: &Container| -> Option<(usize, SocketAddr)> {
+            if container.state != ContainerState::Ready || &container.node != node {
+                return None;
+            }
+            let address = container.address.as_deref()?;
+            Some((clusters::containers_index(address, count), address.parse().ok()?))
+        };
+        for (before, after) in self.built_from.changes(table) {
+            let (old, new) = (before.and_then(routable), after.and_then(routable));
+            if old == new {
+                continue;
+            }
+            let Some(id) = before.or(after).map(|container| container.id.clone()) else { continue };
+            if let Some((index, _)) = old
+                && let Some(members) = self.members.get_mut(index)
+            {
+                members.remove(&id);
+                self.encoded[index] = None;
+            }
+            if let Some((index, socket)) = new
+                && let Some(members) = self.members.get_mut(index)
+            {
+                members.insert(id, socket);
+                self.encoded[index] = None;
+            }
+        }
+        self.built_from = table.clone();
+    }
+
+    /// Every cluster's assignment, by name, in [`clusters::all_containers`] order.
+    pub fn resources(&mut self) -> Vec<(String, Any)> {
+        let names = clusters::all_containers(self.count);
+        names
+            .into_iter()
+            .zip(self.members.iter().zip(self.encoded.iter_mut()))
+            .map(|(cluster_name, (members, encoded))| {
+                let body = encoded.get_or_insert_with(|| {
+                    any(&ClusterLoadAssignment {
+                        cluster_name: cluster_name.clone(),
+                        endpoints: vec![LocalityLbEndpoints {
+                            lb_endpoints: members.values().copied().map(lb_endpoint_at).collect(),
+                            ..Default::default()
+                        }],
+                        ..Default::default()
+                    })
+                });
+                (cluster_name, body.clone())
+            })
+            .collect()
+    }
 }
 
 #[cfg(test)]
@@ -470,5 +560,43 @@ mod tests {
             names,
             [clusters::CONTAINERS, clusters::MANAGEMENT_API, clusters::CONTROL_PLANE, clusters::INGRESS]
         );
+    }
+
+    proptest::proptest! {
+        /// Whatever the table goes through (containers starting, becoming ready, moving between
+        /// nodes, going away), the kept endpoints equal the ones built afresh from the table.
+        #[test]
+        fn kept_endpoints_equal_endpoints_built_afresh(
+            steps in proptest::collection::vec((0u8..4, 0u16..30, 0usize..2), 1..80),
+            count in 1u32..6,
+        ) {
+            let nodes = ["envoy-1", "envoy-2"];
+            let mut table = Table::default();
+            let mut kept = NodeEndpoints::new("envoy-1", count);
+            for (step, n, node) in steps {
+                let id = format!("c{n}");
+                match step {
+                    0 if table.get(&id).is_none() => {
+                        table.reserve(id, crate::table::action("a"), "nodejs:20".into(), nodes[node].into());
+                    }
+                    1 => {
+                        table.set_ready(&id, format!("127.0.0.1:{}", 4000 + n));
+                    }
+                    2 => {
+                        table.remove(&id);
+                    }
+                    3 => {
+                        if let Some(container) = table.get_mut(&id) {
+                            container.node = nodes[node].into();
+                        }
+                    }
+                    _ => {}
+                }
+                kept.update(&table);
+                let fresh: Vec<(String, Any)> =
+                    endpoints(&table, "envoy-1", count).iter().map(|a| (a.cluster_name.clone(), any(a))).collect();
+                proptest::prop_assert_eq!(kept.resources(), fresh);
+            }
+        }
     }
 }

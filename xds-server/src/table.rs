@@ -2,7 +2,7 @@
 //! slot, the Envoy node it is given to and its address. Pure data, no I/O: the control plane
 //! mutates it and the snapshot builder derives endpoints from it.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::fmt;
 
 use crate::gc::GcState;
@@ -96,7 +96,9 @@ pub struct Usage {
 /// The table, ordered by id so that snapshots built from it are deterministic.
 #[derive(Debug, Default, Clone)]
 pub struct Table {
-    containers: BTreeMap<String, Container>,
+    /// A persistent map: every table version is published to the xDS streams, and cloning it
+    /// shares the unchanged nodes instead of copying 50,000 containers per publish.
+    containers: imbl::OrdMap<String, Container>,
 }
 
 impl Table {
@@ -207,8 +209,20 @@ impl Table {
         self.containers.values()
     }
 
-    pub fn iter_mut(&mut self) -> impl Iterator<Item = &mut Container> {
-        self.containers.values_mut()
+    /// What changed from this version to `newer`, container by container: `(before, after)`,
+    /// `None` on the side where it does not exist. Versions that share most of their structure
+    /// (one is a clone of the other, then changed) are compared in time proportional to the change.
+    pub fn changes<'a>(
+        &'a self,
+        newer: &'a Table,
+    ) -> impl Iterator<Item = (Option<&'a Container>, Option<&'a Container>)> + 'a {
+        self.containers.diff(&newer.containers).map(|item| match item {
+            imbl::ordmap::DiffItem::Add(_, after) => (None, Some(after)),
+            imbl::ordmap::DiffItem::Update { old: (_, before), new: (_, after) } => {
+                (Some(before), Some(after))
+            }
+            imbl::ordmap::DiffItem::Remove(_, before) => (Some(before), None),
+        })
     }
 
     pub fn ids(&self) -> Vec<String> {
