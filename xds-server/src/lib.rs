@@ -308,6 +308,16 @@ fn cluster_node_name(kind: ClusterManagerKind) -> &'static str {
     }
 }
 
+/// Logs with `tracing` to stderr, at the level `RUST_LOG` says (default `info`).
+pub fn init_tracing() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+}
+
 /// Resolves on SIGTERM or SIGINT.
 pub async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};

@@ -201,17 +201,41 @@ async fn bare_init(artifacts: &Artifacts, kind: &str, code: &str) -> anyhow::Res
     Ok(elapsed)
 }
 
-/// A plain Envoy: one listener, the router, one static cluster with `upstream` in it.
+/// A plain Envoy: one listener, the router, one static cluster with `upstreams` in it (round robin).
 fn plain_envoy(
     artifacts: &Artifacts,
     dir: &Path,
-    upstream: &str,
+    upstreams: &[String],
     concurrency: u32,
 ) -> anyhow::Result<(Guard, u16)> {
     let listen = free_port()?;
     let admin = free_port()?;
-    let (host, port) = upstream.split_once(':').context("upstream address")?;
-    let config = format!(
+    let endpoints: Vec<String> = upstreams
+        .iter()
+        .filter_map(|upstream| upstream.split_once(':'))
+        .map(|(host, port)| {
+            format!("{{ endpoint: {{ address: {{ socket_address: {{ address: {host}, port_value: {port} }} }} }} }}")
+        })
+        .collect();
+    let clusters = format!(
+        r#"    - name: container
+      type: STATIC
+      connect_timeout: 1s
+      load_assignment:
+        cluster_name: container
+        endpoints: [{{ lb_endpoints: [{}] }}]
+"#,
+        endpoints.join(", ")
+    );
+    let config = plain_envoy_yaml(admin, listen, "cluster: container", &clusters);
+    let guard = start_plain_envoy(artifacts, &dir.join("plain-envoy.yaml"), &config, concurrency)?;
+    Ok((guard, listen))
+}
+
+/// A plain Envoy's configuration: one listener with the router alone, whose one route goes where
+/// `route` says (`cluster: …` or `cluster_header: …`), and `clusters` (YAML list items).
+fn plain_envoy_yaml(admin: u16, listen: u16, route: &str, clusters: &str) -> String {
+    format!(
         r#"admin: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {admin} }} }} }}
 static_resources:
   listeners:
@@ -227,30 +251,32 @@ static_resources:
                   virtual_hosts:
                     - name: all
                       domains: ["*"]
-                      routes: [{{ match: {{ prefix: "/" }}, route: {{ cluster: container, timeout: 310s }} }}]
+                      routes: [{{ match: {{ prefix: "/" }}, route: {{ {route}, timeout: 310s }} }}]
                 http_filters:
                   - name: envoy.filters.http.router
                     typed_config: {{ "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }}
   clusters:
-    - name: container
-      type: STATIC
-      connect_timeout: 1s
-      load_assignment:
-        cluster_name: container
-        endpoints: [{{ lb_endpoints: [{{ endpoint: {{ address: {{ socket_address: {{ address: {host}, port_value: {port} }} }} }} }}] }}]
-"#
-    );
-    let path = dir.join("plain-envoy.yaml");
-    fs::write(&path, config)?;
+{clusters}"#
+    )
+}
+
+/// Writes `config` to `path` and starts Envoy on it.
+fn start_plain_envoy(
+    artifacts: &Artifacts,
+    path: &Path,
+    config: &str,
+    concurrency: u32,
+) -> anyhow::Result<Guard> {
+    fs::write(path, config)?;
     let child = Command::new(&artifacts.envoy)
         .arg("-c")
-        .arg(&path)
+        .arg(path)
         .args(["--concurrency", &concurrency.to_string(), "--disable-hot-restart", "--log-level", "error"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .context("starting plain Envoy")?;
-    Ok((Guard(child), listen))
+    Ok(Guard(child))
 }
 
 fn run_body(n: usize) -> Value {
@@ -346,7 +372,12 @@ impl Bench {
         let http = self.http.clone();
         let direct_url = format!("http://{address}/run");
         let direct = sequential(self.args.requests, |n| http.post(&direct_url).json(&run_body(n))).await?;
-        let (_envoy, port) = plain_envoy(&self.artifacts, self.dir.path(), &address, self.args.concurrency)?;
+        let (_envoy, port) = plain_envoy(
+            &self.artifacts,
+            self.dir.path(),
+            std::slice::from_ref(&address),
+            self.args.concurrency,
+        )?;
         let plain_url = format!("http://127.0.0.1:{port}/run");
         wait_until_up(&http, &plain_url).await?;
         let plain = sequential(self.args.requests, |n| http.post(&plain_url).json(&run_body(n))).await?;
@@ -396,7 +427,7 @@ impl Bench {
             addresses.push(address);
         }
         let (_envoy, port) =
-            plain_envoy_many(&self.artifacts, self.dir.path(), &addresses, self.args.concurrency)?;
+            plain_envoy(&self.artifacts, self.dir.path(), &addresses, self.args.concurrency)?;
         let plain_url = format!("http://127.0.0.1:{port}/run");
         wait_until_up(&self.http, &plain_url).await?;
         let http = self.http.clone();
@@ -925,43 +956,6 @@ fn bench_options(dir: PathBuf, concurrency: u32) -> anyhow::Result<Options> {
     })
 }
 
-/// Plain Envoy with several upstreams (round robin).
-fn plain_envoy_many(
-    artifacts: &Artifacts,
-    dir: &Path,
-    upstreams: &[String],
-    concurrency: u32,
-) -> anyhow::Result<(Guard, u16)> {
-    let (guard, port) = plain_envoy(artifacts, dir, &upstreams[0], concurrency)?;
-    if upstreams.len() == 1 {
-        return Ok((guard, port));
-    }
-    drop(guard);
-    let path = dir.join("plain-envoy.yaml");
-    let config = fs::read_to_string(&path)?;
-    let endpoints: Vec<String> = upstreams
-        .iter()
-        .filter_map(|u| u.split_once(':'))
-        .map(|(h, p)| {
-            format!(
-                "{{ endpoint: {{ address: {{ socket_address: {{ address: {h}, port_value: {p} }} }} }} }}"
-            )
-        })
-        .collect();
-    let start = config.find("lb_endpoints: [").context("template")? + "lb_endpoints: [".len();
-    let end = config[start..].find("] }]").context("template")? + start;
-    let config = format!("{}{}{}", &config[..start], endpoints.join(", "), &config[end..]);
-    fs::write(&path, config)?;
-    let child = Command::new(&artifacts.envoy)
-        .arg("-c")
-        .arg(&path)
-        .args(["--concurrency", &concurrency.to_string(), "--disable-hot-restart", "--log-level", "error"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()?;
-    Ok((Guard(child), port))
-}
-
 async fn wait_until_up(http: &reqwest::Client, url: &str) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(20);
     while Instant::now() < deadline {
@@ -1074,40 +1068,9 @@ fn grouped_envoy(
                 .collect::<String>(),
         ),
     };
-    let config = format!(
-        r#"admin: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {admin} }} }} }}
-static_resources:
-  listeners:
-    - name: plain
-      address: {{ socket_address: {{ address: 127.0.0.1, port_value: {listen} }} }}
-      filter_chains:
-        - filters:
-            - name: envoy.filters.network.http_connection_manager
-              typed_config:
-                "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-                stat_prefix: plain
-                route_config:
-                  virtual_hosts:
-                    - name: all
-                      domains: ["*"]
-                      routes: [{{ match: {{ prefix: "/" }}, route: {{ {route}, timeout: 310s }} }}]
-                http_filters:
-                  - name: envoy.filters.http.router
-                    typed_config: {{ "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }}
-  clusters:
-{clusters}"#
-    );
+    let config = plain_envoy_yaml(admin, listen, route, &clusters);
     let path = dir.join(format!("grouped-envoy-{grouping:?}.yaml"));
-    fs::write(&path, config)?;
-    let child = Command::new(&artifacts.envoy)
-        .arg("-c")
-        .arg(&path)
-        .args(["--concurrency", &concurrency.to_string(), "--disable-hot-restart", "--log-level", "error"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .context("starting plain Envoy")?;
-    Ok((Guard(child), listen))
+    Ok((start_plain_envoy(artifacts, &path, &config, concurrency)?, listen))
 }
 
 #[tokio::main]

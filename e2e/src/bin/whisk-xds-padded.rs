@@ -95,12 +95,7 @@ fn padding(actions: usize, per_action: usize, node: &str) -> Vec<Adopted> {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    xds_server::init_tracing();
     let args = Args::parse();
     anyhow::ensure!(
         args.padding_actions * args.padding_containers_per_action <= 250 * 256,
