@@ -68,3 +68,34 @@ async fn a_cold_start_specialises_a_prewarmed_container_and_a_restart_adopts_it(
     assert_eq!(warm.status, 200, "{}", warm.body);
     assert_eq!(annotation(&warm.body, "initTime"), None, "still warm after the restart: {}", warm.body);
 }
+
+/// Prewarmed containers count against the pool: on a pool with room for two containers the stock
+/// is refilled while there is room, and no longer once two actions' containers fill it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prewarmed_containers_count_against_the_pool() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut options = Options::for_test(dir.path(), "envoy-prewarm-full").unwrap();
+    options.xds_args = ["--prewarm", "nodejs:20=1", "--prewarm-memory-mb", "256", "--pool-memory-mb", "512"]
+        .map(str::to_owned)
+        .to_vec();
+    let platform = Platform::start(options, Artifacts::from_workspace().unwrap()).unwrap();
+    let client = Client::new(&platform.api_host(), GUEST_KEY);
+    for name in ["first", "second"] {
+        let created =
+            client.create_action(name, "nodejs:20", "function main(p) { return p; }").await.unwrap();
+        assert_eq!(created.status, 200);
+    }
+    for (name, used) in [("first", 1.0), ("second", 2.0)] {
+        wait_metric(&platform, "xds_whisk_prewarmed_ready", 1.0).await;
+        let cold = client.invoke(name, &json!({}), false).await.unwrap();
+        assert_eq!(cold.status, 200, "{}", cold.body);
+        let page = control_metrics(&platform).await.unwrap();
+        assert_eq!(metric(&page, "xds_whisk_prewarmed_used_total", ""), used, "{page}");
+    }
+    // Both containers fill the pool: the refill (every 200 ms) starts no third process.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let page = control_metrics(&platform).await.unwrap();
+    assert_eq!(metric(&page, "xds_whisk_prewarmed_ready", ""), 0.0, "{page}");
+    let runtimes = xds_server::cluster::local::owned_runtimes(&platform.owner());
+    assert_eq!(runtimes.len(), 2, "two action containers and no prewarmed one");
+}

@@ -23,6 +23,16 @@ pub struct Node {
     pub allocated_mb: u64,
 }
 
+/// `capacities` less `held_mb` that something outside the container table holds on the first node
+/// (prewarmed containers, which run there): what placement may still give away.
+pub fn less_held(capacities: &[Node], held_mb: u64) -> Vec<Node> {
+    let mut nodes = capacities.to_vec();
+    if let Some(first) = nodes.first_mut() {
+        first.capacity_mb = first.capacity_mb.saturating_sub(held_mb);
+    }
+    nodes
+}
+
 impl Node {
     pub fn new(name: impl Into<String>, capacity_mb: u64) -> Self {
         Self { name: name.into(), capacity_mb, allocated_mb: 0 }
@@ -167,6 +177,15 @@ mod tests {
                 allocated_mb,
             })
             .collect()
+    }
+
+    #[test]
+    fn memory_held_outside_the_table_is_not_given_away() {
+        let pool = vec![Node::new("local", 1024), Node::new("other", 512)];
+        let held = less_held(&pool, 768);
+        assert_eq!((held[0].capacity_mb, held[1].capacity_mb), (256, 512));
+        assert_eq!(place(&held, 512).map(|n| n.name.as_str()), Some("other"));
+        assert_eq!(less_held(&pool, 4096)[0].free_mb(), 0, "never below zero");
     }
 
     #[test]

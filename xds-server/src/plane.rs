@@ -28,7 +28,7 @@ use crate::cluster::{ClusterError, ClusterManager, ContainerSpec, StartedContain
 use crate::collector;
 use crate::gc::{GcConfig, GcState};
 use crate::metrics::{Metrics, OutcomeLabel, ReasonLabel};
-use crate::placement::Node;
+use crate::placement::{self, Node};
 use crate::table::{ActionKey, Container, ContainerState, Handover, Table, Usage};
 
 /// How long `/init` is retried while the runtime is not listening yet.
@@ -146,11 +146,37 @@ impl<C: ClusterManager> ControlPlane<C> {
         Some(stem)
     }
 
+    /// The configured capacities less what the prewarmed containers hold (they are not in the
+    /// table), except `usable_mb`: the one a cold start will turn into its container.
+    fn capacities_less_stems(&self, usable_mb: u64) -> Vec<Node> {
+        let held: u64 = self.stems().values().flatten().map(|stem| stem.memory_mb).sum();
+        placement::less_held(&self.config.capacities, held.saturating_sub(usable_mb))
+    }
+
+    /// The memory of the prewarmed container a cold start of `kind` needing `memory_mb` would use.
+    fn usable_stem_mb(&self, kind: &str, memory_mb: u64) -> u64 {
+        self.stems()
+            .get(kind)
+            .and_then(|stock| stock.iter().find(|stem| stem.memory_mb >= memory_mb))
+            .map_or(0, |stem| stem.memory_mb)
+    }
+
     /// Starts prewarmed containers until each configured kind has its count (the refill runs in
     /// the background: a cold start that used one does not wait for its replacement).
     pub async fn refill_stems(&self) {
         for (kind, wanted) in &self.config.prewarm {
             while self.stems().get(kind).map_or(0, Vec::len) < *wanted {
+                // Stems count against the pool: none is started where it would not fit, so a full
+                // pool is never over-committed by its prewarmed stock.
+                let fits = {
+                    let state = self.lock();
+                    let capacities = self.capacities_less_stems(0);
+                    collector::place(&state.table, &capacities, self.config.prewarm_memory_mb).is_some()
+                };
+                if !fits {
+                    debug!(kind, "no room for a prewarmed container");
+                    return;
+                }
                 let spec = ContainerSpec {
                     id: uuid::Uuid::new_v4().simple().to_string(),
                     action: ActionKey {
@@ -279,12 +305,13 @@ impl<C: ClusterManager> ControlPlane<C> {
                     .inc_by(obsolete.len() as u64);
                 info!(action = %action, containers = ?obsolete, "retiring the containers of older revisions");
             }
-            let Some(host) = collector::place(&state.table, &self.config.capacities, request.memory_mb)
-            else {
+            let capacities =
+                self.capacities_less_stems(self.usable_stem_mb(&request.kind, request.memory_mb));
+            let Some(host) = collector::place(&state.table, &capacities, request.memory_mb) else {
                 if let Some(refusal) = self.hand_over(&mut state, &action, &request.node_id) {
                     return Err(refusal);
                 }
-                return Err(self.reclaim(&mut state, &action, request.memory_mb, now));
+                return Err(self.reclaim(&mut state, &capacities, &action, request.memory_mb, now));
             };
             if state.table.len() >= self.config.max_containers {
                 if let Some(refusal) = self.hand_over(&mut state, &action, &request.node_id) {
@@ -397,12 +424,13 @@ impl<C: ClusterManager> ControlPlane<C> {
     fn reclaim(
         &self,
         state: &mut TableState,
+        capacities: &[Node],
         action: &ActionKey,
         memory_mb: u64,
         now: u64,
     ) -> ColdStartError {
         let marked_before = state.table.iter().filter(|c| c.usage.gc.marked_at.is_some()).count();
-        match collector::reclaim(&mut state.table, &self.config.capacities, action, memory_mb, now) {
+        match collector::reclaim(&mut state.table, capacities, action, memory_mb, now) {
             Some(victims) => {
                 let marked_after = state.table.iter().filter(|c| c.usage.gc.marked_at.is_some()).count();
                 let newly = marked_after.saturating_sub(marked_before) as u64;
