@@ -305,30 +305,48 @@ where
     Ok(samples)
 }
 
+/// What a saturating run saw.
+struct Saturation {
+    rps: f64,
+    errors: u64,
+    /// The first failure (status and body, or the transport error), so that a figure with errors
+    /// says what they were.
+    first_error: Option<String>,
+}
+
 /// Requests per second of `clients` concurrent loops for `seconds`; counts errors.
-async fn saturate<F>(clients: usize, seconds: u64, request: F) -> (f64, u64)
+async fn saturate<F>(clients: usize, seconds: u64, request: F) -> Saturation
 where
     F: Fn(usize) -> reqwest::RequestBuilder + Send + Sync + 'static,
 {
     let request = Arc::new(request);
     let done = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(AtomicU64::new(0));
+    let first_error = Arc::new(std::sync::Mutex::new(None::<String>));
     let deadline = Instant::now() + Duration::from_secs(seconds);
     let tasks: Vec<_> = (0..clients)
         .map(|client| {
-            let (request, done, errors) = (request.clone(), done.clone(), errors.clone());
+            let (request, done, errors, first_error) =
+                (request.clone(), done.clone(), errors.clone(), first_error.clone());
             tokio::spawn(async move {
                 let mut n = client * 1_000_000;
                 while Instant::now() < deadline {
                     n += 1;
-                    match request(n).send().await {
+                    let failure = match request(n).send().await {
                         Ok(response) if response.status().is_success() => {
                             let _ = response.bytes().await;
                             done.fetch_add(1, Ordering::Relaxed);
+                            continue;
                         }
-                        _ => {
-                            errors.fetch_add(1, Ordering::Relaxed);
+                        Ok(response) => {
+                            let status = response.status();
+                            format!("{status} {}", response.text().await.unwrap_or_default())
                         }
+                        Err(error) => format!("{error:?}"),
+                    };
+                    errors.fetch_add(1, Ordering::Relaxed);
+                    if let Ok(mut first) = first_error.lock() {
+                        first.get_or_insert(failure);
                     }
                 }
             })
@@ -338,7 +356,12 @@ where
     for task in tasks {
         let _ = task.await;
     }
-    (done.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64(), errors.load(Ordering::Relaxed))
+    let first_error = first_error.lock().ok().and_then(|mut first| first.take());
+    Saturation {
+        rps: done.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64(),
+        errors: errors.load(Ordering::Relaxed),
+        first_error,
+    }
 }
 
 struct Bench {
@@ -415,8 +438,7 @@ impl Bench {
         for warmup in warmups {
             warmup.await??;
         }
-        let (platform_rps, platform_errors) =
-            saturate(self.args.clients, self.args.seconds, self.platform_request("bench")).await;
+        let platform = saturate(self.args.clients, self.args.seconds, self.platform_request("bench")).await;
         let containers = self.containers().await;
         // Baseline: plain Envoy round-robin over the same number of bare containers.
         let mut guards = Vec::new();
@@ -431,19 +453,20 @@ impl Bench {
         let plain_url = format!("http://127.0.0.1:{port}/run");
         wait_until_up(&self.http, &plain_url).await?;
         let http = self.http.clone();
-        let (plain_rps, plain_errors) =
+        let plain =
             saturate(self.args.clients, self.args.seconds, move |n| http.post(&plain_url).json(&run_body(n)))
                 .await;
         Ok(vec![Figure {
             scenario: "warm-throughput".into(),
             unit: "req/s",
-            value: platform_rps,
-            baseline: plain_rps,
+            value: platform.rps,
+            baseline: plain.rps,
             target: 0.8,
             lower_is_better: false,
             extra: json!({
                 "clients": self.args.clients, "seconds": self.args.seconds, "containers": containers,
-                "errors": platform_errors, "baseline_errors": plain_errors,
+                "errors": platform.errors, "first_error": platform.first_error,
+                "baseline_errors": plain.errors, "baseline_first_error": plain.first_error,
                 "note": "the plain Envoy baseline round-robins, so it may overlap activations in one container; ours never does",
             }),
         }])
@@ -927,7 +950,7 @@ async fn api_figures(
     }
     let (user, password) = (user.to_owned(), password.to_owned());
     let (get, url) = (http.clone(), format!("{base}/api/v1/namespaces/_/actions/hello"));
-    let (rps, errors) =
+    let Saturation { rps, errors, first_error } =
         saturate(args.clients, args.seconds, move |_| get.get(&url).basic_auth(&user, Some(&password))).await;
     figures.push(Figure {
         scenario: format!("api-get-action-{store}"),
@@ -936,7 +959,8 @@ async fn api_figures(
         baseline: 5_000.0,
         target: 1.0,
         lower_is_better: false,
-        extra: json!({"errors": errors, "clients": args.clients, "absolute_target_rps": 5_000}),
+        extra: json!({"errors": errors, "first_error": first_error, "clients": args.clients,
+                      "absolute_target_rps": 5_000}),
     });
     Ok(figures)
 }
