@@ -164,9 +164,9 @@ fn wasm_filter(topology: &Topology, node_id: &str) -> HttpFilter {
     }
 }
 
-fn route_to(cluster_name: &str, timeout_seconds: i64) -> route::Action {
+fn route_to(cluster: route_action::ClusterSpecifier, timeout_seconds: i64) -> route::Action {
     route::Action::Route(RouteAction {
-        cluster_specifier: Some(route_action::ClusterSpecifier::Cluster(cluster_name.into())),
+        cluster_specifier: Some(cluster),
         timeout: Some(Duration { seconds: timeout_seconds, nanos: 0 }),
         ..Default::default()
     })
@@ -193,17 +193,14 @@ fn route_config(container_clusters: u32) -> RouteConfiguration {
             }],
             ..Default::default()
         }),
-        action: Some(if container_clusters <= 1 {
-            route_to(clusters::CONTAINERS, CONTAINER_ROUTE_TIMEOUT_SECONDS)
-        } else {
-            route::Action::Route(RouteAction {
-                cluster_specifier: Some(route_action::ClusterSpecifier::ClusterHeader(
-                    headers::CONTAINER_CLUSTER.into(),
-                )),
-                timeout: Some(Duration { seconds: CONTAINER_ROUTE_TIMEOUT_SECONDS, nanos: 0 }),
-                ..Default::default()
-            })
-        }),
+        action: Some(route_to(
+            if container_clusters <= 1 {
+                route_action::ClusterSpecifier::Cluster(clusters::CONTAINERS.into())
+            } else {
+                route_action::ClusterSpecifier::ClusterHeader(headers::CONTAINER_CLUSTER.into())
+            },
+            CONTAINER_ROUTE_TIMEOUT_SECONDS,
+        )),
         ..Default::default()
     };
     let to_management = Route {
@@ -212,7 +209,7 @@ fn route_config(container_clusters: u32) -> RouteConfiguration {
             path_specifier: Some(route_match::PathSpecifier::Prefix("/".into())),
             ..Default::default()
         }),
-        action: Some(route_to(clusters::MANAGEMENT_API, 120)),
+        action: Some(route_to(route_action::ClusterSpecifier::Cluster(clusters::MANAGEMENT_API.into()), 120)),
         ..Default::default()
     };
     RouteConfiguration {
@@ -350,22 +347,32 @@ pub fn endpoints(table: &Table, node: &str, count: u32) -> Vec<ClusterLoadAssign
     let names = clusters::all_containers(count);
     // By position, not by name: one hash per container, no name built for it.
     let mut by_cluster: Vec<Vec<LbEndpoint>> = vec![Vec::new(); names.len()];
-    for container in table.ready_on(node) {
-        let Some(address) = container.address.as_deref() else { continue };
-        let Ok(socket) = address.parse::<SocketAddr>() else { continue };
-        if let Some(lb_endpoints) = by_cluster.get_mut(clusters::containers_index(address, count)) {
+    for (index, socket) in table.iter().filter_map(|container| routable_on(container, node, count)) {
+        if let Some(lb_endpoints) = by_cluster.get_mut(index) {
             lb_endpoints.push(lb_endpoint_at(socket));
         }
     }
-    names
-        .into_iter()
-        .zip(by_cluster)
-        .map(|(cluster_name, lb_endpoints)| ClusterLoadAssignment {
-            cluster_name,
-            endpoints: vec![LocalityLbEndpoints { lb_endpoints, ..Default::default() }],
-            ..Default::default()
-        })
-        .collect()
+    names.into_iter().zip(by_cluster).map(|(name, lb_endpoints)| assignment(name, lb_endpoints)).collect()
+}
+
+/// Where `container` is an endpoint of `node`: the position of its containers cluster among the
+/// `count`, and its address; `None` when it is not routable there (starting, another node's, or
+/// without a valid address).
+fn routable_on(container: &Container, node: &str, count: u32) -> Option<(usize, SocketAddr)> {
+    if container.state != ContainerState::Ready || container.node != node {
+        return None;
+    }
+    let address = container.address.as_deref()?;
+    Some((clusters::containers_index(address, count), address.parse().ok()?))
+}
+
+/// One containers cluster's assignment.
+fn assignment(cluster_name: String, lb_endpoints: Vec<LbEndpoint>) -> ClusterLoadAssignment {
+    ClusterLoadAssignment {
+        cluster_name,
+        endpoints: vec![LocalityLbEndpoints { lb_endpoints, ..Default::default() }],
+        ..Default::default()
+    }
 }
 
 /// One node's endpoints, carried from one table version to the next so that a new version costs
@@ -403,13 +410,7 @@ impl NodeEndpoints {
     /// Brings the endpoints to `table`'s version.
     pub fn update(&mut self, table: &Table) {
         let (node, count) = (&self.node, self.count);
-        let routable = |container: &Container| -> Option<(usize, SocketAddr)> {
-            if container.state != ContainerState::Ready || &container.node != node {
-                return None;
-            }
-            let address = container.address.as_deref()?;
-            Some((clusters::containers_index(address, count), address.parse().ok()?))
-        };
+        let routable = |container: &Container| routable_on(container, node, count);
         for (before, after) in self.built_from.changes(table) {
             let (old, new) = (before.and_then(routable), after.and_then(routable));
             if old == new {
@@ -440,14 +441,8 @@ impl NodeEndpoints {
             .zip(self.members.iter().zip(self.encoded.iter_mut()))
             .map(|(cluster_name, (members, encoded))| {
                 let body = encoded.get_or_insert_with(|| {
-                    any(&ClusterLoadAssignment {
-                        cluster_name: cluster_name.clone(),
-                        endpoints: vec![LocalityLbEndpoints {
-                            lb_endpoints: members.values().copied().map(lb_endpoint_at).collect(),
-                            ..Default::default()
-                        }],
-                        ..Default::default()
-                    })
+                    let lb_endpoints = members.values().copied().map(lb_endpoint_at).collect();
+                    any(&assignment(cluster_name.clone(), lb_endpoints))
                 });
                 (cluster_name, body.clone())
             })
