@@ -145,12 +145,12 @@ pub fn collect(
     config: &GcConfig,
     orphan_timeout_ms: u64,
 ) -> Collected {
-    let silent =
-        |since: Option<u64>| since.is_some_and(|since| now.saturating_sub(since) >= orphan_timeout_ms);
+    // An adopted or moved container is named from the moment it becomes routable (with
+    // `unclaimed_since`), so one time covers it too.
     let orphans: Vec<String> = table
         .iter()
         .filter(|c| c.state == ContainerState::Ready)
-        .filter(|c| silent(c.usage.unclaimed_since) || silent(c.usage.last_named))
+        .filter(|c| c.usage.last_named.is_some_and(|named| now.saturating_sub(named) >= orphan_timeout_ms))
         .map(|c| c.id.clone())
         .collect();
     let nodes = nodes(table, capacities);
@@ -472,7 +472,9 @@ mod tests {
         start(&mut table, "claimed", "x", 0);
         start(&mut table, "orphan", "y", 0);
         for id in ["claimed", "orphan"] {
-            table.get_mut(id).unwrap().usage.unclaimed_since = Some(0);
+            // As adoption leaves them: unclaimed, and routable since then.
+            let usage = &mut table.get_mut(id).unwrap().usage;
+            (usage.unclaimed_since, usage.last_named) = (Some(0), Some(0));
         }
         apply_report(&mut table, &report(&[("claimed", SlotUse::Free, 4)]), 500, &CONFIG);
         let early = collect(&mut table, &capacities(1024), 9_999, &CONFIG, UNCLAIMED);

@@ -488,6 +488,8 @@ impl<C: ClusterManager> ControlPlane<C> {
     pub async fn adopt(&self) -> Result<usize, ClusterError> {
         let found = self.cluster.adopt().await?;
         let now = self.now_ms();
+        // They run where the cluster manager runs them: the local machine, or the cluster as one pool.
+        let host = self.config.capacities.first().map(|node| node.name.clone()).unwrap_or_default();
         let (count, refused) = {
             let mut state = self.lock();
             let containers = found
@@ -502,16 +504,12 @@ impl<C: ClusterManager> ControlPlane<C> {
                         node: spec.node,
                         address: Some(adopted.address),
                         state: ContainerState::Ready,
-                        host: self
-                            .config
-                            .capacities
-                            .first()
-                            .map(|node| node.name.clone())
-                            .unwrap_or_default(),
+                        host: host.clone(),
                         memory_mb: spec.memory_mb,
                         usage: Usage {
                             gc: GcState::new(now),
                             unclaimed_since: Some(now),
+                            last_named: Some(now),
                             ..Usage::default()
                         },
                         handover: None,
