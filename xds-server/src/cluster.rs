@@ -10,6 +10,7 @@ use std::future::Future;
 
 use tokio::sync::mpsc;
 
+use crate::placement::Node;
 use crate::table::ActionKey;
 
 /// What to start. Everything here is written on the container (labels of a process or pod), so
@@ -32,6 +33,8 @@ pub struct Adopted {
     pub spec: ContainerSpec,
     /// `ip:port` of its runtime protocol endpoint.
     pub address: String,
+    /// The machine it runs on, when the cluster manager knows machines apart (a pod's node).
+    pub host: Option<String>,
 }
 
 /// A started (not yet initialised) container.
@@ -39,6 +42,9 @@ pub struct Adopted {
 pub struct StartedContainer {
     /// `ip:port` of its runtime protocol endpoint.
     pub address: String,
+    /// The machine it landed on, when the cluster manager knows machines apart (a pod's node, which
+    /// the scheduler chose); `None` keeps the control plane's own placement.
+    pub host: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -100,4 +106,14 @@ pub trait ClusterManager: Send + Sync + 'static {
     /// it is noticed, so that the control plane takes it out of xDS at once. Ids the control plane
     /// no longer knows (its own stops) are ignored there.
     fn watch_lost(&self, lost: mpsc::UnboundedSender<String>) -> impl Future<Output = ()> + Send;
+    /// The machines containers run on, with the memory each gives them, when the cluster manager
+    /// sees them (the Kubernetes nodes); `None` when it does not, and the configured pool stands for
+    /// one machine.
+    fn machines(&self) -> Option<Vec<Node>> {
+        None
+    }
+    /// Runs for the server's life, keeping [`ClusterManager::machines`] current (a watch of nodes).
+    fn watch_machines(&self) -> impl Future<Output = ()> + Send {
+        std::future::pending()
+    }
 }

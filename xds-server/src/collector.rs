@@ -37,9 +37,12 @@ pub fn view(container: &Container) -> ContainerView<'_> {
 pub fn nodes(table: &Table, capacities: &[Node]) -> Vec<Node> {
     let mut nodes: Vec<Node> =
         capacities.iter().map(|node| Node { allocated_mb: 0, ..node.clone() }).collect();
+    // By name, since a cluster may have hundreds of nodes under tens of thousands of containers.
+    let index: std::collections::HashMap<&str, usize> =
+        capacities.iter().enumerate().map(|(at, node)| (node.name.as_str(), at)).collect();
     for container in table.iter() {
-        if let Some(node) = nodes.iter_mut().find(|node| node.name == container.host) {
-            node.allocated_mb += container.memory_mb;
+        if let Some(&at) = index.get(container.host.as_str()) {
+            nodes[at].allocated_mb += container.memory_mb;
         }
     }
     nodes

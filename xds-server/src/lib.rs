@@ -36,6 +36,9 @@ use crate::cluster::{ClusterManager, ClusterManagerKind};
 use crate::plane::{ControlPlane, PlaneConfig};
 use crate::snapshot::Topology;
 
+/// Owner of the action pods when `--owner` is not given.
+const DEFAULT_KUBE_OWNER: &str = "whisk";
+
 /// The server's configuration, from flags and environment.
 #[derive(Debug, Clone, clap::Parser)]
 #[command(name = "xds-server", about = "xDS control server and control plane")]
@@ -78,8 +81,9 @@ pub struct Config {
     /// Containers one action revision may hold on one Envoy node (`--max-containers` bounds the total).
     #[arg(long, env = "WHISK_MAX_CONTAINERS_PER_ACTION", default_value_t = 16)]
     pub max_containers_per_action: usize,
-    /// Memory of the machine the local cluster manager starts containers on (Kubernetes: the
-    /// actions' share of the cluster), in MB; a full pool reclaims idle containers of other actions.
+    /// Memory of the machine the local cluster manager starts containers on, in MB; a full pool
+    /// reclaims idle containers of other actions. On Kubernetes the nodes' allocatable memory
+    /// replaces it as soon as the node watch has listed them (`--max-containers` still caps the pool).
     #[arg(long, env = "WHISK_POOL_MEMORY_MB", default_value_t = 16_384)]
     pub pool_memory_mb: u64,
     /// A free container unused this long is marked (OpenWhisk's default: 10 minutes).
@@ -96,7 +100,7 @@ pub struct Config {
     pub gc_interval_ms: u64,
     /// Labels every container this server starts, so that after a restart it adopts its own
     /// containers and no other platform's on the same machine or namespace (default: the control
-    /// listen address).
+    /// listen address for local processes; `whisk` on Kubernetes, where that address changes).
     #[arg(long, env = "WHISK_OWNER")]
     pub owner: Option<String>,
     /// Leave the containers running on shutdown, for the next run to adopt (a rolling update on
@@ -145,7 +149,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             run_with(config, LocalProcesses::new(runtime_bin, owner)).await
         }
         ClusterManagerKind::Kubernetes => {
-            let cluster = KubeCluster::connect(&config.kube).await.context("Kubernetes cluster manager")?;
+            // Pods outlive the server's pod IP, so the owner cannot default to the listen address.
+            let owner = config.owner.clone().unwrap_or_else(|| DEFAULT_KUBE_OWNER.to_owned());
+            let cluster =
+                KubeCluster::connect(&config.kube, &owner).await.context("Kubernetes cluster manager")?;
             run_with(config, cluster).await
         }
     }
@@ -273,12 +280,22 @@ pub async fn run_with<C: ClusterManager>(config: Config, cluster: C) -> anyhow::
             }
         }
     };
+    let machines = {
+        let (plane, mut stop) = (plane.clone(), stop.clone());
+        async move {
+            tokio::select! {
+                () = plane.follow_machines() => {},
+                _ = stop.wait_for(|stopped| *stopped) => {},
+            }
+        }
+    };
     let signal = async {
         shutdown_signal().await;
         info!("shutting down: stopping containers");
         let _ = stop_sender.send(true);
     };
-    let (grpc, http, (), (), (), ()) = tokio::join!(grpc, http, signal, collector, refill, lost);
+    let (grpc, http, (), (), (), (), ()) =
+        tokio::join!(grpc, http, signal, collector, refill, lost, machines);
     if config.keep_containers_on_exit {
         info!("leaving the containers running for the next run to adopt");
     } else {

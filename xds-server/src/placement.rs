@@ -23,12 +23,20 @@ pub struct Node {
     pub allocated_mb: u64,
 }
 
-/// `capacities` less `held_mb` that something outside the container table holds on the first node
-/// (prewarmed containers, which run there): what placement may still give away.
-pub fn less_held(capacities: &[Node], held_mb: u64) -> Vec<Node> {
+/// `capacities` less the memory something outside the container table holds (prewarmed
+/// containers): each `(node, memory)` is taken from the node it names, or from the first node when
+/// its node is unknown (the one machine of the local cluster manager). What placement may still
+/// give away.
+pub fn less_held<'a>(
+    capacities: &[Node],
+    held: impl IntoIterator<Item = (Option<&'a str>, u64)>,
+) -> Vec<Node> {
     let mut nodes = capacities.to_vec();
-    if let Some(first) = nodes.first_mut() {
-        first.capacity_mb = first.capacity_mb.saturating_sub(held_mb);
+    for (name, memory_mb) in held {
+        let index = name.and_then(|name| nodes.iter().position(|node| node.name == name)).unwrap_or(0);
+        if let Some(node) = nodes.get_mut(index) {
+            node.capacity_mb = node.capacity_mb.saturating_sub(memory_mb);
+        }
     }
     nodes
 }
@@ -182,10 +190,12 @@ mod tests {
     #[test]
     fn memory_held_outside_the_table_is_not_given_away() {
         let pool = vec![Node::new("local", 1024), Node::new("other", 512)];
-        let held = less_held(&pool, 768);
-        assert_eq!((held[0].capacity_mb, held[1].capacity_mb), (256, 512));
+        let held = less_held(&pool, [(None, 512), (Some("nowhere"), 256)]);
+        assert_eq!((held[0].capacity_mb, held[1].capacity_mb), (256, 512), "unknown nodes: the first");
         assert_eq!(place(&held, 512).map(|n| n.name.as_str()), Some("other"));
-        assert_eq!(less_held(&pool, 4096)[0].free_mb(), 0, "never below zero");
+        assert_eq!(less_held(&pool, [(None, 4096)])[0].free_mb(), 0, "never below zero");
+        let held = less_held(&pool, [(Some("other"), 256), (Some("local"), 128)]);
+        assert_eq!((held[0].capacity_mb, held[1].capacity_mb), (896, 256), "each from its own node");
     }
 
     #[test]

@@ -100,6 +100,8 @@ pub struct Stem {
     pub id: String,
     pub address: String,
     pub memory_mb: u64,
+    /// The machine it runs on, when the cluster manager says.
+    pub host: Option<String>,
 }
 
 /// The control plane.
@@ -146,19 +148,30 @@ impl<C: ClusterManager> ControlPlane<C> {
         Some(stem)
     }
 
-    /// The configured capacities less what the prewarmed containers hold (they are not in the
-    /// table), except `usable_mb`: the one a cold start will turn into its container.
-    fn capacities_less_stems(&self, usable_mb: u64) -> Vec<Node> {
-        let held: u64 = self.stems().values().flatten().map(|stem| stem.memory_mb).sum();
-        placement::less_held(&self.config.capacities, held.saturating_sub(usable_mb))
+    /// The machines containers are placed on: the cluster manager's when it sees them (Kubernetes
+    /// nodes), else the configured pool.
+    fn capacities(&self) -> Vec<Node> {
+        self.cluster.machines().unwrap_or_else(|| self.config.capacities.clone())
     }
 
-    /// The memory of the prewarmed container a cold start of `kind` needing `memory_mb` would use.
-    fn usable_stem_mb(&self, kind: &str, memory_mb: u64) -> u64 {
+    /// The machines less what the prewarmed containers hold (they are not in the table), except
+    /// stem `usable`: the one a cold start will turn into its container.
+    fn capacities_less_stems(&self, usable: Option<&str>) -> Vec<Node> {
+        let stems = self.stems();
+        let held = stems
+            .values()
+            .flatten()
+            .filter(|stem| Some(stem.id.as_str()) != usable)
+            .map(|stem| (stem.host.as_deref(), stem.memory_mb));
+        placement::less_held(&self.capacities(), held)
+    }
+
+    /// The prewarmed container a cold start of `kind` needing `memory_mb` would use.
+    fn usable_stem(&self, kind: &str, memory_mb: u64) -> Option<String> {
         self.stems()
             .get(kind)
             .and_then(|stock| stock.iter().find(|stem| stem.memory_mb >= memory_mb))
-            .map_or(0, |stem| stem.memory_mb)
+            .map(|stem| stem.id.clone())
     }
 
     /// Starts prewarmed containers until each configured kind has its count (the refill runs in
@@ -170,7 +183,7 @@ impl<C: ClusterManager> ControlPlane<C> {
                 // pool is never over-committed by its prewarmed stock.
                 let fits = {
                     let state = self.lock();
-                    let capacities = self.capacities_less_stems(0);
+                    let capacities = self.capacities_less_stems(None);
                     collector::place(&state.table, &capacities, self.config.prewarm_memory_mb).is_some()
                 };
                 if !fits {
@@ -191,9 +204,14 @@ impl<C: ClusterManager> ControlPlane<C> {
                     slot: 0,
                 };
                 match self.prewarm(&spec).await {
-                    Ok(address) => {
-                        debug!(container = %spec.id, kind, %address, "prewarmed");
-                        let stem = Stem { id: spec.id, address, memory_mb: spec.memory_mb };
+                    Ok(started) => {
+                        debug!(container = %spec.id, kind, address = %started.address, "prewarmed");
+                        let stem = Stem {
+                            id: spec.id,
+                            address: started.address,
+                            memory_mb: spec.memory_mb,
+                            host: started.host,
+                        };
                         self.stems().entry(kind.clone()).or_default().push(stem);
                         self.metrics.stems_ready.inc();
                     }
@@ -208,12 +226,12 @@ impl<C: ClusterManager> ControlPlane<C> {
     }
 
     /// Starts a container and waits until its runtime accepts connections.
-    async fn prewarm(&self, spec: &ContainerSpec) -> Result<String, ColdStartError> {
+    async fn prewarm(&self, spec: &ContainerSpec) -> Result<StartedContainer, ColdStartError> {
         let started = self.cluster.start(spec).await?;
         let deadline = Instant::now() + LISTEN_WAIT;
         loop {
             match tokio::net::TcpStream::connect(&started.address).await {
-                Ok(_) => return Ok(started.address),
+                Ok(_) => return Ok(started),
                 Err(error) if Instant::now() > deadline => {
                     return Err(ColdStartError::Unreachable(error.to_string()));
                 }
@@ -245,7 +263,7 @@ impl<C: ClusterManager> ControlPlane<C> {
         state.version += 1;
         self.metrics.containers_ready.set(state.table.count_in(ContainerState::Ready) as i64);
         self.metrics.containers_starting.set(state.table.count_in(ContainerState::Starting) as i64);
-        let fragmentation = collector::fragmentation(&state.table, &self.config.capacities);
+        let fragmentation = collector::fragmentation(&state.table, &self.capacities());
         self.metrics.fragmentation.set(fragmentation.unwrap_or(0.0));
         let published = Published { version: state.version, table: state.table.clone() };
         self.published.send_replace(Arc::new(published));
@@ -306,7 +324,7 @@ impl<C: ClusterManager> ControlPlane<C> {
                 info!(action = %action, containers = ?obsolete, "retiring the containers of older revisions");
             }
             let capacities =
-                self.capacities_less_stems(self.usable_stem_mb(&request.kind, request.memory_mb));
+                self.capacities_less_stems(self.usable_stem(&request.kind, request.memory_mb).as_deref());
             let Some(host) = collector::place(&state.table, &capacities, request.memory_mb) else {
                 if let Some(refusal) = self.hand_over(&mut state, &action, &request.node_id) {
                     return Err(refusal);
@@ -359,13 +377,17 @@ impl<C: ClusterManager> ControlPlane<C> {
             slot,
         };
         match self.start_and_init(&spec, &code, stem).await {
-            Ok((address, init_ms)) => {
+            Ok((StartedContainer { address, host }, init_ms)) => {
                 let version = {
                     let mut state = self.lock();
                     state.table.set_ready(&id, address.clone());
                     let now = self.now_ms();
                     if let Some(container) = state.table.get_mut(&id) {
                         container.usage.last_named = Some(now);
+                        // Where it really runs (the scheduler may differ from placement's choice).
+                        if let Some(host) = host {
+                            container.host = host;
+                        }
                     }
                     self.publish(&mut state)
                 };
@@ -454,18 +476,18 @@ impl<C: ClusterManager> ControlPlane<C> {
     /// reach the data plane in the answers to its usage reports.
     pub async fn collect(&self) {
         let now = self.now_ms();
+        let capacities = self.capacities();
         let (collected, marked, fragmentation) = {
             let mut state = self.lock();
             let collected = collector::collect(
                 &mut state.table,
-                &self.config.capacities,
+                &capacities,
                 now,
                 &self.config.gc,
                 self.config.orphan_timeout.as_millis() as u64,
             );
             let marked = state.table.iter().filter(|c| c.usage.gc.marked_at.is_some()).count();
-            let fragmentation =
-                collector::fragmentation(&state.table, &self.config.capacities).unwrap_or(0.0);
+            let fragmentation = collector::fragmentation(&state.table, &capacities).unwrap_or(0.0);
             (collected, marked, fragmentation)
         };
         for (reason, ids) in [("idle", &collected.marked), ("compaction", &collected.compacted)] {
@@ -488,8 +510,8 @@ impl<C: ClusterManager> ControlPlane<C> {
     pub async fn adopt(&self) -> Result<usize, ClusterError> {
         let found = self.cluster.adopt().await?;
         let now = self.now_ms();
-        // They run where the cluster manager runs them: the local machine, or the cluster as one pool.
-        let host = self.config.capacities.first().map(|node| node.name.clone()).unwrap_or_default();
+        // Where the cluster manager does not say (local processes), the one configured machine.
+        let default_host = self.config.capacities.first().map(|node| node.name.clone()).unwrap_or_default();
         let (count, refused) = {
             let mut state = self.lock();
             let containers = found
@@ -504,7 +526,7 @@ impl<C: ClusterManager> ControlPlane<C> {
                         node: spec.node,
                         address: Some(adopted.address),
                         state: ContainerState::Ready,
-                        host: host.clone(),
+                        host: adopted.host.unwrap_or_else(|| default_host.clone()),
                         memory_mb: spec.memory_mb,
                         usage: Usage {
                             gc: GcState::new(now),
@@ -541,6 +563,11 @@ impl<C: ClusterManager> ControlPlane<C> {
             debug!(node = %report.node_id, containers = ?outcome.answer.sweep, "sweep due");
         }
         outcome.answer
+    }
+
+    /// Keeps the cluster manager's view of machines current, for the server's life.
+    pub async fn follow_machines(&self) {
+        self.cluster.watch_machines().await;
     }
 
     /// Follows the cluster manager's reports of containers that stopped on their own, for the
@@ -596,7 +623,7 @@ impl<C: ClusterManager> ControlPlane<C> {
         spec: &ContainerSpec,
         code: &ActionCode,
         stem: Option<Stem>,
-    ) -> Result<(String, u64), ColdStartError> {
+    ) -> Result<(StartedContainer, u64), ColdStartError> {
         let started = match stem {
             Some(stem) => {
                 self.metrics.prewarm_used.inc();
@@ -604,7 +631,7 @@ impl<C: ClusterManager> ControlPlane<C> {
                     // It still serves; only a restart would not adopt it.
                     warn!(container = %spec.id, %error, "a specialised prewarmed container keeps its old labels");
                 }
-                StartedContainer { address: stem.address }
+                StartedContainer { address: stem.address, host: stem.host }
             }
             None => self.cluster.start(spec).await?,
         };
@@ -624,7 +651,7 @@ impl<C: ClusterManager> ControlPlane<C> {
                 Ok(response) => {
                     let init_ms = attempt.elapsed().as_millis() as u64;
                     if response.status().is_success() {
-                        return Ok((started.address, init_ms));
+                        return Ok((started, init_ms));
                     }
                     let text = response.text().await.unwrap_or_default();
                     return Err(ColdStartError::Init { message: init_error_message(&text) });
@@ -782,6 +809,78 @@ fn init_error_message(body: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cluster::Adopted;
+
+    /// A cluster manager that sees two machines and left four containers running on them.
+    struct TwoMachines;
+
+    impl ClusterManager for TwoMachines {
+        async fn start(&self, spec: &ContainerSpec) -> Result<StartedContainer, ClusterError> {
+            Err(ClusterError::Unknown(spec.id.clone()))
+        }
+        async fn stop(&self, _id: &str) -> Result<(), ClusterError> {
+            Ok(())
+        }
+        async fn stop_all(&self) {}
+        async fn adopt(&self) -> Result<Vec<Adopted>, ClusterError> {
+            let adopted = |index: u32, host: &str| Adopted {
+                spec: ContainerSpec {
+                    id: format!("c{index}"),
+                    action: ActionKey {
+                        namespace: "guest".into(),
+                        package: None,
+                        name: "hello".into(),
+                        revision: "1".into(),
+                    },
+                    kind: "nodejs:20".into(),
+                    memory_mb: 256,
+                    node: "envoy-1".into(),
+                    slot: index,
+                },
+                address: format!("10.0.0.{index}:8080"),
+                host: Some(host.into()),
+            };
+            Ok(vec![adopted(1, "a"), adopted(2, "a"), adopted(3, "a"), adopted(4, "b")])
+        }
+        async fn relabel(&self, _spec: &ContainerSpec) -> Result<(), ClusterError> {
+            Ok(())
+        }
+        async fn watch_lost(&self, _lost: tokio::sync::mpsc::UnboundedSender<String>) {}
+        fn machines(&self) -> Option<Vec<Node>> {
+            Some(vec![Node::new("a", 1024), Node::new("b", 1024)])
+        }
+    }
+
+    fn config() -> PlaneConfig {
+        PlaneConfig {
+            management_url: "http://127.0.0.1:9".into(),
+            internal_token: "t".into(),
+            ack_timeout: Duration::from_secs(1),
+            max_containers: 64,
+            max_containers_per_action: 16,
+            gc: GcConfig::default(),
+            capacities: vec![Node::new("cluster", 16_384)],
+            orphan_timeout: Duration::from_secs(60),
+            prewarm: Vec::new(),
+            prewarm_memory_mb: 256,
+        }
+    }
+
+    #[tokio::test]
+    async fn the_cluster_managers_machines_and_hosts_replace_the_configured_pool() {
+        let metrics = Arc::new(Metrics::default());
+        let plane = ControlPlane::new(TwoMachines, config(), metrics.clone());
+        assert_eq!(plane.adopt().await.unwrap(), 4);
+        let published = plane.subscribe().borrow().clone();
+        let mut hosts: Vec<(&str, &str)> =
+            published.table.iter().map(|c| (c.id.as_str(), c.host.as_str())).collect();
+        hosts.sort_unstable();
+        assert_eq!(hosts, [("c1", "a"), ("c2", "a"), ("c3", "a"), ("c4", "b")]);
+        // 1,024 MB in use fits one machine of 1,024 MB, and two are in use.
+        assert_eq!(metrics.fragmentation.get(), 2.0);
+        let free = collector::nodes(&published.table, &plane.capacities());
+        assert_eq!(free.iter().map(Node::free_mb).collect::<Vec<_>>(), [256, 768]);
+    }
 
     #[test]
     fn init_errors_surface_the_runtime_message() {

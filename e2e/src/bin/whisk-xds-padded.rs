@@ -89,6 +89,7 @@ fn padding(actions: usize, per_action: usize, node: &str) -> Vec<Adopted> {
                 slot: u32::try_from(slot).unwrap_or(u32::MAX),
             },
             address: format!("127.1.{}.{}:9", index / 250, index % 250 + 1),
+            host: None,
         })
         .collect()
 }

@@ -8,7 +8,11 @@
 //!  stop  ─► DELETE pod (short grace; 404 = already gone)
 //!  stop_all ─► list pods labelled managed-by=whisk-xds-server ─► DELETE each
 //!  adopt    ─► list them ─► Ready with a readable identity: adopted · anything else: DELETE
+//!  watch_machines ─► reflector over every node ─► machines(): allocatable memory per node
 //! ```
+//!
+//! A started or adopted pod reports the node the scheduler gave it, so that the collector's view of
+//! nodes (which to drain, how fragmented the pool is) is the cluster's, not a guess.
 //!
 //! Waiting uses kube-runtime's watcher, never polling: it re-lists by itself after a `410 Gone`
 //! (the resourceVersion it watched from was compacted) and reconnects after a dropped stream; this
@@ -20,18 +24,41 @@ use std::pin::pin;
 use std::time::Duration;
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
-use kube::runtime::watcher;
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{WatchStreamExt, watcher};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
-use super::pod::{self, MANAGED_BY, PodConfig, Readiness, RuntimeImage, RuntimeImages};
+use super::pod::{self, PodConfig, Readiness, RuntimeImage, RuntimeImages};
 use super::{Adopted, ClusterError, ClusterManager, ContainerSpec, StartedContainer};
 
 /// First and longest pause between two watch errors.
 const WATCH_RETRY_MIN: Duration = Duration::from_millis(10);
 const WATCH_RETRY_MAX: Duration = Duration::from_secs(1);
+
+/// A kind of request this cluster manager makes of the API server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ApiCall {
+    /// The resource, in the core API group.
+    pub resource: &'static str,
+    /// In the actions namespace (`true`) or cluster-wide.
+    pub namespaced: bool,
+    pub verbs: &'static [&'static str],
+}
+
+/// Everything this cluster manager asks of the API server. `deploy/`'s RBAC grants exactly this
+/// (`tests/manifests.rs`), and every request in this module's API server scenarios must be one of
+/// these. `get` of pods is granted for operators' tooling and the watcher's single-object form.
+pub const API_CALLS: &[ApiCall] = &[
+    ApiCall {
+        resource: "pods",
+        namespaced: true,
+        verbs: &["create", "delete", "get", "list", "watch", "patch"],
+    },
+    ApiCall { resource: "nodes", namespaced: false, verbs: &["get", "list", "watch"] },
+];
 
 /// Where `--help` lists these flags (set per flag: a struct-level heading would leak onto the
 /// flags that follow the flattened struct).
@@ -70,8 +97,8 @@ pub enum KubeSetupError {
 }
 
 impl KubeArgs {
-    /// The pod settings these flags describe.
-    pub fn pod_config(&self) -> Result<PodConfig, KubeSetupError> {
+    /// The pod settings these flags describe, for the pods of control server `owner`.
+    pub fn pod_config(&self, owner: &str) -> Result<PodConfig, KubeSetupError> {
         let images = RuntimeImages::new(self.runtime_images.iter().cloned());
         if images.is_empty() {
             return Err(KubeSetupError::NoImages);
@@ -81,6 +108,7 @@ impl KubeArgs {
             images,
             grace_period_seconds: self.pod_grace_seconds,
             scheduler_name: self.action_scheduler.clone(),
+            owner: owner.to_owned(),
         })
     }
 }
@@ -88,6 +116,11 @@ impl KubeArgs {
 /// Action containers as pods.
 pub struct KubeCluster {
     pods: Api<Pod>,
+    nodes: Api<Node>,
+    /// The nodes as last seen, kept by [`ClusterManager::watch_machines`].
+    machines: Store<Node>,
+    /// Taken by the one `watch_machines` that fills `machines`.
+    machines_writer: std::sync::Mutex<Option<reflector::store::Writer<Node>>>,
     config: PodConfig,
     start_timeout: Duration,
 }
@@ -104,15 +137,23 @@ impl std::fmt::Debug for KubeCluster {
 impl KubeCluster {
     /// Connects with the ambient configuration: `KUBECONFIG` or `~/.kube/config`, else the pod's
     /// service account when running in a cluster.
-    pub async fn connect(args: &KubeArgs) -> Result<Self, KubeSetupError> {
-        let config = args.pod_config()?;
+    pub async fn connect(args: &KubeArgs, owner: &str) -> Result<Self, KubeSetupError> {
+        let config = args.pod_config(owner)?;
         let client = kube::Client::try_default().await.map_err(KubeSetupError::Client)?;
         info!(namespace = %config.namespace, "Kubernetes cluster manager");
         Ok(Self::new(client, config, Duration::from_millis(args.pod_start_timeout_ms)))
     }
 
     pub fn new(client: kube::Client, config: PodConfig, start_timeout: Duration) -> Self {
-        Self { pods: Api::namespaced(client, &config.namespace), config, start_timeout }
+        let (machines, writer) = reflector::store();
+        Self {
+            pods: Api::namespaced(client.clone(), &config.namespace),
+            nodes: Api::all(client),
+            machines,
+            machines_writer: std::sync::Mutex::new(Some(writer)),
+            config,
+            start_timeout,
+        }
     }
 
     fn delete_params(&self) -> DeleteParams {
@@ -138,8 +179,13 @@ impl KubeCluster {
         }
     }
 
-    /// Follows pod `name` until it is ready, fails, vanishes or the start timeout passes.
-    async fn wait_ready(&self, id: &str, name: &str) -> Result<std::net::IpAddr, ClusterError> {
+    /// Follows pod `name` until it is ready, fails, vanishes or the start timeout passes: its IP and
+    /// its node.
+    async fn wait_ready(
+        &self,
+        id: &str,
+        name: &str,
+    ) -> Result<(std::net::IpAddr, Option<String>), ClusterError> {
         let deadline = Instant::now() + self.start_timeout;
         let mut events = pin!(watcher::watch_object(self.pods.clone(), name));
         let mut last = "nothing yet".to_owned();
@@ -164,7 +210,7 @@ impl KubeCluster {
                 Ok(Some(pod)) => {
                     pause = WATCH_RETRY_MIN;
                     match pod::readiness(&pod) {
-                        Readiness::Ready(ip) => return Ok(ip),
+                        Readiness::Ready(ip) => return Ok((ip, pod::host(&pod))),
                         Readiness::Failed(reason) => return Err(failed(reason)),
                         Readiness::Waiting(what) => {
                             debug!(pod = name, state = %what, "pod not ready yet");
@@ -203,10 +249,10 @@ impl ClusterManager for KubeCluster {
                 return Err(ClusterError::Kube { operation: "create", pod: name, source: Box::new(source) });
             }
         }
-        let ip = self.wait_ready(&spec.id, &name).await?;
+        let (ip, host) = self.wait_ready(&spec.id, &name).await?;
         let address = SocketAddr::new(ip, pod::RUNTIME_PORT).to_string();
-        info!(container = %spec.id, action = %spec.action, pod = %name, %address, "pod ready");
-        Ok(StartedContainer { address })
+        info!(container = %spec.id, action = %spec.action, pod = %name, %address, node = ?host, "pod ready");
+        Ok(StartedContainer { address, host })
     }
 
     async fn stop(&self, id: &str) -> Result<(), ClusterError> {
@@ -218,7 +264,7 @@ impl ClusterManager for KubeCluster {
 
     /// Lists the pods this server manages and deletes each (the Role grants no `deletecollection`).
     async fn stop_all(&self) {
-        let selector = format!("{}={}", MANAGED_BY.0, MANAGED_BY.1);
+        let selector = self.config.selector();
         let pods = match self.pods.list_metadata(&ListParams::default().labels(&selector)).await {
             Ok(pods) => pods,
             Err(error) => {
@@ -240,7 +286,7 @@ impl ClusterManager for KubeCluster {
     /// Watches every pod this server manages (kube-runtime's watcher: it re-lists after a `410 Gone`
     /// and reconnects by itself) and reports the failed and the deleted ones.
     async fn watch_lost(&self, lost: tokio::sync::mpsc::UnboundedSender<String>) {
-        let selector = format!("{}={}", MANAGED_BY.0, MANAGED_BY.1);
+        let selector = self.config.selector();
         let mut events =
             pin!(watcher::watcher(self.pods.clone(), watcher::Config::default().labels(&selector)));
         let mut pause = WATCH_RETRY_MIN;
@@ -282,11 +328,42 @@ impl ClusterManager for KubeCluster {
             .map_err(|error| ClusterError::Relabel { id: spec.id.clone(), reason: error.to_string() })
     }
 
+    /// Every node that reads as a machine; `None` until the first listing of nodes is in (the
+    /// control plane then uses its configured pool).
+    fn machines(&self) -> Option<Vec<crate::placement::Node>> {
+        let nodes = self.machines.state();
+        if nodes.is_empty() {
+            return None;
+        }
+        Some(nodes.iter().filter_map(|node| pod::machine(node).ok()).collect())
+    }
+
+    /// Mirrors every node into `machines` (kube-runtime's reflector: it re-lists after a `410 Gone`
+    /// and backs off between errors by itself). Nodes that cannot be read are logged once per change.
+    async fn watch_machines(&self) {
+        let writer = self.machines_writer.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).take();
+        let Some(writer) = writer else { return std::future::pending::<()>().await };
+        let events = watcher::watcher(self.nodes.clone(), watcher::Config::default())
+            .default_backoff()
+            .reflect(writer)
+            .applied_objects();
+        let mut events = pin!(events);
+        while let Some(event) = events.next().await {
+            match event {
+                Ok(node) => match pod::machine(&node) {
+                    Ok(machine) => debug!(node = %machine.name, memory_mb = machine.capacity_mb, "node seen"),
+                    Err(error) => warn!(%error, "a node placement cannot use"),
+                },
+                Err(error) => debug!(%error, "node watch error; the watcher recovers"),
+            }
+        }
+    }
+
     /// Lists the pods this server manages: a Ready pod whose identity reads back is adopted; a pod
     /// still starting (its cold start died with the previous server), failed or unreadable is
     /// deleted, since nothing would ever route to it.
     async fn adopt(&self) -> Result<Vec<Adopted>, ClusterError> {
-        let selector = format!("{}={}", MANAGED_BY.0, MANAGED_BY.1);
+        let selector = self.config.selector();
         let pods = self
             .pods
             .list(&ListParams::default().labels(&selector))
@@ -299,8 +376,9 @@ impl ClusterManager for KubeCluster {
             match (identity, pod::readiness(&found)) {
                 (Ok(spec), Readiness::Ready(ip)) => {
                     let address = SocketAddr::new(ip, pod::RUNTIME_PORT).to_string();
-                    info!(container = %spec.id, action = %spec.action, pod = %name, %address, "pod adopted");
-                    adopted.push(Adopted { spec, address });
+                    let host = pod::host(&found);
+                    info!(container = %spec.id, action = %spec.action, pod = %name, %address, node = ?host, "pod adopted");
+                    adopted.push(Adopted { spec, address, host });
                 }
                 (identity, readiness) => {
                     warn!(pod = %name, identity = ?identity.err(), ?readiness, "deleting a pod that cannot be adopted");
@@ -396,7 +474,9 @@ mod tests {
                 .collect();
             let bytes = request.into_body().collect_bytes().await.unwrap();
             let body = if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes).unwrap() };
-            (Received { method, path, query, body }, send)
+            let received = Received { method, path, query, body };
+            assert!(is_an_api_call(&received), "not in API_CALLS (so not granted by deploy/): {received:?}");
+            (received, send)
         }
 
         async fn expect(&mut self, method: Method, path: &str) -> (Received, SendResponse<Response<Body>>) {
@@ -453,6 +533,32 @@ mod tests {
         }
     }
 
+    /// Whether `received` is a request [`API_CALLS`] lists, by the verb RBAC would check.
+    fn is_an_api_call(received: &Received) -> bool {
+        let segments: Vec<&str> = received.path.trim_start_matches("/api/v1/").split('/').collect();
+        let (namespaced, rest) = match segments.as_slice() {
+            ["namespaces", "whisk-actions", rest @ ..] => (true, rest),
+            rest => (false, rest),
+        };
+        let (resource, named) = match rest {
+            [resource] => (*resource, false),
+            [resource, _name] => (*resource, true),
+            _ => return false,
+        };
+        let verb = match (&received.method, named) {
+            (&Method::GET, _) if received.query.get("watch").is_some_and(|watch| watch == "true") => "watch",
+            (&Method::GET, false) => "list",
+            (&Method::GET, true) => "get",
+            (&Method::POST, false) => "create",
+            (&Method::DELETE, true) => "delete",
+            (&Method::PATCH, true) => "patch",
+            _ => return false,
+        };
+        API_CALLS.iter().any(|call| {
+            call.resource == resource && call.namespaced == namespaced && call.verbs.contains(&verb)
+        })
+    }
+
     fn event(kind: &str, object: &Pod) -> Value {
         json!({"type": kind, "object": object})
     }
@@ -498,10 +604,12 @@ mod tests {
             let (received, send) = server.expect(Method::GET, PODS).await;
             assert_eq!(
                 received.query.get("labelSelector").map(String::as_str),
-                Some("app.kubernetes.io/managed-by=whisk-xds-server")
+                Some("app.kubernetes.io/managed-by=whisk-xds-server,whisk/owner=test-owner")
             );
             let config = PodConfig::test();
-            let ready = at(&pod::pod_for(&spec("aaa"), &config).unwrap(), "5", fixtures::ready("10.0.0.7"));
+            let mut ready =
+                at(&pod::pod_for(&spec("aaa"), &config).unwrap(), "5", fixtures::ready("10.0.0.7"));
+            ready.spec.as_mut().unwrap().node_name = Some("worker-1".into());
             let starting = at(&pod::pod_for(&spec("bbb"), &config).unwrap(), "6", fixtures::pending());
             let list = json!({"apiVersion": "v1", "kind": "PodList", "metadata": {"resourceVersion": "9"},
                               "items": [ready, starting]});
@@ -511,7 +619,62 @@ mod tests {
         });
         let adopted = cluster.adopt().await.unwrap();
         scenario.await.unwrap();
-        assert_eq!(adopted, [Adopted { spec: spec("aaa"), address: "10.0.0.7:8080".into() }]);
+        assert_eq!(
+            adopted,
+            [Adopted { spec: spec("aaa"), address: "10.0.0.7:8080".into(), host: Some("worker-1".into()) }]
+        );
+    }
+
+    #[tokio::test]
+    async fn machines_follow_a_watch_of_every_node() {
+        let (cluster, mut server) = cluster(Duration::from_secs(5));
+        let cluster = std::sync::Arc::new(cluster);
+        assert_eq!(cluster.machines(), None, "no listing yet: the configured pool stands in");
+        let watching = tokio::spawn({
+            let cluster = cluster.clone();
+            async move { cluster.watch_machines().await }
+        });
+        let node = |name: &str, memory: &str, ready: bool, version: &str| {
+            let mut node = fixtures::node(name, memory, ready);
+            node.metadata.resource_version = Some(version.into());
+            serde_json::to_value(node).unwrap()
+        };
+        let (received, send) = server.expect(Method::GET, "/api/v1/nodes").await;
+        assert_eq!(received.query.get("watch"), None, "a list first: {received:?}");
+        let list = json!({"apiVersion": "v1", "kind": "NodeList", "metadata": {"resourceVersion": "9"},
+                          "items": [node("a", "4Gi", true, "3"), node("b", "8Gi", false, "4")]});
+        ApiServer::reply(send, StatusCode::OK, &list);
+        let (received, send) = server.expect(Method::GET, "/api/v1/nodes").await;
+        assert_eq!(received.query.get("watch").map(String::as_str), Some("true"), "{received:?}");
+        let mut machines = wait_for_machines(&cluster, 2).await;
+        machines.sort_by(|x, y| x.name.cmp(&y.name));
+        assert_eq!(machines, [crate::placement::Node::new("a", 4096), crate::placement::Node::new("b", 0)]);
+
+        // Node b becomes Ready; node a is deleted.
+        let events = [
+            json!({"type": "MODIFIED", "object": node("b", "8Gi", true, "10")}),
+            json!({"type": "DELETED", "object": node("a", "4Gi", true, "11")}),
+        ];
+        let body: Vec<u8> =
+            events.iter().flat_map(|e| [serde_json::to_vec(e).unwrap(), b"\n".to_vec()].concat()).collect();
+        send.send_response(Response::builder().body(Body::from(body)).unwrap());
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while cluster.machines() != Some(vec![crate::placement::Node::new("b", 8192)]) {
+            assert!(Instant::now() < deadline, "machines stayed {:?}", cluster.machines());
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        watching.abort();
+    }
+
+    async fn wait_for_machines(cluster: &KubeCluster, count: usize) -> Vec<crate::placement::Node> {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            if let Some(machines) = cluster.machines().filter(|machines| machines.len() == count) {
+                return machines;
+            }
+            assert!(Instant::now() < deadline, "machines stayed {:?}", cluster.machines());
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
 
     #[tokio::test]
@@ -531,7 +694,7 @@ mod tests {
         let (received, send) = server.expect(Method::GET, PODS).await;
         assert_eq!(
             received.query.get("labelSelector").map(String::as_str),
-            Some("app.kubernetes.io/managed-by=whisk-xds-server")
+            Some("app.kubernetes.io/managed-by=whisk-xds-server,whisk/owner=test-owner")
         );
         assert_eq!(received.query.get("fieldSelector"), None);
         let list = json!({"apiVersion": "v1", "kind": "PodList", "metadata": {"resourceVersion": "9"},
@@ -556,15 +719,19 @@ mod tests {
         let scenario = tokio::spawn(async move {
             let pod = server.pod_is_created().await;
             server.list_shows(&at(&pod, "2", fixtures::pending()), "2").await;
+            // The scheduler chose a node on the way to Running.
+            let mut scheduled = pod.clone();
+            scheduled.spec.as_mut().unwrap().node_name = Some("worker-2".into());
             let events = vec![
-                event("MODIFIED", &at(&pod, "3", fixtures::running_not_ready("10.1.2.3"))),
-                event("MODIFIED", &at(&pod, "4", fixtures::ready("10.1.2.3"))),
+                event("MODIFIED", &at(&scheduled, "3", fixtures::running_not_ready("10.1.2.3"))),
+                event("MODIFIED", &at(&scheduled, "4", fixtures::ready("10.1.2.3"))),
             ];
             server.watch_from("2", Some(events)).await;
             (pod, server)
         });
         let started = cluster.start(&spec("c0ffee")).await.unwrap();
         assert_eq!(started.address, "10.1.2.3:8080");
+        assert_eq!(started.host.as_deref(), Some("worker-2"), "the node the scheduler chose");
 
         // What was created: the exact pod the pure core builds.
         let (created, _server) = scenario.await.unwrap();
@@ -738,7 +905,7 @@ mod tests {
             let (received, send) = server.expect(Method::GET, PODS).await;
             assert_eq!(
                 received.query.get("labelSelector").map(String::as_str),
-                Some("app.kubernetes.io/managed-by=whisk-xds-server")
+                Some("app.kubernetes.io/managed-by=whisk-xds-server,whisk/owner=test-owner")
             );
             let item = |name: &str| {
                 json!({"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata",
@@ -771,8 +938,8 @@ mod tests {
             pod_grace_seconds: 1,
             action_scheduler: None,
         };
-        assert!(matches!(args.pod_config(), Err(KubeSetupError::NoImages)));
+        assert!(matches!(args.pod_config("o"), Err(KubeSetupError::NoImages)));
         let args = KubeArgs { runtime_images: vec!["nodejs=img".parse().unwrap()], ..args };
-        assert_eq!(args.pod_config().unwrap().images.image_for("nodejs:20"), Some("img"));
+        assert_eq!(args.pod_config("o").unwrap().images.image_for("nodejs:20"), Some("img"));
     }
 }

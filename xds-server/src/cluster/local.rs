@@ -145,7 +145,7 @@ pub fn adopted_from(found: &FoundRuntime) -> Result<Adopted, BadLabel> {
         slot: u32::try_from(number(labels::SLOT)?)
             .map_err(|_| BadLabel { pid: found.pid, label: labels::SLOT })?,
     };
-    Ok(Adopted { spec, address })
+    Ok(Adopted { spec, address, host: None })
 }
 
 impl LocalProcesses {
@@ -226,7 +226,7 @@ impl ClusterManager for LocalProcesses {
             .map_err(|source| ClusterError::Spawn { id: spec.id.clone(), source })?;
         info!(container = %spec.id, action = %spec.action, %address, pid = child.id(), "runtime started");
         self.children.lock().await.insert(spec.id.clone(), Runtime::Child(child));
-        Ok(StartedContainer { address })
+        Ok(StartedContainer { address, host: None })
     }
 
     async fn relabel(&self, spec: &ContainerSpec) -> Result<(), ClusterError> {

@@ -6,7 +6,8 @@
 //!  ContainerSpec ──pod_for──► Pod { labels (sanitised, for selectors),
 //!        ▲                          annotations (exact, for recovery), spec }
 //!        └──spec_from_meta──────────┘
-//!  Pod status ──readiness──► Waiting(what) | Ready(ip) | Failed(why)
+//!  Pod status ──readiness──► Waiting(what) | Ready(ip) | Failed(why)      Pod ──host──► its node
+//!  Node ──machine──► placement::Node { allocatable memory; none while it takes no new pods }
 //! ```
 //!
 //! Label values must match `(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?` and be at most 63
@@ -19,13 +20,14 @@ use std::net::IpAddr;
 use std::str::FromStr;
 
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, ContainerPort, Pod, PodSpec, ResourceRequirements, SeccompProfile,
+    Capabilities, Container, ContainerPort, Node, Pod, PodSpec, ResourceRequirements, SeccompProfile,
     SecurityContext,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use super::{ClusterError, ContainerSpec};
+use crate::placement;
 use crate::table::ActionKey;
 
 /// The port every OpenWhisk runtime image listens on.
@@ -51,6 +53,8 @@ pub mod keys {
     pub const MEMORY_MB: &str = "whisk/memory-mb";
     /// Annotation only: the filter's slot on that node.
     pub const SLOT: &str = "whisk/slot";
+    /// Label only: the control server (`--owner`) whose pod it is.
+    pub const OWNER: &str = "whisk/owner";
 }
 
 const MAX_LABEL_VALUE: usize = 63;
@@ -170,6 +174,16 @@ pub struct PodConfig {
     pub grace_period_seconds: u32,
     /// A non-default scheduler (e.g. a `MostAllocated` profile, see docs/decisions/0006).
     pub scheduler_name: Option<String>,
+    /// The control server (`--owner`) the pods belong to: it adopts, watches and deletes only its
+    /// own, so that two platforms can share an actions namespace.
+    pub owner: String,
+}
+
+impl PodConfig {
+    /// The label selector of this server's pods.
+    pub fn selector(&self) -> String {
+        format!("{}={},{}={}", MANAGED_BY.0, MANAGED_BY.1, keys::OWNER, label_value(&self.owner))
+    }
 }
 
 impl PodConfig {
@@ -183,6 +197,7 @@ impl PodConfig {
             ]),
             grace_period_seconds: 1,
             scheduler_name: None,
+            owner: "test-owner".into(),
         }
     }
 }
@@ -198,7 +213,11 @@ pub fn pod_for(spec: &ContainerSpec, config: &PodConfig) -> Result<Pod, ClusterE
         metadata: ObjectMeta {
             name: Some(pod_name(&spec.id)),
             namespace: Some(config.namespace.clone()),
-            labels: Some(labels(spec)),
+            labels: Some({
+                let mut labels = labels(spec);
+                labels.insert(keys::OWNER.into(), label_value(&config.owner));
+                labels
+            }),
             annotations: Some(annotations(spec)),
             ..ObjectMeta::default()
         },
@@ -422,6 +441,52 @@ pub fn readiness(pod: &Pod) -> Readiness {
     }
 }
 
+/// The node a pod was scheduled to (`spec.nodeName`); `None` until the scheduler placed it.
+pub fn host(pod: &Pod) -> Option<String> {
+    pod.spec.as_ref()?.node_name.clone().filter(|name| !name.is_empty())
+}
+
+/// Why a node cannot be read as a machine.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MachineError {
+    #[error("the node has no name")]
+    NoName,
+    #[error("node {node}: allocatable memory {value:?} is not a quantity of bytes")]
+    Memory { node: String, value: String },
+}
+
+const MIB: u64 = 1024 * 1024;
+
+/// A node as placement sees it: its allocatable memory (what the kubelet lets pods request, system
+/// reservations already taken out), in MiB as action limits are. A node that takes no new pods
+/// (cordoned, or not Ready) keeps its name with no memory, so that the pods it still holds count as
+/// in use there while nothing new is placed on it. Other workloads' requests are not subtracted:
+/// the scheduler has the final word on fit, this view ranks nodes for packing and victims.
+pub fn machine(node: &Node) -> Result<placement::Node, MachineError> {
+    let name = node.metadata.name.clone().filter(|name| !name.is_empty()).ok_or(MachineError::NoName)?;
+    let status = node.status.as_ref();
+    let ready = status
+        .and_then(|status| status.conditions.as_ref())
+        .and_then(|conditions| conditions.iter().find(|condition| condition.type_ == "Ready"))
+        .is_some_and(|condition| condition.status == "True");
+    let cordoned = node.spec.as_ref().and_then(|spec| spec.unschedulable).unwrap_or(false);
+    let memory = status
+        .and_then(|status| status.allocatable.as_ref())
+        .and_then(|allocatable| allocatable.get("memory"));
+    let capacity_mb = match memory {
+        _ if !ready || cordoned => 0,
+        None => 0,
+        Some(quantity) => {
+            let bytes = kube_quantity::ParsedQuantity::try_from(quantity)
+                .ok()
+                .and_then(|parsed| parsed.to_bytes_u64())
+                .ok_or_else(|| MachineError::Memory { node: name.clone(), value: quantity.0.clone() })?;
+            bytes / MIB
+        }
+    };
+    Ok(placement::Node::new(name, capacity_mb))
+}
+
 #[cfg(test)]
 pub(crate) mod fixtures {
     //! Pods as the API server shows them at each step of a start.
@@ -515,6 +580,24 @@ pub(crate) mod fixtures {
             ..PodStatus::default()
         }
     }
+
+    /// A node as the API server shows it: Ready (or not), with `memory` allocatable.
+    pub fn node(name: &str, memory: &str, ready: bool) -> Node {
+        use k8s_openapi::api::core::v1::{NodeCondition, NodeStatus};
+        Node {
+            metadata: ObjectMeta { name: Some(name.into()), ..ObjectMeta::default() },
+            status: Some(NodeStatus {
+                allocatable: Some(BTreeMap::from([("memory".to_owned(), Quantity(memory.into()))])),
+                conditions: Some(vec![NodeCondition {
+                    type_: "Ready".into(),
+                    status: if ready { "True" } else { "False" }.into(),
+                    ..NodeCondition::default()
+                }]),
+                ..NodeStatus::default()
+            }),
+            ..Node::default()
+        }
+    }
 }
 
 #[cfg(test)]
@@ -540,6 +623,62 @@ mod tests {
         let mut foreign = ready.clone();
         foreign.metadata.annotations = None;
         assert_eq!(lost_container(&foreign, true), None, "not one of ours");
+    }
+
+    #[test]
+    fn a_ready_node_offers_its_allocatable_memory_in_mib() {
+        for (memory, mib) in [("16393216Ki", 16_009), ("8Gi", 8_192), ("2G", 1_907), ("3221225472", 3_072)] {
+            let machine = machine(&fixtures::node("n1", memory, true)).unwrap();
+            assert_eq!(
+                (machine.name.as_str(), machine.capacity_mb, machine.allocated_mb),
+                ("n1", mib, 0),
+                "{memory}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_node_that_takes_no_new_pods_offers_nothing_but_keeps_its_name() {
+        let not_ready = machine(&fixtures::node("n1", "8Gi", false)).unwrap();
+        assert_eq!((not_ready.name.as_str(), not_ready.capacity_mb), ("n1", 0));
+        let mut cordoned = fixtures::node("n2", "8Gi", true);
+        cordoned.spec =
+            Some(k8s_openapi::api::core::v1::NodeSpec { unschedulable: Some(true), ..Default::default() });
+        assert_eq!(machine(&cordoned).unwrap().capacity_mb, 0);
+    }
+
+    #[test]
+    fn an_unreadable_node_is_an_error() {
+        assert_eq!(
+            machine(&fixtures::node("n1", "lots", true)),
+            Err(MachineError::Memory { node: "n1".into(), value: "lots".into() })
+        );
+        let mut nameless = fixtures::node("", "8Gi", true);
+        nameless.metadata.name = None;
+        assert_eq!(machine(&nameless), Err(MachineError::NoName));
+    }
+
+    #[test]
+    fn pods_carry_their_owner_and_the_selector_picks_only_its_own() {
+        let mut config = PodConfig::test();
+        config.owner = "whisk control@10.0.0.7".into();
+        let labels = pod_for(&fixtures::spec("abc"), &config).unwrap().metadata.labels.unwrap();
+        let owner = &labels[keys::OWNER];
+        assert!(is_label_value(owner), "{owner}");
+        assert_eq!(
+            config.selector(),
+            format!("app.kubernetes.io/managed-by=whisk-xds-server,whisk/owner={owner}")
+        );
+        let other = PodConfig { owner: "another".into(), ..config.clone() };
+        assert_ne!(other.selector(), config.selector());
+    }
+
+    #[test]
+    fn a_pods_host_is_its_scheduled_node() {
+        let mut pod = pod_for(&fixtures::spec("abc"), &PodConfig::test()).unwrap();
+        assert_eq!(host(&pod), None, "not scheduled yet");
+        pod.spec.as_mut().unwrap().node_name = Some("worker-2".into());
+        assert_eq!(host(&pod).as_deref(), Some("worker-2"));
     }
 
     #[test]
