@@ -257,6 +257,9 @@ pub struct ActionCode {
     pub code: String,
     #[serde(default)]
     pub binary: bool,
+    /// The image a blackbox action runs (`wsk action create --docker IMAGE`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
 }
 
 /// A request to the control plane for a new container of one action revision.

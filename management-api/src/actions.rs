@@ -403,6 +403,7 @@ impl Action {
             main: self.exec.main,
             code: self.exec.code,
             binary: self.exec.binary,
+            image: self.exec.image,
         }
     }
 }

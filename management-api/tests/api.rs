@@ -377,6 +377,20 @@ async fn resolve_answers_the_filter(backend: Backend) {
     let (status, _) =
         send(&h.router, internal(Method::GET, "/internal/v1/actions/guest/absent", None, None)).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
+
+    // A blackbox action's code names its image (`wsk action create --docker`), which the pod runs.
+    let blackbox = json!({"exec": {"kind": "blackbox", "image": "example.com/me/tool:1"}});
+    let uri = "/api/v1/namespaces/_/actions/tool";
+    let (status, body) = send(&h.router, request(Method::PUT, uri, Some(&h.guest), Some(blackbox))).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, body) =
+        send(&h.router, internal(Method::GET, "/internal/v1/actions/guest/tool", None, None)).await;
+    assert_eq!(status, StatusCode::OK);
+    let code: ActionCode = serde_json::from_value(body).unwrap();
+    assert_eq!((code.kind.as_str(), code.image.as_deref()), ("blackbox", Some("example.com/me/tool:1")));
+    let (_, body) =
+        send(&h.router, internal(Method::GET, "/internal/v1/actions/guest/hello", None, None)).await;
+    assert_eq!(body.get("image"), None, "other kinds name no image: {body}");
 }
 
 async fn internal_routes_refuse_a_missing_or_wrong_token(backend: Backend) {

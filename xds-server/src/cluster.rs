@@ -25,6 +25,9 @@ pub struct ContainerSpec {
     pub node: String,
     /// Its slot among the action revision's containers on that node (the filter's shared-data key).
     pub slot: u32,
+    /// The image a blackbox action names; `None` runs the runtime of `kind`. Only the Kubernetes
+    /// cluster manager runs images; local processes run a blackbox action's code natively.
+    pub image: Option<String>,
 }
 
 /// A container found running when the control plane starts (restart recovery).

@@ -202,6 +202,7 @@ impl<C: ClusterManager> ControlPlane<C> {
                     memory_mb: self.config.prewarm_memory_mb,
                     node: String::new(),
                     slot: 0,
+                    image: None,
                 };
                 match self.prewarm(&spec).await {
                     Ok(started) => {
@@ -323,8 +324,13 @@ impl<C: ClusterManager> ControlPlane<C> {
                     .inc_by(obsolete.len() as u64);
                 info!(action = %action, containers = ?obsolete, "retiring the containers of older revisions");
             }
-            let capacities =
-                self.capacities_less_stems(self.usable_stem(&request.kind, request.memory_mb).as_deref());
+            let capacities = self.capacities_less_stems(
+                match code.image {
+                    Some(_) => None,
+                    None => self.usable_stem(&request.kind, request.memory_mb),
+                }
+                .as_deref(),
+            );
             let Some(host) = collector::place(&state.table, &capacities, request.memory_mb) else {
                 if let Some(refusal) = self.hand_over(&mut state, &action, &request.node_id) {
                     return Err(refusal);
@@ -350,8 +356,12 @@ impl<C: ClusterManager> ControlPlane<C> {
                     request.node_id
                 )));
             }
-            // A prewarmed container of the kind becomes this one: only `/init` is left to do.
-            let stem = self.take_stem(&request.kind, request.memory_mb);
+            // A prewarmed container of the kind becomes this one: only `/init` is left to do. Not for
+            // an action that names its own image: a stem runs the kind's runtime image.
+            let stem = match code.image {
+                Some(_) => None,
+                None => self.take_stem(&request.kind, request.memory_mb),
+            };
             let id =
                 stem.as_ref().map_or_else(|| uuid::Uuid::new_v4().simple().to_string(), |s| s.id.clone());
             let slot = state.table.reserve(
@@ -375,6 +385,7 @@ impl<C: ClusterManager> ControlPlane<C> {
             memory_mb: request.memory_mb,
             node: request.node_id.clone(),
             slot,
+            image: code.image.clone(),
         };
         match self.start_and_init(&spec, &code, stem).await {
             Ok((StartedContainer { address, host }, init_ms)) => {
@@ -769,6 +780,8 @@ impl<C: ClusterManager> ControlPlane<C> {
                 memory_mb: container.memory_mb,
                 node,
                 slot,
+                // Relabelling does not touch the image.
+                image: None,
             }
         };
         let plane = self.clone();
@@ -836,6 +849,7 @@ mod tests {
                     memory_mb: 256,
                     node: "envoy-1".into(),
                     slot: index,
+                    image: None,
                 },
                 address: format!("10.0.0.{index}:8080"),
                 host: Some(host.into()),

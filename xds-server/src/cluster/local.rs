@@ -144,6 +144,8 @@ pub fn adopted_from(found: &FoundRuntime) -> Result<Adopted, BadLabel> {
         node: get(labels::NODE)?,
         slot: u32::try_from(number(labels::SLOT)?)
             .map_err(|_| BadLabel { pid: found.pid, label: labels::SLOT })?,
+        // Local processes run no images; a blackbox action's code runs natively.
+        image: None,
     };
     Ok(Adopted { spec, address, host: None })
 }
@@ -373,6 +375,7 @@ mod tests {
                 memory_mb: 256,
                 node: "envoy-1".into(),
                 slot: 3,
+                image: None,
             }
         );
         let mut packaged = LABELS;

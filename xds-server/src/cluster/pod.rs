@@ -53,6 +53,8 @@ pub mod keys {
     pub const MEMORY_MB: &str = "whisk/memory-mb";
     /// Annotation only: the filter's slot on that node.
     pub const SLOT: &str = "whisk/slot";
+    /// Annotation only: the image a blackbox action named.
+    pub const IMAGE: &str = "whisk/image";
     /// Label only: the control server (`--owner`) whose pod it is.
     pub const OWNER: &str = "whisk/owner";
 }
@@ -204,10 +206,14 @@ impl PodConfig {
 
 /// The pod that runs container `spec`.
 pub fn pod_for(spec: &ContainerSpec, config: &PodConfig) -> Result<Pod, ClusterError> {
-    let image = config
-        .images
-        .image_for(&spec.kind)
-        .ok_or_else(|| ClusterError::NoImage { id: spec.id.clone(), kind: spec.kind.clone() })?;
+    // A blackbox action runs the image it names; every other kind its runtime's.
+    let image = match &spec.image {
+        Some(image) => image.as_str(),
+        None => config
+            .images
+            .image_for(&spec.kind)
+            .ok_or_else(|| ClusterError::NoImage { id: spec.id.clone(), kind: spec.kind.clone() })?,
+    };
     let memory = BTreeMap::from([("memory".to_owned(), Quantity(format!("{}Mi", spec.memory_mb)))]);
     Ok(Pod {
         metadata: ObjectMeta {
@@ -293,6 +299,9 @@ pub fn annotations(spec: &ContainerSpec) -> BTreeMap<String, String> {
         identity(spec).into_iter().map(|(key, value)| (key.to_owned(), value.to_owned())).collect();
     annotations.insert(keys::MEMORY_MB.into(), spec.memory_mb.to_string());
     annotations.insert(keys::SLOT.into(), spec.slot.to_string());
+    if let Some(image) = &spec.image {
+        annotations.insert(keys::IMAGE.into(), image.clone());
+    }
     annotations
 }
 
@@ -354,6 +363,7 @@ pub fn spec_from_meta(meta: &ObjectMeta) -> Result<ContainerSpec, IdentityError>
         memory_mb,
         node: required(keys::NODE)?,
         slot,
+        image: annotations.get(keys::IMAGE).filter(|image| !image.is_empty()).cloned(),
     })
 }
 
@@ -510,6 +520,7 @@ pub(crate) mod fixtures {
             memory_mb: 256,
             node: "envoy-1".into(),
             slot: 0,
+            image: None,
         }
     }
 
@@ -740,9 +751,10 @@ mod tests {
             memory_mb in 128u64..4096,
             node in "\\PC{1,40}",
             slot in 0u32..10_000,
+            image in proptest::option::of("[a-z0-9./:-]{1,60}"),
         ) {
             let spec = ContainerSpec {
-                id, action: ActionKey { namespace, package, name, revision }, kind, memory_mb, node, slot,
+                id, action: ActionKey { namespace, package, name, revision }, kind, memory_mb, node, slot, image,
             };
             let mut config = PodConfig::test();
             config.images = RuntimeImages::new([
@@ -757,7 +769,21 @@ mod tests {
             prop_assert_eq!(back.memory_mb, spec.memory_mb);
             prop_assert_eq!(back.node, spec.node);
             prop_assert_eq!(back.slot, spec.slot);
+            prop_assert_eq!(back.image, spec.image);
         }
+    }
+
+    #[test]
+    fn a_blackbox_action_runs_the_image_it_names() {
+        let spec = ContainerSpec {
+            kind: "blackbox".into(),
+            image: Some("example.com/me/tool:1".into()),
+            ..spec("abc123")
+        };
+        let pod = pod_for(&spec, &PodConfig::test()).unwrap();
+        assert_eq!(pod.spec.unwrap().containers[0].image.as_deref(), Some("example.com/me/tool:1"));
+        let without = ContainerSpec { image: None, ..spec };
+        assert!(matches!(pod_for(&without, &PodConfig::test()), Err(ClusterError::NoImage { .. })));
     }
 
     #[test]
