@@ -111,7 +111,6 @@ impl Peer {
 struct Subscription {
     names: Vec<String>,
     nonce: String,
-    digest: Vec<u8>,
 }
 
 /// The gRPC service.
@@ -139,12 +138,15 @@ impl Ads {
 
     /// The resources of `type_url` for `peer`, by name; `None` for a type we do not serve.
     /// `endpoints` is the stream's own copy of its node's endpoints, brought to the published
-    /// version here: a publish then costs each stream the containers that changed.
+    /// version here: a publish then costs each stream the containers that changed. With
+    /// `only_changed`, the endpoints are those of the clusters whose members changed since the
+    /// stream last took them (Envoy holds the others).
     fn snapshot(
         &self,
         peer: &Peer,
         type_url: &str,
         endpoints: &mut Option<snapshot::NodeEndpoints>,
+        only_changed: bool,
     ) -> Option<TypeSnapshot> {
         let fixed =
             |resources| TypeSnapshot { version: STATIC_VERSION.into(), table_version: None, resources };
@@ -167,10 +169,11 @@ impl Ads {
                     _ => endpoints.insert(snapshot::NodeEndpoints::new(&peer.id, count)),
                 };
                 kept.update(&published.table);
+                let resources = if only_changed { kept.changed_resources() } else { kept.resources() };
                 Some(TypeSnapshot {
                     version: published.version.to_string(),
                     table_version: Some(published.version),
-                    resources: kept.resources(),
+                    resources,
                 })
             }
             _ => None,
@@ -371,12 +374,15 @@ impl StreamState {
         self.push(&type_url, true).await
     }
 
-    /// Sends the current resources of `type_url` if subscribed and changed (or `force`); false when
-    /// the stream is gone.
-    async fn push(&mut self, type_url: &str, force: bool) -> bool {
+    /// Sends the resources of `type_url` if subscribed: all of them when `whole` (a request), else
+    /// (a publish) the endpoints of the clusters that changed, if any. Envoy keeps the endpoints a
+    /// state-of-the-world response leaves out (only listeners and clusters must always be sent
+    /// whole), so a publish costs what changed. False when the stream is gone.
+    async fn push(&mut self, type_url: &str, whole: bool) -> bool {
         let Some(peer) = self.peer.clone() else { return true };
         let Some(subscription) = self.subscriptions.get_mut(type_url) else { return true };
-        let Some(snapshot) = self.ads.snapshot(&peer, type_url, &mut self.endpoints) else {
+        let only_changed = !whole && type_url == ENDPOINT_TYPE;
+        let Some(snapshot) = self.ads.snapshot(&peer, type_url, &mut self.endpoints, only_changed) else {
             warn!(node = %peer.id, type_url, "unknown resource type requested");
             return true;
         };
@@ -388,13 +394,11 @@ impl StreamState {
             .filter(|(name, _)| type_url != ENDPOINT_TYPE || names.is_empty() || names.contains(name))
             .map(|(_, resource)| resource)
             .collect();
-        let digest: Vec<u8> = resources.iter().flat_map(|r| r.encode_to_vec()).collect();
-        if !force && digest == subscription.digest {
+        if !whole && resources.is_empty() {
             return true;
         }
         self.nonce += 1;
         subscription.nonce = self.nonce.to_string();
-        subscription.digest = digest;
         let response = DiscoveryResponse {
             version_info: snapshot.version.clone(),
             resources,
@@ -455,7 +459,7 @@ impl AdsStream for DeltaStream {
     }
 
     async fn on_published(&mut self) -> bool {
-        self.push(ENDPOINT_TYPE).await
+        self.push(ENDPOINT_TYPE, true).await
     }
 }
 
@@ -509,19 +513,22 @@ impl DeltaStream {
             &request.resource_names_unsubscribe,
             &request.initial_resource_versions,
         );
-        self.push(&type_url).await
+        self.push(&type_url, false).await
     }
 
     /// Sends what changed of `type_url` since this stream last sent it, if anything; false when the
-    /// stream is gone.
-    async fn push(&mut self, type_url: &str) -> bool {
+    /// stream is gone. `published` (a new table version, not a request) compares only the endpoints
+    /// of the clusters whose members changed: the cost of a publish is that of its changes.
+    async fn push(&mut self, type_url: &str, published: bool) -> bool {
         let Some(peer) = self.peer.clone() else { return true };
         let Some(entry) = self.types.get_mut(type_url) else { return true };
-        let Some(snapshot) = self.ads.snapshot(&peer, type_url, &mut self.endpoints) else {
+        let only_changed = published && type_url == ENDPOINT_TYPE;
+        let Some(snapshot) = self.ads.snapshot(&peer, type_url, &mut self.endpoints, only_changed) else {
             warn!(node = %peer.id, type_url, "unknown resource type requested");
             return true;
         };
-        let changes = entry.state.delta(&delta::resources(snapshot.resources));
+        let current = delta::resources(snapshot.resources);
+        let changes = if only_changed { entry.state.delta_of(&current) } else { entry.state.delta(&current) };
         if changes.is_empty() {
             // A new table version that changed nothing for this node: Envoy already has everything
             // of it once it holds what was last sent, so a cold start waiting for it must not wait
@@ -627,7 +634,7 @@ mod tests {
         /// Publishes `table` as `version` and lets the stream react as its select loop would.
         async fn publish(&mut self, version: u64, table: Table) -> Option<DeltaDiscoveryResponse> {
             self.published.send_replace(Arc::new(Published { version, table }));
-            assert!(self.stream.push(ENDPOINT_TYPE).await);
+            assert!(self.stream.push(ENDPOINT_TYPE, true).await);
             self.next()
         }
 

@@ -388,6 +388,8 @@ pub struct NodeEndpoints {
     members: Vec<BTreeMap<String, SocketAddr>>,
     /// Per cluster, the encoded assignment; `None` when its members changed since.
     encoded: Vec<Option<Any>>,
+    /// Per cluster, whether its members changed since resources were last taken.
+    dirty: Vec<bool>,
 }
 
 impl NodeEndpoints {
@@ -399,6 +401,7 @@ impl NodeEndpoints {
             built_from: Table::default(),
             members: vec![BTreeMap::new(); clusters],
             encoded: vec![None; clusters],
+            dirty: vec![false; clusters],
         }
     }
 
@@ -422,12 +425,14 @@ impl NodeEndpoints {
             {
                 members.remove(&id);
                 self.encoded[index] = None;
+                self.dirty[index] = true;
             }
             if let Some((index, socket)) = new
                 && let Some(members) = self.members.get_mut(index)
             {
                 members.insert(id, socket);
                 self.encoded[index] = None;
+                self.dirty[index] = true;
             }
         }
         self.built_from = table.clone();
@@ -435,18 +440,32 @@ impl NodeEndpoints {
 
     /// Every cluster's assignment, by name, in [`clusters::all_containers`] order.
     pub fn resources(&mut self) -> Vec<(String, Any)> {
+        self.take(|_| true)
+    }
+
+    /// The assignments of the clusters whose members changed since resources were last taken (by
+    /// this or [`NodeEndpoints::resources`]): what a push must carry when Envoy holds the rest.
+    pub fn changed_resources(&mut self) -> Vec<(String, Any)> {
+        self.take(|dirty| dirty)
+    }
+
+    /// The assignments of the clusters `pick` chooses by their dirty flag; clears every flag.
+    fn take(&mut self, pick: impl Fn(bool) -> bool) -> Vec<(String, Any)> {
         let names = clusters::all_containers(self.count);
-        names
+        let taken = names
             .into_iter()
-            .zip(self.members.iter().zip(self.encoded.iter_mut()))
-            .map(|(cluster_name, (members, encoded))| {
+            .zip(self.members.iter().zip(self.encoded.iter_mut()).zip(&self.dirty))
+            .filter(|(_, (_, dirty))| pick(**dirty))
+            .map(|(cluster_name, ((members, encoded), _))| {
                 let body = encoded.get_or_insert_with(|| {
                     let lb_endpoints = members.values().copied().map(lb_endpoint_at).collect();
                     any(&assignment(cluster_name.clone(), lb_endpoints))
                 });
                 (cluster_name, body.clone())
             })
-            .collect()
+            .collect();
+        self.dirty.fill(false);
+        taken
     }
 }
 
@@ -591,6 +610,45 @@ mod tests {
                 let fresh: Vec<(String, Any)> =
                     endpoints(&table, "envoy-1", count).iter().map(|a| (a.cluster_name.clone(), any(a))).collect();
                 proptest::prop_assert_eq!(kept.resources(), fresh);
+            }
+        }
+
+        /// What a changed-only push carries, laid over what the previous push left, is the whole of
+        /// the new endpoints: no change is ever left out.
+        #[test]
+        fn changed_resources_over_the_last_push_are_the_new_endpoints(
+            steps in proptest::collection::vec((0u8..3, 0u16..30), 1..60),
+            count in 1u32..6,
+            take_every in 1usize..4,
+        ) {
+            let mut table = Table::default();
+            let mut kept = NodeEndpoints::new("envoy-1", count);
+            let mut held: BTreeMap<String, Any> = kept.resources().into_iter().collect();
+            for (index, (step, n)) in steps.into_iter().enumerate() {
+                let id = format!("c{n}");
+                match step {
+                    0 if table.get(&id).is_none() => {
+                        table.reserve(id, crate::table::action("a"), "nodejs:20".into(), "envoy-1".into());
+                    }
+                    1 => {
+                        table.set_ready(&id, format!("127.0.0.1:{}", 4000 + n));
+                    }
+                    2 => {
+                        table.remove(&id);
+                    }
+                    _ => {}
+                }
+                kept.update(&table);
+                // Publishes may come faster than pushes: several updates, then one push.
+                if index % take_every == 0 {
+                    held.extend(kept.changed_resources());
+                    let fresh: BTreeMap<String, Any> = endpoints(&table, "envoy-1", count)
+                        .iter()
+                        .map(|a| (a.cluster_name.clone(), any(a)))
+                        .collect();
+                    proptest::prop_assert_eq!(&held, &fresh);
+                    proptest::prop_assert!(kept.changed_resources().is_empty(), "taken once");
+                }
             }
         }
     }
