@@ -69,8 +69,9 @@ struct Args {
     #[arg(long, default_value_t = 5)]
     scale_containers_per_action: usize,
     /// Containers clusters of the scale scenario's platform (`--container-clusters`); it also runs
-    /// the large pool with one, for comparison.
-    #[arg(long, default_value_t = 256)]
+    /// the large pool with one, for comparison. 1,024 is the most that keeps Envoy within 300 MiB
+    /// at 50,000 containers (decision 0009).
+    #[arg(long, default_value_t = 1024)]
     scale_container_clusters: u32,
     /// Activation records stored before the list is measured.
     #[arg(long, default_value_t = 1_000_000)]
@@ -566,12 +567,18 @@ impl Bench {
 
     /// One platform whose control server publishes `actions × per_action` padding containers
     /// beside the benchmark's own actions.
-    async fn scale_on(&self, actions: usize, container_clusters: u32) -> anyhow::Result<ScaleRun> {
+    async fn scale_on(
+        &self,
+        actions: usize,
+        container_clusters: u32,
+        delta: bool,
+    ) -> anyhow::Result<ScaleRun> {
         let per_action = self.args.scale_containers_per_action;
-        let name = format!("scale-{actions}-{container_clusters}");
+        let variant = if delta { "delta" } else { "sotw" };
+        let name = format!("scale-{actions}-{container_clusters}-{variant}");
         let mut options = bench_options(self.dir.path().join(&name), self.args.concurrency)?;
         options.node_id = format!("envoy-{name}");
-        options.delta_xds = true;
+        options.delta_xds = delta;
         let padding = actions * per_action;
         options.xds_args = [
             "--max-containers",
@@ -633,9 +640,8 @@ impl Bench {
         .await?;
         let envoy_rss_mib = platform.envoy_pid(0).map(resident_mib).transpose()?.unwrap_or(f64::NAN);
         // One container change: a cold start of a second action adds one endpoint.
-        let pushed = |page: &str| {
-            metric(page, "xds_whisk_xds_pushed_bytes_total", "type=\"endpoint\",variant=\"delta\"")
-        };
+        let label = format!("type=\"endpoint\",variant=\"{variant}\"");
+        let pushed = |page: &str| metric(page, "xds_whisk_xds_pushed_bytes_total", &label);
         let before = pushed(&control_metrics(&platform).await?);
         client.create_action("second", "nodejs:20", TRIVIAL_JS).await?;
         let reply = client.invoke("second", &json!({}), true).await?;
@@ -652,13 +658,15 @@ impl Bench {
 
     async fn scale(&self) -> anyhow::Result<Vec<Figure>> {
         let clusters = self.args.scale_container_clusters;
-        let small = self.scale_on(10, clusters).await?;
-        let large = self.scale_on(self.args.scale_actions, clusters).await?;
-        let single = self.scale_on(self.args.scale_actions, 1).await?;
+        let small = self.scale_on(10, clusters, true).await?;
+        let large = self.scale_on(self.args.scale_actions, clusters, true).await?;
+        let single = self.scale_on(self.args.scale_actions, 1, true).await?;
+        let sotw = self.scale_on(self.args.scale_actions, clusters, false).await?;
         let containers = self.args.scale_actions * self.args.scale_containers_per_action;
         let extra = json!({
             "actions": self.args.scale_actions, "containers": containers, "container_clusters": clusters,
             "small": small.json(), "large": large.json(), "large_with_one_cluster": single.json(),
+            "large_state_of_the_world": sotw.json(),
         });
         Ok(vec![
             Figure {
@@ -693,6 +701,7 @@ impl Bench {
                               "actions": self.args.scale_actions, "containers": containers,
                               "container_clusters": clusters,
                               "bytes_with_one_cluster": single.change_bytes,
+                              "bytes_state_of_the_world": sotw.change_bytes,
                               "cold_start_ms": round(large.cold_ms),
                               "cold_start_ms_with_one_cluster": round(single.cold_ms)}),
             },
