@@ -896,6 +896,36 @@ mod tests {
         assert_eq!(free.iter().map(Node::free_mb).collect::<Vec<_>>(), [256, 768]);
     }
 
+    #[tokio::test]
+    async fn compaction_drains_the_emptier_of_the_cluster_managers_machines() {
+        let mut config = config();
+        // Nothing is idle long enough to be marked for idleness; compaction alone acts.
+        config.gc = GcConfig { idle_timeout_ms: 3_600_000, grace_ms: 30_000, compact_idle_ms: 0 };
+        let metrics = Arc::new(Metrics::default());
+        let plane = ControlPlane::new(TwoMachines, config, metrics);
+        plane.adopt().await.unwrap();
+        // Envoy names its containers (free), so the collector counts them as in use by it.
+        let report = UsageReport {
+            node_id: "envoy-1".into(),
+            containers: (1..=4)
+                .map(|index| whisk_contract::ContainerUse {
+                    id: format!("c{index}"),
+                    state: whisk_contract::SlotUse::Free,
+                    uses: 0,
+                })
+                .collect(),
+        };
+        plane.usage(&report);
+        plane.collect().await;
+        // Marks travel in the answers to usage reports, not by publishing: read the table itself.
+        let containers = plane.containers();
+        let mut marked: Vec<&str> =
+            containers.iter().filter(|c| c["marked"] == true).filter_map(|c| c["id"].as_str()).collect();
+        marked.sort_unstable();
+        // Machine b holds one of the four, and machine a has room for it: b is drained.
+        assert_eq!(marked, ["c4"]);
+    }
+
     #[test]
     fn init_errors_surface_the_runtime_message() {
         assert_eq!(init_error_message(r#"{"error":"SyntaxError: x"}"#), "SyntaxError: x");
