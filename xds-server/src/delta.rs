@@ -143,28 +143,24 @@ impl TypeState {
     /// A subscribed name that does not exist is not answered (Envoy's initial fetch timeout covers it);
     /// one Envoy holds that no longer exists is removed.
     pub fn delta(&mut self, current: &Resources) -> Delta {
-        let send: Vec<(String, Versioned)> = current
-            .iter()
-            .filter(|(name, resource)| {
-                self.wants(name) && self.held.get(*name).is_none_or(|held| *held != resource.version)
-            })
-            .map(|(name, resource)| (name.clone(), resource.clone()))
-            .collect();
         let removed: Vec<String> =
             self.held.keys().filter(|name| !current.contains_key(*name)).cloned().collect();
         for name in &removed {
             self.held.remove(name);
         }
-        for (name, resource) in &send {
-            self.held.insert(name.clone(), resource.version.clone());
-        }
-        Delta { send, removed }
+        Delta { send: self.send(current), removed }
     }
 
     /// [`TypeState::delta`] when only `changed` may differ from the resources last given, and none
     /// was removed: the cost is that of the changes, not of every resource. Records it as sent.
     pub fn delta_of(&mut self, changed: &Resources) -> Delta {
-        let send: Vec<(String, Versioned)> = changed
+        Delta { send: self.send(changed), removed: Vec::new() }
+    }
+
+    /// The resources among `candidates` that Envoy wants and does not hold in that version; records
+    /// them as held.
+    fn send(&mut self, candidates: &Resources) -> Vec<(String, Versioned)> {
+        let send: Vec<(String, Versioned)> = candidates
             .iter()
             .filter(|(name, resource)| {
                 self.wants(name) && self.held.get(*name).is_none_or(|held| *held != resource.version)
@@ -174,7 +170,7 @@ impl TypeState {
         for (name, resource) in &send {
             self.held.insert(name.clone(), resource.version.clone());
         }
-        Delta { send, removed: Vec::new() }
+        send
     }
 }
 

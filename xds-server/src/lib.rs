@@ -271,24 +271,8 @@ pub async fn run_with<C: ClusterManager>(config: Config, cluster: C) -> anyhow::
             }
         }
     };
-    let lost = {
-        let (plane, mut stop) = (plane.clone(), stop.clone());
-        async move {
-            tokio::select! {
-                () = plane.follow_lost() => {},
-                _ = stop.wait_for(|stopped| *stopped) => {},
-            }
-        }
-    };
-    let machines = {
-        let (plane, mut stop) = (plane.clone(), stop.clone());
-        async move {
-            tokio::select! {
-                () = plane.follow_machines() => {},
-                _ = stop.wait_for(|stopped| *stopped) => {},
-            }
-        }
-    };
+    let lost = until_stopped(plane.follow_lost(), stop.clone());
+    let machines = until_stopped(plane.follow_machines(), stop.clone());
     let signal = async {
         shutdown_signal().await;
         info!("shutting down: stopping containers");
@@ -304,6 +288,14 @@ pub async fn run_with<C: ClusterManager>(config: Config, cluster: C) -> anyhow::
     grpc.context("xDS server")?;
     http.context("control API")?;
     Ok(())
+}
+
+/// Runs `work` until it ends or the server stops.
+async fn until_stopped(work: impl Future<Output = ()>, mut stop: tokio::sync::watch::Receiver<bool>) {
+    tokio::select! {
+        () = work => {},
+        _ = stop.wait_for(|stopped| *stopped) => {},
+    }
 }
 
 /// `kind=count` of `--prewarm`.
