@@ -28,6 +28,9 @@ pub struct ContainerSpec {
     /// The image a blackbox action names; `None` runs the runtime of `kind`. Only the Kubernetes
     /// cluster manager runs images; local processes run a blackbox action's code natively.
     pub image: Option<String>,
+    /// The machine placement chose (best fit over the machines the control plane sees). A cluster
+    /// manager that does not place by itself may use it as a hint (see docs/decisions/0006).
+    pub placed_on: Option<String>,
 }
 
 /// A container found running when the control plane starts (restart recovery).

@@ -203,6 +203,7 @@ impl<C: ClusterManager> ControlPlane<C> {
                     node: String::new(),
                     slot: 0,
                     image: None,
+                    placed_on: None,
                 };
                 match self.prewarm(&spec).await {
                     Ok(started) => {
@@ -313,7 +314,7 @@ impl<C: ClusterManager> ControlPlane<C> {
         if let Some(moved) = self.take_moved(&action, &request.node_id).await? {
             return Ok(moved);
         }
-        let (id, slot, stem) = {
+        let (id, slot, stem, placed_on) = {
             let now = self.now_ms();
             let mut state = self.lock();
             let obsolete = collector::retire_old_revisions(&mut state.table, &action, &request.node_id, now);
@@ -371,12 +372,12 @@ impl<C: ClusterManager> ControlPlane<C> {
                 request.node_id.clone(),
             );
             if let Some(container) = state.table.get_mut(&id) {
-                container.host = host;
+                container.host = host.clone();
                 container.memory_mb = request.memory_mb;
                 container.usage.gc = GcState::new(now);
             }
             self.publish(&mut state);
-            (id, slot, stem)
+            (id, slot, stem, host)
         };
         let spec = ContainerSpec {
             id: id.clone(),
@@ -386,6 +387,7 @@ impl<C: ClusterManager> ControlPlane<C> {
             node: request.node_id.clone(),
             slot,
             image: code.image.clone(),
+            placed_on: Some(placed_on),
         };
         match self.start_and_init(&spec, &code, stem).await {
             Ok((StartedContainer { address, host }, init_ms)) => {
@@ -782,6 +784,7 @@ impl<C: ClusterManager> ControlPlane<C> {
                 slot,
                 // Relabelling does not touch the image.
                 image: None,
+                placed_on: None,
             }
         };
         let plane = self.clone();
@@ -850,6 +853,7 @@ mod tests {
                     node: "envoy-1".into(),
                     slot: index,
                     image: None,
+                    placed_on: None,
                 },
                 address: format!("10.0.0.{index}:8080"),
                 host: Some(host.into()),

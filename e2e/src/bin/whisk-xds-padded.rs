@@ -88,6 +88,7 @@ fn padding(actions: usize, per_action: usize, node: &str) -> Vec<Adopted> {
                 node: node.to_owned(),
                 slot: u32::try_from(slot).unwrap_or(u32::MAX),
                 image: None,
+                placed_on: None,
             },
             address: format!("127.1.{}.{}:9", index / 250, index % 250 + 1),
             host: None,

@@ -235,7 +235,14 @@ impl ClusterManager for KubeCluster {
     /// Creates the pod and waits for it to be Running and Ready. A failed start leaves the pod for
     /// the caller's `stop` (the control plane discards a failed container by id).
     async fn start(&self, spec: &ContainerSpec) -> Result<StartedContainer, ClusterError> {
-        let pod = pod::pod_for(spec, &self.config)?;
+        // A placement over nodes this server has not seen (before the first node listing, the
+        // configured pool stands for one made-up machine) is no hint at all.
+        let seen = |node: &str| self.machines.get(&reflector::ObjectRef::new(node)).is_some();
+        let pod = if spec.placed_on.as_deref().is_some_and(|node| !seen(node)) {
+            pod::pod_for(&ContainerSpec { placed_on: None, ..spec.clone() }, &self.config)?
+        } else {
+            pod::pod_for(spec, &self.config)?
+        };
         let name = pod::pod_name(&spec.id);
         match self.pods.create(&PostParams::default(), &pod).await {
             Ok(_) => {}
@@ -663,6 +670,30 @@ mod tests {
             assert!(Instant::now() < deadline, "machines stayed {:?}", cluster.machines());
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
+
+        // A pod placed on a node the watch has seen carries the placement as a preferred node.
+        let starting = tokio::spawn({
+            let cluster = cluster.clone();
+            async move {
+                let placed = ContainerSpec { placed_on: Some("b".into()), ..spec("c0ffee") };
+                cluster.start(&placed).await
+            }
+        });
+        let mut held_watches = Vec::new();
+        let created = loop {
+            let (received, send) = server.receive().await;
+            if received.path == "/api/v1/nodes" {
+                held_watches.push(send); // the node watch reconnecting: left open and silent
+                continue;
+            }
+            assert_eq!((&received.method, received.path.as_str()), (&Method::POST, PODS));
+            ApiServer::reply(send, StatusCode::INTERNAL_SERVER_ERROR, &status(500, "InternalError", "x"));
+            break received.body;
+        };
+        assert!(starting.await.unwrap().is_err());
+        let term = &created["spec"]["affinity"]["nodeAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
+            [0];
+        assert_eq!(term["preference"]["matchFields"][0]["values"], json!(["b"]), "{created}");
         watching.abort();
     }
 
@@ -754,10 +785,13 @@ mod tests {
             );
             received
         });
-        let error = cluster.start(&spec("c0ffee")).await.unwrap_err();
+        // Placed on a node this server has not seen (no node listing yet): no hint goes out.
+        let placed = ContainerSpec { placed_on: Some("cluster".into()), ..spec("c0ffee") };
+        let error = cluster.start(&placed).await.unwrap_err();
         assert!(matches!(error, ClusterError::Kube { operation: "create", .. }), "{error}");
 
         let body = scenario.await.unwrap().body;
+        assert_eq!(body["spec"].get("affinity"), None, "{body}");
         assert_eq!(body["apiVersion"], "v1");
         assert_eq!(body["kind"], "Pod");
         assert_eq!(body["metadata"]["name"], "whisk-c0ffee");

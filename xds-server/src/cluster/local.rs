@@ -146,6 +146,7 @@ pub fn adopted_from(found: &FoundRuntime) -> Result<Adopted, BadLabel> {
             .map_err(|_| BadLabel { pid: found.pid, label: labels::SLOT })?,
         // Local processes run no images; a blackbox action's code runs natively.
         image: None,
+        placed_on: None,
     };
     Ok(Adopted { spec, address, host: None })
 }
@@ -376,6 +377,7 @@ mod tests {
                 node: "envoy-1".into(),
                 slot: 3,
                 image: None,
+                placed_on: None,
             }
         );
         let mut packaged = LABELS;

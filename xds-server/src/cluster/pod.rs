@@ -20,7 +20,8 @@ use std::net::IpAddr;
 use std::str::FromStr;
 
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, ContainerPort, Node, Pod, PodSpec, ResourceRequirements, SeccompProfile,
+    Affinity, Capabilities, Container, ContainerPort, Node, NodeAffinity, NodeSelectorRequirement,
+    NodeSelectorTerm, Pod, PodSpec, PreferredSchedulingTerm, ResourceRequirements, SeccompProfile,
     SecurityContext,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -263,9 +264,43 @@ pub fn pod_for(spec: &ContainerSpec, config: &PodConfig) -> Result<Pod, ClusterE
             restart_policy: Some("Never".into()),
             termination_grace_period_seconds: Some(i64::from(config.grace_period_seconds)),
             scheduler_name: config.scheduler_name.clone(),
+            affinity: placement_hint(spec, config),
             ..PodSpec::default()
         }),
         status: None,
+    })
+}
+
+/// The weight of the preferred node term: the highest, so that under the default scheduler (whose
+/// resource scoring spreads pods) the node placement chose usually wins while it has room.
+const PLACEMENT_WEIGHT: i32 = 100;
+
+/// Placement's choice as a preferred node affinity, when no packing scheduler is configured: the
+/// default scheduler spreads pods over the least allocated nodes, which fragments the pool; the
+/// hint makes it pack them as placement does, and the scheduler still checks fit and constraints
+/// (a full node is passed over). With a packing profile the scheduler's own accounting decides.
+fn placement_hint(spec: &ContainerSpec, config: &PodConfig) -> Option<Affinity> {
+    if config.scheduler_name.is_some() {
+        return None;
+    }
+    let node = spec.placed_on.clone()?;
+    let term = PreferredSchedulingTerm {
+        weight: PLACEMENT_WEIGHT,
+        preference: NodeSelectorTerm {
+            match_expressions: None,
+            match_fields: Some(vec![NodeSelectorRequirement {
+                key: "metadata.name".into(),
+                operator: "In".into(),
+                values: Some(vec![node]),
+            }]),
+        },
+    };
+    Some(Affinity {
+        node_affinity: Some(NodeAffinity {
+            preferred_during_scheduling_ignored_during_execution: Some(vec![term]),
+            required_during_scheduling_ignored_during_execution: None,
+        }),
+        ..Affinity::default()
     })
 }
 
@@ -364,6 +399,8 @@ pub fn spec_from_meta(meta: &ObjectMeta) -> Result<ContainerSpec, IdentityError>
         node: required(keys::NODE)?,
         slot,
         image: annotations.get(keys::IMAGE).filter(|image| !image.is_empty()).cloned(),
+        // Placement matters only when the pod is created.
+        placed_on: None,
     })
 }
 
@@ -521,6 +558,7 @@ pub(crate) mod fixtures {
             node: "envoy-1".into(),
             slot: 0,
             image: None,
+            placed_on: None,
         }
     }
 
@@ -754,7 +792,7 @@ mod tests {
             image in proptest::option::of("[a-z0-9./:-]{1,60}"),
         ) {
             let spec = ContainerSpec {
-                id, action: ActionKey { namespace, package, name, revision }, kind, memory_mb, node, slot, image,
+                id, action: ActionKey { namespace, package, name, revision }, kind, memory_mb, node, slot, image, placed_on: None,
             };
             let mut config = PodConfig::test();
             config.images = RuntimeImages::new([
@@ -771,6 +809,26 @@ mod tests {
             prop_assert_eq!(back.slot, spec.slot);
             prop_assert_eq!(back.image, spec.image);
         }
+    }
+
+    #[test]
+    fn placements_choice_is_a_preferred_node_unless_a_packing_scheduler_places_pods() {
+        let placed = ContainerSpec { placed_on: Some("worker-3".into()), ..spec("abc123") };
+        let pod = pod_for(&placed, &PodConfig::test()).unwrap();
+        let affinity = pod.spec.unwrap().affinity.unwrap().node_affinity.unwrap();
+        assert_eq!(affinity.required_during_scheduling_ignored_during_execution, None, "a hint only");
+        let terms = affinity.preferred_during_scheduling_ignored_during_execution.unwrap();
+        assert_eq!(terms.len(), 1);
+        assert_eq!(terms[0].weight, 100);
+        let fields = terms[0].preference.match_fields.clone().unwrap();
+        assert_eq!(
+            (fields[0].key.as_str(), fields[0].operator.as_str(), fields[0].values.clone()),
+            ("metadata.name", "In", Some(vec!["worker-3".to_owned()]))
+        );
+
+        let packing = PodConfig { scheduler_name: Some("whisk-packing".into()), ..PodConfig::test() };
+        assert_eq!(pod_for(&placed, &packing).unwrap().spec.unwrap().affinity, None);
+        assert_eq!(pod_for(&spec("abc123"), &PodConfig::test()).unwrap().spec.unwrap().affinity, None);
     }
 
     #[test]
