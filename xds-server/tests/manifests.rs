@@ -7,7 +7,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
-use clap::{CommandFactory, Parser};
+use clap::{Args, CommandFactory, FromArgMatches, Parser};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{
     ConfigMap, Container, Namespace, PersistentVolumeClaim, Secret, Service, ServiceAccount,
@@ -253,25 +253,21 @@ fn container<'d>(deployment: &'d Deployment, name: &str) -> &'d Container {
     spec.containers.iter().find(|container| container.name == name).unwrap()
 }
 
-#[test]
-fn the_control_servers_environment_parses_as_its_flags() {
-    let deployment = deployment("whisk-control");
-    let server = container(&deployment, "xds-server");
-    let command = xds_server::Config::command();
+/// The flags `container`'s environment sets on `command` (variables in `not_flags` are read by a
+/// start-up script or another program), with `$(POD_IP)` as Kubernetes would expand it and a stand-in
+/// for values from secrets and fields.
+fn flags_from_environment(container: &Container, command: &clap::Command, not_flags: &[&str]) -> Vec<String> {
     let by_env: BTreeMap<String, &clap::Arg> =
         command.get_arguments().filter_map(|arg| Some((arg.get_env()?.to_str()?.to_owned(), arg))).collect();
-    // Variables the start-up script reads itself, or that only feed other variables.
-    let for_the_script = ["POD_IP", "WHISK_MANAGEMENT_API_SERVICE", "RUST_LOG"];
-    let mut args = vec!["xds-server".to_owned()];
-    for variable in server.env.iter().flatten() {
-        if for_the_script.contains(&variable.name.as_str()) {
+    let mut args = vec![command.get_name().to_owned()];
+    for variable in container.env.iter().flatten() {
+        if not_flags.contains(&variable.name.as_str()) {
             continue;
         }
         let arg = by_env
             .get(&variable.name)
-            .unwrap_or_else(|| panic!("xds-server has no flag reading {}", variable.name));
+            .unwrap_or_else(|| panic!("{} has no flag reading {}", command.get_name(), variable.name));
         let long = arg.get_long().unwrap();
-        // Values from secrets and fields are not in the manifest; any value of the right shape does.
         let value = match &variable.value {
             Some(value) => value.replace("$(POD_IP)", "10.0.0.7"),
             None => "from-a-secret".to_owned(),
@@ -284,6 +280,18 @@ fn the_control_servers_environment_parses_as_its_flags() {
             args.extend([format!("--{long}"), value]);
         }
     }
+    args
+}
+
+#[test]
+fn the_control_servers_environment_parses_as_its_flags() {
+    let deployment = deployment("whisk-control");
+    let server = container(&deployment, "xds-server");
+    let mut args = flags_from_environment(
+        server,
+        &xds_server::Config::command(),
+        &["POD_IP", "WHISK_MANAGEMENT_API_SERVICE", "RUST_LOG"],
+    );
     // The script exports WHISK_MANAGEMENT_API before it starts the server.
     let script = server.args.as_ref().unwrap().join("\n");
     assert!(script.contains("export WHISK_MANAGEMENT_API="), "{script}");
@@ -293,6 +301,18 @@ fn the_control_servers_environment_parses_as_its_flags() {
     let owner = config.owner.as_deref().unwrap();
     assert_eq!(owner, "whisk-control");
     assert!(config.kube.pod_config(owner).is_ok(), "the runtime image table must not be empty");
+}
+
+#[test]
+fn the_management_apis_environment_parses_as_its_flags() {
+    let deployment = deployment("whisk-management-api");
+    let server = container(&deployment, "management-api");
+    assert_eq!(server.args.as_deref(), Some(&["serve".to_owned()][..]));
+    let command = management_api::Config::augment_args(clap::Command::new("management-api"));
+    let args = flags_from_environment(server, &command, &["RUST_LOG"]);
+    let matches = command.try_get_matches_from(&args).unwrap_or_else(|e| panic!("{args:?}: {e}"));
+    let config = management_api::Config::from_arg_matches(&matches).unwrap();
+    assert_eq!(config.listen.port(), 3234);
 }
 
 #[test]
