@@ -432,3 +432,46 @@ fn kustomize_builds_every_entry_point() {
         assert!(built.iter().all(|object| check_object(object).is_ok()));
     }
 }
+
+/// Envoy itself (`--mode validate`) accepts the bootstrap of `deploy/` with the command line the
+/// Deployment gives it; where Envoy is not installed it says so and checks nothing more.
+#[test]
+fn envoy_accepts_its_bootstrap_with_the_deployments_command_line() {
+    let config_map: ConfigMap = serde_json::from_value(
+        objects()
+            .into_iter()
+            .map(|(_, document)| document)
+            .find(|document| {
+                document["kind"] == "ConfigMap" && document["metadata"]["name"] == "whisk-envoy-bootstrap"
+            })
+            .unwrap(),
+    )
+    .unwrap();
+    let bootstrap = &config_map.data.as_ref().unwrap()["bootstrap.yaml"];
+    let deployment = deployment("whisk-envoy");
+    let envoy = container(&deployment, "envoy");
+    let path = std::env::temp_dir().join(format!("whisk-bootstrap-{}.yaml", std::process::id()));
+    std::fs::write(&path, bootstrap).unwrap();
+    // The Deployment reads the bootstrap from the ConfigMap's mount; here from the file above.
+    let args: Vec<String> = envoy
+        .args
+        .iter()
+        .flatten()
+        .map(|arg| arg.replace("$(POD_NAME)", "whisk-envoy-7d9f").replace("$(POD_IP)", "10.0.0.9"))
+        .map(|arg| if arg == "/etc/envoy/bootstrap.yaml" { path.display().to_string() } else { arg })
+        .collect();
+    assert!(args.iter().any(|arg| *arg == path.display().to_string()), "{args:?}");
+    let output = std::process::Command::new("envoy").arg("--mode").arg("validate").args(&args).output();
+    let _ = std::fs::remove_file(&path);
+    let output = match output {
+        Ok(output) => output,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            eprintln!("envoy is not installed: the bootstrap was not validated");
+            return;
+        }
+        Err(error) => panic!("envoy: {error}"),
+    };
+    let text =
+        format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    assert!(output.status.success() && text.contains("OK"), "{args:?}: {text}");
+}
