@@ -50,7 +50,8 @@ pub struct ApiCall {
 
 /// Everything this cluster manager asks of the API server. `deploy/`'s RBAC grants exactly this
 /// (`tests/manifests.rs`), and every request in this module's API server scenarios must be one of
-/// these. `get` of pods is granted for operators' tooling and the watcher's single-object form.
+/// these. `get` is granted with the read verbs (the least-privilege set of docs/kubernetes.md:
+/// create, delete, get, list, watch, patch) though the code only lists and watches.
 pub const API_CALLS: &[ApiCall] = &[
     ApiCall {
         resource: "pods",
