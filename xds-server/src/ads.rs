@@ -321,7 +321,7 @@ impl AdsStream for StreamState {
     }
 
     async fn on_published(&mut self) -> bool {
-        self.push(ENDPOINT_TYPE, false).await
+        self.push(ENDPOINT_TYPE, true).await
     }
 }
 
@@ -371,17 +371,17 @@ impl StreamState {
                 return true;
             }
         }
-        self.push(&type_url, true).await
+        self.push(&type_url, false).await
     }
 
-    /// Sends the resources of `type_url` if subscribed: all of them when `whole` (a request), else
-    /// (a publish) the endpoints of the clusters that changed, if any. Envoy keeps the endpoints a
-    /// state-of-the-world response leaves out (only listeners and clusters must always be sent
-    /// whole), so a publish costs what changed. False when the stream is gone.
-    async fn push(&mut self, type_url: &str, whole: bool) -> bool {
+    /// Sends the resources of `type_url` if subscribed: all of them for a request, and for a new
+    /// table version (`published`) the endpoints of the clusters that changed, if any. Envoy keeps
+    /// the endpoints a state-of-the-world response leaves out (only listeners and clusters must
+    /// always be sent whole), so a publish costs what changed. False when the stream is gone.
+    async fn push(&mut self, type_url: &str, published: bool) -> bool {
         let Some(peer) = self.peer.clone() else { return true };
         let Some(subscription) = self.subscriptions.get_mut(type_url) else { return true };
-        let only_changed = !whole && type_url == ENDPOINT_TYPE;
+        let only_changed = published && type_url == ENDPOINT_TYPE;
         let Some(snapshot) = self.ads.snapshot(&peer, type_url, &mut self.endpoints, only_changed) else {
             warn!(node = %peer.id, type_url, "unknown resource type requested");
             return true;
@@ -394,7 +394,7 @@ impl StreamState {
             .filter(|(name, _)| type_url != ENDPOINT_TYPE || names.is_empty() || names.contains(name))
             .map(|(_, resource)| resource)
             .collect();
-        if !whole && resources.is_empty() {
+        if published && resources.is_empty() {
             return true;
         }
         self.nonce += 1;
