@@ -325,13 +325,12 @@ impl<C: ClusterManager> ControlPlane<C> {
                     .inc_by(obsolete.len() as u64);
                 info!(action = %action, containers = ?obsolete, "retiring the containers of older revisions");
             }
-            let capacities = self.capacities_less_stems(
-                match code.image {
-                    Some(_) => None,
-                    None => self.usable_stem(&request.kind, request.memory_mb),
-                }
-                .as_deref(),
-            );
+            // A prewarmed container runs its kind's runtime image, so it cannot serve an action that
+            // names its own image; the same rule decides which stem is counted as usable below and
+            // which one is taken.
+            let stem_serves = code.image.is_none();
+            let usable = stem_serves.then(|| self.usable_stem(&request.kind, request.memory_mb)).flatten();
+            let capacities = self.capacities_less_stems(usable.as_deref());
             let Some(host) = collector::place(&state.table, &capacities, request.memory_mb) else {
                 if let Some(refusal) = self.hand_over(&mut state, &action, &request.node_id) {
                     return Err(refusal);
@@ -357,12 +356,8 @@ impl<C: ClusterManager> ControlPlane<C> {
                     request.node_id
                 )));
             }
-            // A prewarmed container of the kind becomes this one: only `/init` is left to do. Not for
-            // an action that names its own image: a stem runs the kind's runtime image.
-            let stem = match code.image {
-                Some(_) => None,
-                None => self.take_stem(&request.kind, request.memory_mb),
-            };
+            // A prewarmed container of the kind becomes this one: only `/init` is left to do.
+            let stem = stem_serves.then(|| self.take_stem(&request.kind, request.memory_mb)).flatten();
             let id =
                 stem.as_ref().map_or_else(|| uuid::Uuid::new_v4().simple().to_string(), |s| s.id.clone());
             let slot = state.table.reserve(
