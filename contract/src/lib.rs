@@ -51,6 +51,13 @@ pub mod headers {
     /// On an internal invoke: the run of a web action request, resolved without a key (the action
     /// must be exported) and answered with its record to the filter that turns it into the response.
     pub const INTERNAL_WEB: &str = "x-whisk-web";
+    /// On an internal invoke: a container the client's stream claimed and hands over with the run
+    /// (a blocking invoke that must be able to answer 202 at the end of its wait), so the run takes
+    /// it instead of queueing again; `<container id> <address> <init ms or -> <slot key>`.
+    pub const INTERNAL_CLAIM: &str = "x-whisk-claim";
+    /// With [`INTERNAL_CLAIM`]: epoch milliseconds the client's request arrived at, so the record's
+    /// `waitTime` counts the time it queued before handing over.
+    pub const INTERNAL_ARRIVED: &str = "x-whisk-arrived";
     /// A web action annotated `require-whisk-auth` with a secret wants it in this header.
     pub const REQUIRE_WHISK_AUTH: &str = "x-require-whisk-auth";
 

@@ -131,6 +131,41 @@ impl fmt::Display for Claim {
     }
 }
 
+impl Claim {
+    /// The claim as one header value, for a stream that hands its claim to another: the key goes
+    /// last because entity names may contain spaces, and ids and addresses never do.
+    pub fn to_header(&self) -> String {
+        let init_ms = self.init_ms.map_or_else(|| "-".to_owned(), |ms| ms.to_string());
+        format!("{} {} {init_ms} {}", self.container_id, self.address, self.key)
+    }
+
+    /// The claim [`Claim::to_header`] wrote, or `None` for anything else.
+    pub fn from_header(value: &str) -> Option<Self> {
+        let mut parts = value.splitn(4, ' ');
+        let container_id = parts.next().filter(|id| !id.is_empty())?.to_owned();
+        let address = parts.next().filter(|address| !address.is_empty())?.to_owned();
+        let init_ms = match parts.next()? {
+            "-" => None,
+            ms => Some(ms.parse().ok()?),
+        };
+        let key = parts.next().filter(|key| !key.is_empty())?.to_owned();
+        Some(Self { key, container_id, address, init_ms })
+    }
+
+    /// True when the claim is one of `prefix`'s slots (the action revision a request resolved to).
+    pub fn belongs_to(&self, prefix: &str) -> bool {
+        self.key
+            .strip_prefix(prefix)
+            .and_then(|rest| rest.strip_prefix('/'))
+            .is_some_and(|slot| !slot.is_empty() && slot.bytes().all(|byte| byte.is_ascii_digit()))
+    }
+}
+
+/// True while the slot holds `claim`'s container busy: a handed-over claim is still held.
+pub fn is_held(store: &impl SharedData, claim: &Claim) -> bool {
+    inspect(store, &claim.key, &claim.container_id).is_some_and(|(state, _)| state == SlotState::Busy)
+}
+
 /// The key prefix of one action revision's slots.
 pub fn action_prefix(namespace: &str, action_path: &str, revision: &str) -> String {
     format!("whisk/pool/{namespace}/{action_path}@{revision}")
@@ -435,6 +470,26 @@ mod tests {
     }
 
     #[test]
+    fn a_handed_over_claim_reads_back_from_its_header_and_names_its_revision() {
+        let store = MemoryData::default();
+        let prefix = "whisk/pool/guest/my pkg/say hi@r2";
+        insert_new(&store, prefix, 3, "c3", "127.0.0.1:4003", Some(87));
+        let claim = super::claim(&store, prefix).unwrap();
+        assert_eq!(Claim::from_header(&claim.to_header()), Some(claim.clone()), "spaces in the key survive");
+        assert!(is_held(&store, &claim));
+        assert!(claim.belongs_to(prefix));
+        assert!(!claim.belongs_to("whisk/pool/guest/my pkg/say hi@r"), "another revision");
+        assert!(!claim.belongs_to("whisk/pool/guest/my pkg/say hi@r2/3"));
+        assert!(release(&store, &claim, SlotState::Free));
+        assert!(!is_held(&store, &claim), "released: no longer held");
+        let warm = Claim { init_ms: None, ..claim };
+        assert_eq!(Claim::from_header(&warm.to_header()), Some(warm));
+        for damaged in ["", "c3", "c3 127.0.0.1:1", "c3 127.0.0.1:1 x whisk/pool/a@r/0", "c3 127.0.0.1:1 -"] {
+            assert_eq!(Claim::from_header(damaged), None, "{damaged:?}");
+        }
+    }
+
+    #[test]
     fn a_pool_holds_live_containers_until_all_are_retired() {
         let store = MemoryData::default();
         assert!(!holds_live(&store, PREFIX));
@@ -471,6 +526,8 @@ mod tests {
         WriteBusy(usize),
         /// The collector's transitions on a slot: 0 mark, 1 unmark, 2 sweep.
         Gc(u32, u8),
+        /// The first worker hands its claim to the second (a detached run), through its header.
+        HandOver(usize, usize),
     }
 
     proptest! {
@@ -485,6 +542,7 @@ mod tests {
                 (0usize..4, 0u32..3).prop_map(|(w, s)| Step::Read(w, s)),
                 (0usize..4).prop_map(Step::WriteBusy),
                 (0u32..3, 0u8..3).prop_map(|(s, op)| Step::Gc(s, op)),
+                (0usize..4, 0usize..4).prop_map(|(from, to)| Step::HandOver(from, to)),
             ],
             1..300,
         )) {
@@ -518,6 +576,14 @@ mod tests {
                             if store.set(&key, &busy.encode(), Some(cas)).is_ok() {
                                 held[worker] = Some(Claim { key, container_id: busy.container_id, address: busy.address, init_ms: None });
                             }
+                        }
+                    }
+                    Step::HandOver(from, to) if from != to && held[to].is_none() => {
+                        if let Some(claim) = held[from].take() {
+                            let handed = Claim::from_header(&claim.to_header());
+                            prop_assert_eq!(handed.as_ref(), Some(&claim));
+                            prop_assert!(handed.as_ref().is_some_and(|handed| is_held(&store, handed)));
+                            held[to] = handed;
                         }
                     }
                     Step::Gc(slot, op) => {
