@@ -149,3 +149,73 @@ async fn a_blocking_invoke_past_the_wait_turns_into_202_and_its_record_appears()
     let short = client.invoke("short", &json!({"ms": 10}), true).await.unwrap();
     assert_eq!((short.status, short.body), (200, json!({"slept": 10})));
 }
+
+/// A blocking invoke whose limit fits the wait, but that queued behind another run: once its time in
+/// the queue plus its limit could overrun the client's wait (past the tolerance), it runs detached
+/// with the container it claimed. Its client gets 202 when the wait ends and the record appears
+/// later; it keeps its turn (a later invoke does not overtake it) and no container is started for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blocking_invoke_that_queued_past_its_wait_turns_into_202_and_keeps_its_turn() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut options = Options::for_test(dir.path(), "envoy-queued-wait").unwrap();
+    options.xds_args =
+        ["--blocking-wait-ms", "1500", "--max-containers-per-action", "1"].map(String::from).to_vec();
+    let platform = Platform::start(options, Artifacts::from_workspace().unwrap()).unwrap();
+    let client = Client::new(&platform.api_host(), GUEST_KEY);
+    let fits = json!({"exec": {"kind": "nodejs:20", "code": SLEEPY_JS}, "limits": {"timeout": 1_500}});
+    assert_eq!(
+        client.put("/api/v1/namespaces/_/actions/queued?overwrite=true", &fits).await.unwrap().status,
+        200
+    );
+    assert_eq!(client.invoke("queued", &json!({"ms": 1}), true).await.unwrap().status, 200);
+    let starts = || async {
+        metric(&control_metrics(&platform).await.unwrap(), "xds_whisk_cold_starts_total", "started")
+    };
+    let started_before = starts().await;
+
+    // The one container runs `first`; `second` queues behind it, then `third` behind `second`.
+    let first = tokio::spawn({
+        let client = client.clone();
+        async move { client.invoke("queued", &json!({"ms": 1_300}), false).await.unwrap() }
+    });
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let second_sent = Instant::now();
+    let second = tokio::spawn({
+        let client = client.clone();
+        async move {
+            (client.invoke("queued", &json!({"ms": 1_300}), false).await.unwrap(), second_sent.elapsed())
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let third = client.invoke("queued", &json!({"ms": 10}), false).await.unwrap();
+
+    let first = first.await.unwrap();
+    assert_eq!(first.status, 200, "{}", first.body);
+    assert_eq!(first.body["response"]["result"], json!({"slept": 1_300}));
+    let (second, answered_after) = second.await.unwrap();
+    assert_eq!(second.status, 202, "{}", second.body);
+    assert!(answered_after >= Duration::from_millis(1_400), "answered after {answered_after:?}");
+    assert!(answered_after < Duration::from_millis(2_300), "answered after {answered_after:?}");
+    let second_id = second.body["activationId"].as_str().unwrap().to_owned();
+    assert_eq!(second.activation_id.as_deref(), Some(second_id.as_str()));
+    // `third` waited for both runs: detached too, so 202 as well.
+    assert_eq!(third.status, 202, "{}", third.body);
+    let third_id = third.body["activationId"].as_str().unwrap().to_owned();
+
+    let second = client.wait_for_activation(&second_id, Duration::from_secs(15)).await.unwrap();
+    assert_eq!(second.status, 200, "{}", second.body);
+    assert_eq!(second.body["response"]["result"], json!({"slept": 1_300}));
+    let wait_time = annotation(&second.body, "waitTime").and_then(|wait| wait.as_u64()).unwrap();
+    assert!(wait_time >= 1_000, "its time in the client's queue counts: {}", second.body);
+    assert_eq!(annotation(&second.body, "initTime"), None, "the warm container, handed over");
+    let third = client.wait_for_activation(&third_id, Duration::from_secs(15)).await.unwrap();
+    assert_eq!(third.status, 200, "{}", third.body);
+    let end_of = |record: &serde_json::Value, field: &str| record[field].as_u64().unwrap();
+    assert!(
+        end_of(&third.body, "start") >= end_of(&second.body, "end"),
+        "the queued invoke kept its turn: second {} third {}",
+        second.body,
+        third.body
+    );
+    assert_eq!(starts().await, started_before, "no container was started for the queued invokes");
+}

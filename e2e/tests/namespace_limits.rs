@@ -40,7 +40,7 @@ async fn a_namespace_gets_its_invokes_per_minute_then_429() {
         for n in 0..5 {
             statuses.push(client.invoke("echo", &json!({"n": n}), true).await.unwrap());
         }
-        // A bodyless blocking invoke (relayed with an empty body inside Envoy) counts as well.
+        // A bodyless blocking invoke (run detached with an empty object as body) counts as well.
         let bodyless = "/api/v1/namespaces/_/actions/echo?blocking=true&result=true";
         statuses.push(client.call(reqwest::Method::POST, bodyless, None).await.unwrap());
         if minute() != first_minute && attempt == 0 {

@@ -102,6 +102,18 @@ pub fn blocking_invoke_path(namespace: &str, package: Option<&str>, name: &str) 
     path
 }
 
+/// How late past its wait a client's blocking invoke may be answered before it runs detached
+/// instead: a run on the client's own stream costs one hop less, and an answer this much late is
+/// no worse than the overheads of the path itself (a local cold start is well below it).
+pub const LATE_ANSWER_TOLERANCE_MS: u64 = 1_000;
+
+/// Whether a client's blocking invoke that is about to run on its own stream, `waited_ms` after it
+/// arrived, could answer later than `wait_ms` (plus the tolerance) with an action allowed to run
+/// `timeout_ms`: then it must run detached, so that its wait can end in 202 while the run goes on.
+pub fn could_answer_late(waited_ms: u64, timeout_ms: u64, wait_ms: u64) -> bool {
+    waited_ms.saturating_add(timeout_ms) > wait_ms.saturating_add(LATE_ANSWER_TOLERANCE_MS)
+}
+
 /// Percent-decodes one path segment; `None` when the escapes are not valid UTF-8.
 pub(crate) fn percent_decode(segment: &str) -> Option<String> {
     let bytes = segment.as_bytes();
@@ -129,6 +141,19 @@ pub(crate) fn percent_decode(segment: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_blocking_invoke_runs_detached_once_its_wait_and_limit_overrun_the_client_s_wait() {
+        let wait = 60_000;
+        // OpenWhisk's defaults: a 60 s limit fits a 60 s wait unless it queued past the tolerance.
+        assert!(!could_answer_late(0, 60_000, wait));
+        assert!(!could_answer_late(LATE_ANSWER_TOLERANCE_MS, 60_000, wait));
+        assert!(could_answer_late(LATE_ANSWER_TOLERANCE_MS + 1, 60_000, wait));
+        // A short action can queue most of the wait and still answer in time.
+        assert!(!could_answer_late(59_000, 2_000, wait));
+        assert!(could_answer_late(59_500, 2_000, wait));
+        assert!(could_answer_late(u64::MAX, 1, wait), "no overflow");
+    }
 
     fn invoke(path: &str) -> Invocation {
         match classify("POST", path) {

@@ -65,8 +65,10 @@ const RECORD_BATCH: usize = 500;
 const RECORD_RETRY_MS: u64 = 500;
 /// After a cold start failed while warm containers exist, how long before asking again.
 const FAILED_BACKOFF_MS: u64 = 500;
-/// Bound on the callouts that carry an activation: the longest action timeout plus room.
-const RUN_TIMEOUT_MS: u64 = 310_000;
+/// OpenWhisk's longest action time limit: what a run of an action not resolved yet may take.
+const MAX_ACTION_TIMEOUT_MS: u64 = 300_000;
+/// Room on top of the longest a run can take, before its callout gives up on it.
+const RUN_BOUND_SLACK_MS: u64 = 10_000;
 /// How much later than the action's time limit Envoy gives up on the container.
 const UPSTREAM_TIMEOUT_MARGIN_MS: u64 = 1_000;
 
@@ -130,11 +132,18 @@ impl Drop for OnBehalfOf {
 /// Work that outlives the request that produced it.
 enum Outgoing {
     Record(ActivationRecord),
-    /// A non-blocking invoke, run as an internal blocking one through this Envoy's ingress.
+    /// A non-blocking or detached invoke, run as an internal blocking one through this Envoy's
+    /// ingress.
     Run {
         path: String,
         authorization: String,
         activation_id: String,
+        /// When the client's request arrived (epoch ms), for the record's `waitTime`.
+        arrived: u64,
+        /// The container the client's stream claimed and hands over with the run.
+        claim: Option<Claim>,
+        /// How long the run may take in all ([`run_bound`]).
+        bound: Duration,
         body: Vec<u8>,
     },
     /// A container this worker will not use again: the control plane takes it out of xDS now and
@@ -185,7 +194,8 @@ struct State {
     sequence: Option<sequence::Run>,
     authorization: String,
     original_path: String,
-    /// A blocking invoke that came without a body (Envoy cannot give it one for `/run` later).
+    /// A blocking invoke that came without a body (Envoy cannot give it one for `/run` later, so it
+    /// runs detached, with `{}` as its body: decision 0004).
     bodyless: bool,
     /// A web action request, answered from its internal run's record.
     web: Option<WebRequest>,
@@ -205,6 +215,9 @@ struct State {
     parameters: serde_json::Map<String, serde_json::Value>,
     activation_id: String,
     claim: Option<Claim>,
+    /// On a detached run: the container its client's stream claimed and handed over, until this
+    /// stream forwards to it (or releases it, when it ends without running).
+    handed: Option<Claim>,
     /// Epoch milliseconds by which the activation must end.
     deadline_ms: u64,
     timing: Timing,
@@ -218,8 +231,6 @@ type SharedState = Rc<RefCell<State>>;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Callout {
     Resolve,
-    /// A bodyless blocking invoke re-sent through the ingress with an empty object as body.
-    Relay,
     /// A sequence's component, invoked blocking through the ingress.
     Component,
     /// A web request's run: an internal blocking invoke of the action through the ingress.
@@ -240,6 +251,10 @@ struct Internal {
     sequence_depth: u32,
     /// The run of a web request.
     web: bool,
+    /// When the client's request arrived, for a run sent on its behalf.
+    arrived: Option<u64>,
+    /// The container the client's stream claimed and handed over with the run.
+    claim: Option<Claim>,
 }
 
 /// A request parked until a container of its action is free.
@@ -340,8 +355,66 @@ impl Shared {
             };
             let Ok(mut state) = waiter.state.try_borrow_mut() else { continue };
             let _switch = OnBehalfOf::enter(state.context_id, current);
-            forward(self, &mut state, claim, true);
+            self.run_claimed(&waiter.state, &mut state, claim, true);
         }
+    }
+
+    /// Runs the request in the claimed container: on its own stream, unless it is a client's
+    /// blocking invoke that waited so long that its answer could come later than the client may
+    /// wait; that one runs detached and hands its claim to the run, so it neither queues again nor
+    /// loses its turn. Returns true when it runs on its own stream.
+    fn run_claimed(&self, handle: &SharedState, state: &mut State, claim: Claim, resume: bool) -> bool {
+        let Some(action) = state.action.clone() else { return false };
+        let blocking_client = state.internal_activation_id.is_none()
+            && state.invocation.as_ref().is_some_and(|invocation| invocation.blocking);
+        let waited_ms = now_ms().saturating_sub(state.timing.arrived);
+        if blocking_client
+            && route::could_answer_late(waited_ms, action.limits.timeout, self.config.max_blocking_wait_ms)
+        {
+            debug!(
+                "activation {} waited {waited_ms} ms; detached with container {claim}",
+                state.activation_id
+            );
+            self.detach(handle, state, &action, Some(claim));
+            return false;
+        }
+        forward(self, state, claim, resume);
+        true
+    }
+
+    /// Queues the request's run in the outbox: the worker's root context sends it through this
+    /// Envoy's ingress as an internal blocking invoke under the same activation id (a stream that
+    /// ends would take a run of its own with it), handing over `claim` if there is one.
+    fn send_run(&self, state: &mut State, action: &ResolvedAction, claim: Option<Claim>) {
+        let path = state.original_path.split('?').next().unwrap_or_default().to_owned() + "?blocking=true";
+        let mut body = std::mem::take(&mut state.body);
+        if body.is_empty() {
+            // `/run` needs a body, and the run's own stream gets one (decision 0004).
+            body = b"{}".to_vec();
+        }
+        self.outbox.borrow_mut().push_back(Outgoing::Run {
+            path,
+            authorization: state.authorization.clone(),
+            activation_id: state.activation_id.clone(),
+            arrived: state.timing.arrived,
+            claim,
+            bound: run_bound(&self.config, Some(action)),
+            body,
+        });
+    }
+
+    /// Detaches a client's blocking invoke: its run goes out (see [`Shared::send_run`]) and the
+    /// client waits here until the run answers (`Root::answer_detached`) or its wait ends, when it
+    /// gets 202 with the activation id (`Root::expire_detached`).
+    fn detach(&self, handle: &SharedState, state: &mut State, action: &ResolvedAction, claim: Option<Claim>) {
+        self.send_run(state, action, claim);
+        // The run counts in flight on its own stream from now on, not twice.
+        if let Some(namespace) = state.in_flight.take() {
+            limits::leave(&EnvoySharedData, &namespace);
+        }
+        let wait_ends = state.timing.arrived + self.config.max_blocking_wait_ms;
+        self.detached.borrow_mut().insert(state.activation_id.clone(), (handle.clone(), wait_ends));
+        state.phase = Phase::Detached;
     }
 
     /// Answers every waiter of `prefix` with `respond` (a cold start that cannot succeed for them).
@@ -404,7 +477,7 @@ fn post_internal(
 
 /// A blocking invoke through this Envoy's own ingress, carrying the internal token and the
 /// activation id it runs under (plus `extra` internal headers): how non-blocking and detached runs,
-/// bodyless relays, sequence components and web runs reach the same resolve, claim and cold start
+/// sequence components and web runs reach the same resolve, claim and cold start
 /// as any invoke. The callout belongs to the effective context (a request's, or the root's).
 fn invoke_internally(
     shared: &Shared,
@@ -413,6 +486,7 @@ fn invoke_internally(
     activation_id: &str,
     extra: &[(&str, &str)],
     body: &[u8],
+    bound: Duration,
 ) -> Result<u32, proxy_wasm::types::Status> {
     let mut request_headers = vec![
         (":method", "POST"),
@@ -424,13 +498,24 @@ fn invoke_internally(
         (headers::INTERNAL_ACTIVATION_ID, activation_id),
     ];
     request_headers.extend_from_slice(extra);
-    hostcalls::dispatch_http_call(
-        clusters::INGRESS,
-        request_headers,
-        Some(body),
-        vec![],
-        Duration::from_millis(RUN_TIMEOUT_MS + shared.config.cold_start_timeout_ms),
-    )
+    hostcalls::dispatch_http_call(clusters::INGRESS, request_headers, Some(body), vec![], bound)
+}
+
+/// The longest a run through the ingress can take: waiting in the queue for a container, a cold
+/// start, then the action's time limit (OpenWhisk's longest when the action is not known here, and
+/// per component for a sequence). Its callout must not give up sooner: ending it ends the run's
+/// stream, and the record with it.
+fn run_bound(config: &FilterConfig, action: Option<&ResolvedAction>) -> Duration {
+    let before_run = config.max_wait_ms + config.cold_start_timeout_ms + UPSTREAM_TIMEOUT_MARGIN_MS;
+    let per_run = |limit: u64| before_run + limit + RUN_BOUND_SLACK_MS;
+    let bound = match action {
+        Some(action) => match &action.components {
+            None => per_run(action.limits.timeout),
+            Some(components) => per_run(MAX_ACTION_TIMEOUT_MS).saturating_mul(components.len().max(1) as u64),
+        },
+        None => per_run(MAX_ACTION_TIMEOUT_MS),
+    };
+    Duration::from_millis(bound)
 }
 
 /// Answers `state`'s request locally (hostcalls act on the effective context).
@@ -727,14 +812,31 @@ impl Root {
                     }
                     self.pending_records.push_back(record);
                 }
-                Outgoing::Run { path, authorization, activation_id, body } => {
-                    let call = invoke_internally(shared, &path, &authorization, &activation_id, &[], &body);
+                Outgoing::Run { path, authorization, activation_id, arrived, claim, bound, body } => {
+                    let arrived = arrived.to_string();
+                    let handed = claim.as_ref().map(Claim::to_header);
+                    let mut extra = vec![(headers::INTERNAL_ARRIVED, arrived.as_str())];
+                    if let Some(handed) = &handed {
+                        extra.push((headers::INTERNAL_CLAIM, handed));
+                    }
+                    let call = invoke_internally(
+                        shared,
+                        &path,
+                        &authorization,
+                        &activation_id,
+                        &extra,
+                        &body,
+                        bound,
+                    );
                     match call {
                         Ok(token) => {
                             self.runs.insert(token, activation_id);
                         }
                         Err(status) => {
                             error!("could not start activation {activation_id}: {status:?}");
+                            if let Some(claim) = &claim {
+                                pool::release(&EnvoySharedData, claim, SlotState::Free);
+                            }
                             self.answer_detached(
                                 shared,
                                 &activation_id,
@@ -1107,6 +1209,7 @@ impl Request {
             parameters: serde_json::Map::new(),
             activation_id: String::new(),
             claim: None,
+            handed: None,
             deadline_ms: 0,
             timing: Timing { arrived: 0, forwarded: 0, end: 0, init_ms: None },
             response_status: 0,
@@ -1116,14 +1219,16 @@ impl Request {
     }
 
     /// Strips every internal header a client sent; returns what they say when the request carries
-    /// the right internal token and an activation id (a relayed non-blocking or bodyless invoke, or
-    /// a sequence's component).
+    /// the right internal token and an activation id (the run of a non-blocking or detached invoke,
+    /// a sequence's component, or a web request's run).
     fn take_internal_headers(&self) -> Option<Internal> {
         let token = self.get_http_request_header(headers::INTERNAL_TOKEN);
         let activation_id = self.get_http_request_header(headers::INTERNAL_ACTIVATION_ID);
         let cause = self.get_http_request_header(headers::INTERNAL_CAUSE);
         let depth = self.get_http_request_header(headers::SEQUENCE_DEPTH);
         let web = self.get_http_request_header(headers::INTERNAL_WEB).is_some();
+        let arrived = self.get_http_request_header(headers::INTERNAL_ARRIVED);
+        let claim = self.get_http_request_header(headers::INTERNAL_CLAIM);
         for (name, _) in self.get_http_request_headers() {
             if name.starts_with(headers::INTERNAL_PREFIX) {
                 self.set_http_request_header(&name, None);
@@ -1136,31 +1241,12 @@ impl Request {
                     cause: cause.filter(|cause| !cause.is_empty()),
                     sequence_depth: depth.and_then(|depth| depth.parse().ok()).unwrap_or(0),
                     web,
+                    arrived: arrived.and_then(|arrived| arrived.parse().ok()),
+                    claim: claim.as_deref().and_then(Claim::from_header),
                 })
             }
             _ => None,
         }
-    }
-
-    /// Re-sends a bodyless blocking invoke through this Envoy's ingress with `{}` as its body and
-    /// answers with whatever that internal invoke answers.
-    fn relay_with_empty_body(&self, state: &mut State) -> Action {
-        let call = invoke_internally(
-            &self.shared,
-            &state.original_path,
-            &state.authorization,
-            &state.activation_id,
-            &[],
-            b"{}",
-        );
-        match call {
-            Ok(token) => state.callout = Some((token, Callout::Relay)),
-            Err(status) => {
-                error!("relay call failed to start: {status:?}");
-                answer_error(state, 503, messages::INTERNAL_ERROR);
-            }
-        }
-        Action::Pause
     }
 
     /// Body complete: validate it and ask the management API who may run what.
@@ -1320,6 +1406,7 @@ impl Request {
             &state.activation_id,
             &extra,
             body.as_bytes(),
+            run_bound(&self.shared.config, None),
         );
         match call {
             Ok(token) => state.callout = Some((token, Callout::Web)),
@@ -1341,45 +1428,29 @@ impl Request {
         // An action allowed to run longer than a client may wait runs detached, so that a run past
         // the wait can be answered 202 while it goes on (a stream that ends takes its run with it).
         // A sequence's length is unknown until it runs, so every blocking sequence runs detached.
+        // A bodyless invoke cannot be given a body on its own stream (decision 0004).
         let detached = from_client
             && blocking
-            && (!runs_in_container || action.limits.timeout > self.shared.config.max_blocking_wait_ms);
-        let relayed = from_client && state.bodyless && runs_in_container && !detached;
+            && (!runs_in_container
+                || action.limits.timeout > self.shared.config.max_blocking_wait_ms
+                || state.bodyless);
         if let Err(refused) = envelope::check_final(&action, &state.parameters) {
             answer_error(state, 400, &refused.0);
             return Action::Pause;
         }
         // A run this stream hands to another (internal) stream counts in flight there, not twice.
-        if let Err(refusal) = admit(state, &action, blocking && !detached && !relayed) {
+        if let Err(refusal) = admit(state, &action, blocking && !detached) {
             answer_error(state, 429, &refusal.message());
             return Action::Pause;
         }
-        if relayed {
-            return self.relay_with_empty_body(state);
+        if from_client && !blocking {
+            // Answered 202 now; the run goes through this Envoy's ingress.
+            self.shared.send_run(state, &action, None);
+            answer_accepted(state);
+            return Action::Pause;
         }
-        if from_client && (!blocking || detached) {
-            // Answered without running here: the run goes through this Envoy's ingress as an
-            // internal blocking invoke, started by the worker's root context. A non-blocking
-            // invoke is answered 202 now; a detached one waits for the record.
-            let path =
-                state.original_path.split('?').next().unwrap_or_default().to_owned() + "?blocking=true";
-            self.shared.outbox.borrow_mut().push_back(Outgoing::Run {
-                path,
-                authorization: state.authorization.clone(),
-                activation_id: state.activation_id.clone(),
-                body: std::mem::take(&mut state.body),
-            });
-            if detached {
-                // Answered by the worker's root context (see `Root::on_run_answered`).
-                let wait_ends = state.timing.arrived + self.shared.config.max_blocking_wait_ms;
-                self.shared
-                    .detached
-                    .borrow_mut()
-                    .insert(state.activation_id.clone(), (self.state.clone(), wait_ends));
-                state.phase = Phase::Detached;
-            } else {
-                answer_accepted(state);
-            }
+        if detached {
+            self.shared.detach(&self.state, state, &action, None);
             return Action::Pause;
         }
         if action.components.is_some() {
@@ -1388,10 +1459,18 @@ impl Request {
         }
         state.prefix = pool::action_prefix(&action.namespace, &action.action_path(), &action.revision);
         state.action = Some(action);
-        match pool::claim(&EnvoySharedData, &state.prefix) {
+        let handed = state.handed.take().and_then(|claim| {
+            if claim.belongs_to(&state.prefix) {
+                return Some(claim);
+            }
+            // The action changed since the client's stream claimed it: that container runs the old code.
+            pool::release(&EnvoySharedData, &claim, SlotState::Free);
+            None
+        });
+        match handed.or_else(|| pool::claim(&EnvoySharedData, &state.prefix)) {
             Some(claim) => {
-                forward(&self.shared, state, claim, in_callout);
-                if in_callout { Action::Pause } else { Action::Continue }
+                let on_this_stream = self.shared.run_claimed(&self.state, state, claim, in_callout);
+                if on_this_stream && !in_callout { Action::Continue } else { Action::Pause }
             }
             None => {
                 Counters::bump(self.shared.counters.waits);
@@ -1431,8 +1510,15 @@ impl Request {
             let depth = state.sequence_depth.saturating_add(1).to_string();
             let extra =
                 [(headers::INTERNAL_CAUSE, state.activation_id.as_str()), (headers::SEQUENCE_DEPTH, &depth)];
-            let call =
-                invoke_internally(&self.shared, &path, &state.authorization, &component_id, &extra, &body);
+            let call = invoke_internally(
+                &self.shared,
+                &path,
+                &state.authorization,
+                &component_id,
+                &extra,
+                &body,
+                run_bound(&self.shared.config, None),
+            );
             match call {
                 Ok(token) => {
                     state.callout = Some((token, Callout::Component));
@@ -1574,13 +1660,6 @@ impl Context for Request {
             }
             return;
         }
-        if kind == Callout::Relay {
-            let status = if status == 0 { 503 } else { u32::from(status) };
-            let activation_id =
-                self.get_http_call_response_header(headers::ACTIVATION_ID).unwrap_or_default();
-            answer(&mut state, status, vec![(headers::ACTIVATION_ID, &activation_id)], &body);
-            return;
-        }
         let generation = self.get_http_call_response_header(headers::GENERATION);
         self.on_resolved(&mut state, status, body, generation);
     }
@@ -1622,6 +1701,11 @@ impl HttpContext for Request {
             Route::Invoke(invocation) => {
                 state.timing.arrived = now_ms();
                 if let Some(internal) = internal {
+                    if let Some(arrived) = internal.arrived {
+                        state.timing.arrived = arrived.min(state.timing.arrived);
+                    }
+                    // Taken only while still held: the client's stream gave it up when it sent the run.
+                    state.handed = internal.claim.filter(|claim| pool::is_held(&EnvoySharedData, claim));
                     state.activation_id = internal.activation_id.clone();
                     state.internal_activation_id = Some(internal.activation_id);
                     state.cause = internal.cause;
@@ -1641,7 +1725,7 @@ impl HttpContext for Request {
                     return Action::Pause;
                 }
                 // Envoy cannot give a bodyless request a body later, and /run needs one: unless it
-                // is answered without a container, it is relayed once resolved and admitted.
+                // is answered without a container, it runs detached once resolved and admitted.
                 state.bodyless = blocking && state.internal_activation_id.is_none();
                 self.start_resolve(&mut state)
             }
@@ -1730,6 +1814,10 @@ impl HttpContext for Request {
         state.phase = Phase::Ended;
         if let Some(namespace) = state.in_flight.take() {
             limits::leave(&EnvoySharedData, &namespace);
+        }
+        // A handed-over container this run never reached is as its client's stream left it: idle.
+        if let Some(claim) = state.handed.take() {
+            pool::release(&EnvoySharedData, &claim, SlotState::Free);
         }
         // The stream ended before the container answered (client gone, reset): the container may
         // still be running the activation, so it is retired, never handed out again.
