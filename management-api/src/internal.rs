@@ -47,6 +47,10 @@ pub struct ResolveQuery {
     /// Resolve for a web request (`/api/v1/web/...`): see [`resolve_web`].
     #[serde(default)]
     web: bool,
+    /// Resolve as this namespace, without a key: a component of a web sequence runs as the
+    /// sequence's owner, as in OpenWhisk (a web request has no key of its own). Only the data
+    /// plane, holding the internal token, can ask this.
+    subject: Option<String>,
 }
 
 /// `GET /internal/v1/resolve`: the hot path of every invoke. Authenticates the forwarded key
@@ -67,7 +71,10 @@ pub async fn resolve(
         let resolved = resolve_web(&state, &request_headers, namespace, &action).await?;
         return Ok(([(whisk_contract::headers::GENERATION, generation)], Json(resolved)));
     }
-    let subject = Subject { namespace: state.authenticate(authorization).await? };
+    let subject = match query.subject {
+        Some(owner) => Subject { namespace: owner },
+        None => Subject { namespace: state.authenticate(authorization).await? },
+    };
     let namespace = authorize(&subject, &namespace)?;
     let action = ActionName::parse(&action)?;
     let action = state.db(move |store| locate_action(store, &namespace, &action, false)).await?;

@@ -20,6 +20,7 @@ on_every_backend!(
     sequences_are_capped_at_fifty_atomic_actions,
     malformed_sequences_are_refused,
     an_update_replaces_or_keeps_the_components,
+    a_web_sequence_s_components_resolve_as_its_owner_without_a_key,
 );
 
 async fn put(h: &Harness, key: &Key, uri: &str, body: Value) -> (StatusCode, Value) {
@@ -278,4 +279,25 @@ async fn an_update_replaces_or_keeps_the_components(backend: Backend) {
     assert!(replaced["exec"].get("components").is_none(), "{replaced}");
     assert_eq!(resolved(&h, "s").await.components, None);
     assert_eq!(replaced["annotations"], json!([{"key": "exec", "value": "nodejs:20"}]));
+}
+
+/// The filter resolves a web sequence's components as the sequence's owner (a web request has no
+/// key): with the internal token only, and only within what that owner may read.
+async fn a_web_sequence_s_components_resolve_as_its_owner_without_a_key(backend: Backend) {
+    let h = harness(&backend);
+    create(&h, "a").await;
+    let as_owner = |namespace: &str, subject: &str| {
+        format!("/internal/v1/resolve?namespace={namespace}&action=a&subject={subject}")
+    };
+    let (status, body) =
+        send(&h.router, internal(Method::GET, &as_owner("guest", "guest"), None, None)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let resolved: ResolvedAction = serde_json::from_value(body).unwrap();
+    assert_eq!((resolved.namespace.as_str(), resolved.subject.as_str()), ("guest", "guest"));
+    // Another owner's action stays out of reach, as with that owner's key.
+    let (status, _) = send(&h.router, internal(Method::GET, &as_owner("guest", "alice"), None, None)).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    // Without the internal token there is no resolve at all.
+    let (status, _) = send(&h.router, request(Method::GET, &as_owner("guest", "guest"), None, None)).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
 }
