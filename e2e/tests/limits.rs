@@ -148,6 +148,49 @@ async fn a_blocking_invoke_past_the_wait_turns_into_202_and_its_record_appears()
     );
     let short = client.invoke("short", &json!({"ms": 10}), true).await.unwrap();
     assert_eq!((short.status, short.body), (200, json!({"slept": 10})));
+
+    // Web actions, a sequence among them: the response within the wait, 202 with the id past it
+    // (as OpenWhisk answers a web action that outlives the blocking wait), the record later.
+    let exported = json!([{"key": "web-export", "value": true}]);
+    let web_long = json!({"exec": {"kind": "nodejs:20", "code": SLEEPY_JS}, "limits": {"timeout": 10_000},
+        "annotations": exported});
+    assert_eq!(
+        client.put("/api/v1/namespaces/_/actions/webnap?overwrite=true", &web_long).await.unwrap().status,
+        200
+    );
+    let web_naps = json!({"exec": {"kind": "sequence", "components": ["/guest/nap", "/guest/nap"]},
+        "annotations": exported});
+    assert_eq!(
+        client.put("/api/v1/namespaces/_/actions/webnaps?overwrite=true", &web_naps).await.unwrap().status,
+        200
+    );
+    let web = |path: &str| format!("{}/api/v1/web/guest/default/{path}", platform.api_host());
+    let anonymous = reqwest::Client::new();
+    let quick = anonymous.get(web("webnap.json?ms=20")).send().await.unwrap();
+    assert_eq!(quick.status(), 200);
+    assert_eq!(
+        quick.json::<serde_json::Value>().await.unwrap(),
+        json!({"slept": "20"}),
+        "query parameters are strings"
+    );
+    let quick = anonymous.get(web("webnaps.json?ms=20")).send().await.unwrap();
+    assert_eq!(quick.status(), 200, "{:?}", quick.text().await);
+    assert_eq!(quick.json::<serde_json::Value>().await.unwrap(), json!({"ms": "20"}));
+    for (path, result) in
+        [("webnap.json?ms=3000", json!({"slept": "3000"})), ("webnaps.json?ms=1000", json!({"ms": "1000"}))]
+    {
+        let started = Instant::now();
+        let past = anonymous.get(web(path)).send().await.unwrap();
+        let answered_after = started.elapsed();
+        assert_eq!(past.status(), 202, "{path}");
+        assert_eq!(past.headers()["access-control-allow-origin"], "*", "a web answer, with CORS");
+        assert!(answered_after >= Duration::from_millis(1_400), "{path}: answered after {answered_after:?}");
+        assert!(answered_after < Duration::from_millis(1_900), "{path}: answered after {answered_after:?}");
+        let id = past.json::<serde_json::Value>().await.unwrap()["activationId"].as_str().unwrap().to_owned();
+        let record = client.wait_for_activation(&id, Duration::from_secs(15)).await.unwrap();
+        assert_eq!(record.status, 200, "{}", record.body);
+        assert_eq!(record.body["response"]["result"], result, "{path}");
+    }
 }
 
 /// A blocking invoke whose limit fits the wait, but that queued behind another run: once its time in
@@ -158,6 +201,9 @@ async fn a_blocking_invoke_past_the_wait_turns_into_202_and_its_record_appears()
 async fn a_blocking_invoke_that_queued_past_its_wait_turns_into_202_and_keeps_its_turn() {
     let dir = tempfile::tempdir().unwrap();
     let mut options = Options::for_test(dir.path(), "envoy-queued-wait").unwrap();
+    // Turns are FIFO per worker (across workers, whoever looks first after a release wins): one
+    // worker makes the order of the three invokes something to assert.
+    options.envoy_concurrency = 1;
     options.xds_args =
         ["--blocking-wait-ms", "1500", "--max-containers-per-action", "1"].map(String::from).to_vec();
     let platform = Platform::start(options, Artifacts::from_workspace().unwrap()).unwrap();

@@ -17,11 +17,28 @@ use crate::pool::SharedData;
 /// Where each worker's root context publishes the current entity generation.
 pub const GENERATION_KEY: &str = "whisk/generation";
 
+/// On whose behalf an action was resolved: each is a cache entry of its own.
+#[derive(Debug, Clone, Copy)]
+pub enum Resolver<'a> {
+    /// An invoke with this `authorization` header.
+    Key(&'a str),
+    /// A web request, with the key and the `require-whisk-auth` secret it came with (if any).
+    Web { authorization: &'a str, secret: &'a str },
+    /// A web sequence's component, run as its owner's namespace without a key.
+    Owner(&'a str),
+}
+
 /// The cache key: a digest, so that no key material sits in shared data in the clear and keys of
-/// different users never share an entry.
-pub fn key(authorization: &str, namespace: &str, action_path: &str) -> String {
+/// different users never share an entry. The kind of resolver is a part of its own: no header a
+/// client sends can be mistaken for a web resolution or an owner's.
+pub fn key(resolver: Resolver<'_>, namespace: &str, action_path: &str) -> String {
+    let parts: [&str; 5] = match resolver {
+        Resolver::Key(authorization) => ["key", authorization, "", namespace, action_path],
+        Resolver::Web { authorization, secret } => ["web", authorization, secret, namespace, action_path],
+        Resolver::Owner(owner) => ["owner", owner, "", namespace, action_path],
+    };
     let mut digest = Sha256::new();
-    for part in [authorization, namespace, action_path] {
+    for part in parts {
         digest.update(part.as_bytes());
         // A separator that cannot occur in a header value keeps ("ab","c") apart from ("a","bc").
         digest.update([0u8]);
@@ -70,7 +87,7 @@ mod tests {
     #[test]
     fn entries_live_exactly_as_long_as_their_generation_and_age_allow() {
         let store = MemoryData::default();
-        let key = key("Basic abc", "_", "hello");
+        let key = key(Resolver::Key("Basic abc"), "_", "hello");
         remember(&store, &key, "g1", 1_000, &action());
         assert_eq!(lookup(&store, &key, 1_000, 30_000), None, "no generation known yet: no cache");
         store.set(GENERATION_KEY, b"g1", None).unwrap();
@@ -82,10 +99,17 @@ mod tests {
 
     #[test]
     fn keys_separate_users_and_actions() {
-        assert_ne!(key("Basic a", "_", "x"), key("Basic b", "_", "x"));
-        assert_ne!(key("ab", "c", "x"), key("a", "bc", "x"));
-        assert_eq!(key("Basic a", "_", "x"), key("Basic a", "_", "x"));
-        assert!(!key("Basic secret", "_", "x").contains("secret"));
+        let by_key = |authorization| key(Resolver::Key(authorization), "_", "x");
+        assert_ne!(by_key("Basic a"), by_key("Basic b"));
+        assert_ne!(key(Resolver::Key("ab"), "c", "x"), key(Resolver::Key("a"), "bc", "x"));
+        assert_eq!(by_key("Basic a"), by_key("Basic a"));
+        assert!(!by_key("Basic secret").contains("secret"));
+        // A client's header cannot pass for another kind of resolver.
+        assert_ne!(by_key("guest"), key(Resolver::Owner("guest"), "_", "x"));
+        assert_ne!(by_key("owner"), key(Resolver::Owner(""), "_", "x"));
+        let web = key(Resolver::Web { authorization: "Basic a", secret: "s" }, "_", "x");
+        assert_ne!(web, by_key("Basic a"));
+        assert_ne!(web, key(Resolver::Web { authorization: "Basic as", secret: "" }, "_", "x"));
     }
 
     #[test]

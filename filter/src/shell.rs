@@ -7,7 +7,7 @@
 //!  root tick (1 ms while anyone waits)
 //!                  ─► serve waiters from free containers (any worker may have freed one)
 //!                  ─► ask the control plane for containers when waiters outnumber starts
-//!                  ─► flush the outbox: records to the management API, non-blocking runs
+//!                  ─► flush the outbox: records to the management API, retirements, runs
 //!                  ─► every usage period: report this worker's containers to the collector,
 //!                     apply its marks, unmarks and sweeps (CAS on the slots)
 //!  forward         ─► stamp the container, rewrite the body into /run, resume
@@ -40,7 +40,7 @@ use whisk_contract::{
 };
 
 use crate::activation::{self, Timing};
-use crate::cache;
+use crate::cache::{self, Resolver};
 use crate::envelope::{self, RunContext};
 use crate::limits;
 use crate::pool::{self, CasMismatch, Claim, SharedData, SlotState};
@@ -132,20 +132,8 @@ impl Drop for OnBehalfOf {
 /// Work that outlives the request that produced it.
 enum Outgoing {
     Record(ActivationRecord),
-    /// A non-blocking or detached invoke, run as an internal blocking one through this Envoy's
-    /// ingress.
-    Run {
-        path: String,
-        authorization: String,
-        activation_id: String,
-        /// When the client's request arrived (epoch ms), for the record's `waitTime`.
-        arrived: u64,
-        /// The container the client's stream claimed and hands over with the run.
-        claim: Option<Claim>,
-        /// How long the run may take in all ([`run_bound`]).
-        bound: Duration,
-        body: Vec<u8>,
-    },
+    /// A run that could not be started from the callback that asked for it ([`Shared::launch`]).
+    Run(Run),
     /// A container this worker will not use again: the control plane takes it out of xDS now and
     /// stops it after the grace (an activation may still be running in it).
     Retire {
@@ -168,8 +156,8 @@ enum Phase {
     Forwarded,
     /// Running a sequence: one component's internal invoke in flight at a time.
     Sequencing,
-    /// A blocking invoke whose run went out through the worker's root context (it may outlast the
-    /// client's wait): answered by the root with the run's answer, or 202 once the wait is over.
+    /// A blocking invoke or web request whose run went out as a callout of the worker's root context
+    /// (it may outlast the client's wait): answered with the run's answer, or 202 once the wait is over.
     Detached,
     /// Answered locally (error, 202, relay, sequence).
     Answered,
@@ -204,6 +192,8 @@ struct State {
     web_resolve: bool,
     /// The `x-require-whisk-auth` secret a web request came with.
     web_secret: Option<String>,
+    /// The namespace a web sequence's component runs as, without a key (the sequence's owner).
+    run_as: Option<String>,
     body: Vec<u8>,
     /// This request's key in the resolve cache.
     cache_key: String,
@@ -233,8 +223,6 @@ enum Callout {
     Resolve,
     /// A sequence's component, invoked blocking through the ingress.
     Component,
-    /// A web request's run: an internal blocking invoke of the action through the ingress.
-    Web,
 }
 
 /// A web action request in flight.
@@ -253,6 +241,8 @@ struct Internal {
     web: bool,
     /// When the client's request arrived, for a run sent on its behalf.
     arrived: Option<u64>,
+    /// The namespace a web sequence's component runs as.
+    run_as: Option<String>,
     /// The container the client's stream claimed and handed over with the run.
     claim: Option<Claim>,
 }
@@ -299,6 +289,29 @@ impl Counters {
     }
 }
 
+/// A non-blocking, detached or web invoke's run: an internal blocking invoke through this Envoy's
+/// ingress, a callout of the worker's root context so that it outlives the client's stream.
+struct Run {
+    path: String,
+    authorization: String,
+    activation_id: String,
+    /// When the client's request arrived (epoch ms), for the record's `waitTime`.
+    arrived: u64,
+    /// The container the client's stream claimed and hands over with the run.
+    claim: Option<Claim>,
+    /// Set on a web request's run.
+    web: Option<WebRun>,
+    /// How long the run may take in all ([`run_bound`]).
+    bound: Duration,
+    body: Vec<u8>,
+}
+
+/// What the run of a web request carries beyond an invoke's.
+struct WebRun {
+    /// The `x-require-whisk-auth` secret the web request came with.
+    secret: Option<String>,
+}
+
 /// The per-worker plan and queues shared by the root context and its HTTP contexts.
 struct Shared {
     config: FilterConfig,
@@ -313,6 +326,10 @@ struct Shared {
     fast_tick: Cell<bool>,
     /// Detached blocking invokes by activation id, with the epoch milliseconds their wait ends.
     detached: RefCell<HashMap<String, (SharedState, u64)>>,
+    /// The worker's root context: runs are its callouts.
+    root_context_id: u32,
+    /// Runs in flight (non-blocking, detached and web invokes): callout token → activation id.
+    runs: RefCell<HashMap<u32, String>>,
 }
 
 impl Shared {
@@ -355,15 +372,23 @@ impl Shared {
             };
             let Ok(mut state) = waiter.state.try_borrow_mut() else { continue };
             let _switch = OnBehalfOf::enter(state.context_id, current);
-            self.run_claimed(&waiter.state, &mut state, claim, true);
+            self.run_claimed(&waiter.state, &mut state, claim, true, current);
         }
     }
 
     /// Runs the request in the claimed container: on its own stream, unless it is a client's
     /// blocking invoke that waited so long that its answer could come later than the client may
     /// wait; that one runs detached and hands its claim to the run, so it neither queues again nor
-    /// loses its turn. Returns true when it runs on its own stream.
-    fn run_claimed(&self, handle: &SharedState, state: &mut State, claim: Claim, resume: bool) -> bool {
+    /// loses its turn. `current` is the context whose callback this runs in. Returns true when it
+    /// runs on its own stream.
+    fn run_claimed(
+        &self,
+        handle: &SharedState,
+        state: &mut State,
+        claim: Claim,
+        resume: bool,
+        current: u32,
+    ) -> bool {
         let Some(action) = state.action.clone() else { return false };
         let blocking_client = state.internal_activation_id.is_none()
             && state.invocation.as_ref().is_some_and(|invocation| invocation.blocking);
@@ -375,39 +400,111 @@ impl Shared {
                 "activation {} waited {waited_ms} ms; detached with container {claim}",
                 state.activation_id
             );
-            self.detach(handle, state, &action, Some(claim));
+            self.detach(handle, state, &action, Some(claim), current);
             return false;
         }
         forward(self, state, claim, resume);
         true
     }
 
-    /// Queues the request's run in the outbox: the worker's root context sends it through this
-    /// Envoy's ingress as an internal blocking invoke under the same activation id (a stream that
-    /// ends would take a run of its own with it), handing over `claim` if there is one.
-    fn send_run(&self, state: &mut State, action: &ResolvedAction, claim: Option<Claim>) {
-        let path = state.original_path.split('?').next().unwrap_or_default().to_owned() + "?blocking=true";
+    /// Starts the request's run (see [`Shared::launch`]): an internal blocking invoke through this
+    /// Envoy's ingress under the same activation id, handing over `claim` if there is one. False
+    /// when it could not start (the claim is released).
+    fn start_run(
+        &self,
+        state: &mut State,
+        action: &ResolvedAction,
+        claim: Option<Claim>,
+        current: u32,
+    ) -> bool {
         let mut body = std::mem::take(&mut state.body);
         if body.is_empty() {
             // `/run` needs a body, and the run's own stream gets one (decision 0004).
             body = b"{}".to_vec();
         }
-        self.outbox.borrow_mut().push_back(Outgoing::Run {
-            path,
+        let run = Run {
+            path: state.original_path.split('?').next().unwrap_or_default().to_owned() + "?blocking=true",
             authorization: state.authorization.clone(),
             activation_id: state.activation_id.clone(),
             arrived: state.timing.arrived,
             claim,
+            web: None,
             bound: run_bound(&self.config, Some(action)),
             body,
-        });
+        };
+        self.launch(run, state.context_id, current)
     }
 
-    /// Detaches a client's blocking invoke: its run goes out (see [`Shared::send_run`]) and the
-    /// client waits here until the run answers (`Root::answer_detached`) or its wait ends, when it
-    /// gets 202 with the activation id (`Root::expire_detached`).
-    fn detach(&self, handle: &SharedState, state: &mut State, action: &ResolvedAction, claim: Option<Claim>) {
-        self.send_run(state, action, claim);
+    /// Starts `run` as a callout that outlives the client's stream (Envoy makes every callout on the
+    /// worker's root context). The SDK hands the answer to the context whose callback dispatched
+    /// it, so it is dispatched at once only from the root's callback or the client's own (both are
+    /// there for the answer, or the client is gone and the answer has nobody to go to); from
+    /// another request's callback, which may be over before the run, it waits for the root's next
+    /// tick. False when it could not start.
+    fn launch(&self, run: Run, client: u32, current: u32) -> bool {
+        if current != self.root_context_id && current != client {
+            self.outbox.borrow_mut().push_back(Outgoing::Run(run));
+            return true;
+        }
+        self.dispatch(run)
+    }
+
+    fn dispatch(&self, run: Run) -> bool {
+        let arrived = run.arrived.to_string();
+        let handed = run.claim.as_ref().map(Claim::to_header);
+        let mut extra = vec![(headers::INTERNAL_ARRIVED, arrived.as_str())];
+        if let Some(handed) = &handed {
+            extra.push((headers::INTERNAL_CLAIM, handed));
+        }
+        if let Some(web) = &run.web {
+            extra.push((headers::INTERNAL_WEB, "1"));
+            if let Some(secret) = &web.secret {
+                extra.push((headers::REQUIRE_WHISK_AUTH, secret));
+            }
+        }
+        let call = invoke_internally(
+            self,
+            &run.path,
+            &run.authorization,
+            &run.activation_id,
+            &extra,
+            &run.body,
+            run.bound,
+        );
+        match call {
+            Ok(token) => {
+                self.runs.borrow_mut().insert(token, run.activation_id);
+                true
+            }
+            Err(status) => {
+                error!("could not start activation {}: {status:?}", run.activation_id);
+                if let Some(claim) = &run.claim {
+                    pool::release(&EnvoySharedData, claim, SlotState::Free);
+                }
+                false
+            }
+        }
+    }
+
+    /// Detaches a client's blocking invoke: its run starts (see [`Shared::start_run`]) and the
+    /// client waits here until the run answers ([`Shared::answer_detached`]) or its wait ends, when
+    /// it gets 202 with the activation id (`Root::expire_detached`).
+    fn detach(
+        &self,
+        handle: &SharedState,
+        state: &mut State,
+        action: &ResolvedAction,
+        claim: Option<Claim>,
+        current: u32,
+    ) {
+        if !self.start_run(state, action, claim, current) {
+            answer_error(state, 503, messages::INTERNAL_ERROR);
+            return;
+        }
+        self.wait_detached(handle, state);
+    }
+
+    fn wait_detached(&self, handle: &SharedState, state: &mut State) {
         // The run counts in flight on its own stream from now on, not twice.
         if let Some(namespace) = state.in_flight.take() {
             limits::leave(&EnvoySharedData, &namespace);
@@ -415,6 +512,34 @@ impl Shared {
         let wait_ends = state.timing.arrived + self.config.max_blocking_wait_ms;
         self.detached.borrow_mut().insert(state.activation_id.clone(), (handle.clone(), wait_ends));
         state.phase = Phase::Detached;
+    }
+
+    /// The answer of a detached invoke's run: to its client, if it still waits on this worker. A
+    /// blocking invoke gets the record (or the result); a web request, the response made of it.
+    fn answer_detached(&self, activation_id: &str, status: u16, body: &[u8], current: u32) {
+        let Some((waiting, _)) = self.detached.borrow_mut().remove(activation_id) else { return };
+        let Ok(mut state) = waiting.try_borrow_mut() else { return };
+        if state.phase != Phase::Detached {
+            return;
+        }
+        let _switch = OnBehalfOf::enter(state.context_id, current);
+        if let Some(request) = &state.web {
+            let reply = web::respond(&request.target, request.export, status, body);
+            answer_web(&mut state, &reply);
+            return;
+        }
+        let result_only = state.invocation.as_ref().is_some_and(|i| i.result_only);
+        match serde_json::from_slice::<ActivationRecord>(body) {
+            Ok(record) => {
+                let (status, reply) = activation::reply(&record, result_only);
+                answer(&mut state, u32::from(status), vec![(headers::ACTIVATION_ID, activation_id)], &reply);
+            }
+            // Refused or failed before it ran (throttled, gone, no capacity): already an error.
+            Err(_) => {
+                let status = if status == 0 { 503 } else { u32::from(status) };
+                answer(&mut state, status, vec![(headers::ACTIVATION_ID, activation_id)], body);
+            }
+        }
     }
 
     /// Answers every waiter of `prefix` with `respond` (a cold start that cannot succeed for them).
@@ -641,8 +766,6 @@ struct Root {
     records_in_flight: Option<(u32, Vec<ActivationRecord>)>,
     /// No record batch before this time (the last one failed).
     records_not_before: u64,
-    /// Internal runs in flight (non-blocking and detached invokes): token → activation id.
-    runs: HashMap<u32, String>,
 }
 
 impl Root {
@@ -659,7 +782,6 @@ impl Root {
             pending_records: VecDeque::new(),
             records_in_flight: None,
             records_not_before: 0,
-            runs: HashMap::new(),
         }
     }
 
@@ -812,38 +934,11 @@ impl Root {
                     }
                     self.pending_records.push_back(record);
                 }
-                Outgoing::Run { path, authorization, activation_id, arrived, claim, bound, body } => {
-                    let arrived = arrived.to_string();
-                    let handed = claim.as_ref().map(Claim::to_header);
-                    let mut extra = vec![(headers::INTERNAL_ARRIVED, arrived.as_str())];
-                    if let Some(handed) = &handed {
-                        extra.push((headers::INTERNAL_CLAIM, handed));
-                    }
-                    let call = invoke_internally(
-                        shared,
-                        &path,
-                        &authorization,
-                        &activation_id,
-                        &extra,
-                        &body,
-                        bound,
-                    );
-                    match call {
-                        Ok(token) => {
-                            self.runs.insert(token, activation_id);
-                        }
-                        Err(status) => {
-                            error!("could not start activation {activation_id}: {status:?}");
-                            if let Some(claim) = &claim {
-                                pool::release(&EnvoySharedData, claim, SlotState::Free);
-                            }
-                            self.answer_detached(
-                                shared,
-                                &activation_id,
-                                503,
-                                &error_body(messages::INTERNAL_ERROR),
-                            );
-                        }
+                Outgoing::Run(run) => {
+                    let activation_id = run.activation_id.clone();
+                    if !shared.dispatch(run) {
+                        let body = error_body(messages::INTERNAL_ERROR);
+                        shared.answer_detached(&activation_id, 503, &body, self.context_id);
                     }
                 }
                 Outgoing::Retire { container_id, grace_ms, swept } => {
@@ -907,29 +1002,6 @@ impl Root {
         self.records_not_before = now_ms() + RECORD_RETRY_MS;
     }
 
-    /// The answer of a detached invoke's run: to its client, as a blocking invoke's (the record, or
-    /// the result), if the client still waits on this worker.
-    fn answer_detached(&self, shared: &Shared, activation_id: &str, status: u16, body: &[u8]) {
-        let Some((waiting, _)) = shared.detached.borrow_mut().remove(activation_id) else { return };
-        let Ok(mut state) = waiting.try_borrow_mut() else { return };
-        if state.phase != Phase::Detached {
-            return;
-        }
-        let _switch = OnBehalfOf::enter(state.context_id, self.context_id);
-        let result_only = state.invocation.as_ref().is_some_and(|i| i.result_only);
-        match serde_json::from_slice::<ActivationRecord>(body) {
-            Ok(record) => {
-                let (status, reply) = activation::reply(&record, result_only);
-                answer(&mut state, u32::from(status), vec![(headers::ACTIVATION_ID, activation_id)], &reply);
-            }
-            // Refused or failed before it ran (throttled, gone, no capacity): already an error.
-            Err(_) => {
-                let status = if status == 0 { 503 } else { u32::from(status) };
-                answer(&mut state, status, vec![(headers::ACTIVATION_ID, activation_id)], body);
-            }
-        }
-    }
-
     /// Detached invokes whose wait is over get 202 with their id; their runs go on.
     fn expire_detached(&self, shared: &Shared) {
         let now = now_ms();
@@ -947,7 +1019,13 @@ impl Root {
             let Ok(mut state) = waiting.try_borrow_mut() else { continue };
             if state.phase == Phase::Detached {
                 let _switch = OnBehalfOf::enter(state.context_id, self.context_id);
-                answer_accepted(&mut state);
+                match &state.web {
+                    Some(request) => {
+                        let reply = web::accepted(request.export, &state.activation_id);
+                        answer_web(&mut state, &reply);
+                    }
+                    None => answer_accepted(&mut state),
+                }
             }
         }
     }
@@ -1115,10 +1193,11 @@ impl Context for Root {
             }
             return;
         }
-        if let Some(activation_id) = self.runs.remove(&token) {
+        let run = self.shared.as_ref().and_then(|shared| shared.runs.borrow_mut().remove(&token));
+        if let Some(activation_id) = run {
             let body = self.get_http_call_response_body(0, body_size).unwrap_or_default();
             if let Some(shared) = self.shared.clone() {
-                self.answer_detached(&shared, &activation_id, status, &body);
+                shared.answer_detached(&activation_id, status, &body, self.context_id);
             }
             if !(200..300).contains(&status) && status != 502 {
                 warn!("internal run {activation_id} answered {status}");
@@ -1154,6 +1233,8 @@ impl RootContext for Root {
             refused_until: RefCell::new(HashMap::new()),
             fast_tick: Cell::new(false),
             detached: RefCell::new(HashMap::new()),
+            root_context_id: self.context_id,
+            runs: RefCell::new(HashMap::new()),
         }));
         true
     }
@@ -1200,6 +1281,7 @@ impl Request {
             web: None,
             web_resolve: false,
             web_secret: None,
+            run_as: None,
             body: Vec::new(),
             cache_key: String::new(),
             entity_write: false,
@@ -1229,6 +1311,7 @@ impl Request {
         let web = self.get_http_request_header(headers::INTERNAL_WEB).is_some();
         let arrived = self.get_http_request_header(headers::INTERNAL_ARRIVED);
         let claim = self.get_http_request_header(headers::INTERNAL_CLAIM);
+        let run_as = self.get_http_request_header(headers::INTERNAL_SUBJECT);
         for (name, _) in self.get_http_request_headers() {
             if name.starts_with(headers::INTERNAL_PREFIX) {
                 self.set_http_request_header(&name, None);
@@ -1243,6 +1326,7 @@ impl Request {
                     web,
                     arrived: arrived.and_then(|arrived| arrived.parse().ok()),
                     claim: claim.as_deref().and_then(Claim::from_header),
+                    run_as: run_as.filter(|namespace| !namespace.is_empty()),
                 })
             }
             _ => None,
@@ -1271,12 +1355,17 @@ impl Request {
     fn resolve(&self, state: &mut State, namespace: &str, action_path: &str) -> Action {
         // A web resolution depends on the key and the secret a request came with, and is never one
         // an invoke with the same key may use.
-        let identity = if state.web_resolve {
-            format!("web|{}|{}", state.authorization, state.web_secret.as_deref().unwrap_or_default())
+        let resolver = if state.web_resolve {
+            Resolver::Web {
+                authorization: &state.authorization,
+                secret: state.web_secret.as_deref().unwrap_or_default(),
+            }
+        } else if let Some(owner) = &state.run_as {
+            Resolver::Owner(owner)
         } else {
-            state.authorization.clone()
+            Resolver::Key(&state.authorization)
         };
-        state.cache_key = cache::key(&identity, namespace, action_path);
+        state.cache_key = cache::key(resolver, namespace, action_path);
         let max_age = self.shared.config.resolve_cache_max_age_ms;
         if let Some(action) = cache::lookup(&EnvoySharedData, &state.cache_key, now_ms(), max_age) {
             // Warm and known: no call at all; the request goes on from this very callback.
@@ -1284,13 +1373,18 @@ impl Request {
             return self.resolved(state, action, false);
         }
         Counters::bump(self.shared.counters.resolve_cache_misses);
-        let path = format!(
-            "{}?namespace={}&action={}{}",
+        let mut path = format!(
+            "{}?namespace={}&action={}",
             paths::RESOLVE,
             percent_encode(namespace),
             percent_encode(action_path),
-            if state.web_resolve { "&web=true" } else { "" }
         );
+        if state.web_resolve {
+            path.push_str("&web=true");
+        } else if let Some(owner) = &state.run_as {
+            path.push_str("&subject=");
+            path.push_str(&percent_encode(owner));
+        }
         let mut request_headers = vec![
             (":method", "GET"),
             (":path", path.as_str()),
@@ -1393,27 +1487,22 @@ impl Request {
                 return Action::Pause;
             }
         };
-        let body = serde_json::Value::Object(parameters).to_string();
-        let path = request.target.invoke_path();
-        let mut extra = vec![(headers::INTERNAL_WEB, "1")];
-        if let Some(secret) = &state.web_secret {
-            extra.push((headers::REQUIRE_WHISK_AUTH, secret.as_str()));
-        }
-        let call = invoke_internally(
-            &self.shared,
-            &path,
-            &state.authorization,
-            &state.activation_id,
-            &extra,
-            body.as_bytes(),
-            run_bound(&self.shared.config, None),
-        );
-        match call {
-            Ok(token) => state.callout = Some((token, Callout::Web)),
-            Err(status) => {
-                error!("web run {} failed to start: {status:?}", state.activation_id);
-                answer_error(state, 503, messages::INTERNAL_ERROR);
-            }
+        // The run is detached, as a blocking invoke's past the wait: a run past the wait answers
+        // 202 with the activation id, as OpenWhisk does for web actions.
+        let run = Run {
+            path: request.target.invoke_path(),
+            authorization: state.authorization.clone(),
+            activation_id: state.activation_id.clone(),
+            arrived: state.timing.arrived,
+            claim: None,
+            web: Some(WebRun { secret: state.web_secret.clone() }),
+            bound: run_bound(&self.shared.config, Some(&action)),
+            body: serde_json::Value::Object(parameters).to_string().into_bytes(),
+        };
+        if self.shared.launch(run, state.context_id, state.context_id) {
+            self.shared.wait_detached(&self.state, state);
+        } else {
+            answer_error(state, 503, messages::INTERNAL_ERROR);
         }
         Action::Pause
     }
@@ -1445,12 +1534,15 @@ impl Request {
         }
         if from_client && !blocking {
             // Answered 202 now; the run goes through this Envoy's ingress.
-            self.shared.send_run(state, &action, None);
-            answer_accepted(state);
+            if self.shared.start_run(state, &action, None, state.context_id) {
+                answer_accepted(state);
+            } else {
+                answer_error(state, 503, messages::INTERNAL_ERROR);
+            }
             return Action::Pause;
         }
         if detached {
-            self.shared.detach(&self.state, state, &action, None);
+            self.shared.detach(&self.state, state, &action, None, state.context_id);
             return Action::Pause;
         }
         if action.components.is_some() {
@@ -1469,7 +1561,8 @@ impl Request {
         });
         match handed.or_else(|| pool::claim(&EnvoySharedData, &state.prefix)) {
             Some(claim) => {
-                let on_this_stream = self.shared.run_claimed(&self.state, state, claim, in_callout);
+                let on_this_stream =
+                    self.shared.run_claimed(&self.state, state, claim, in_callout, state.context_id);
                 if on_this_stream && !in_callout { Action::Continue } else { Action::Pause }
             }
             None => {
@@ -1508,8 +1601,17 @@ impl Request {
             // A fresh id for the component, known before it runs; the sequence's id as its cause.
             let component_id = new_id();
             let depth = state.sequence_depth.saturating_add(1).to_string();
-            let extra =
-                [(headers::INTERNAL_CAUSE, state.activation_id.as_str()), (headers::SEQUENCE_DEPTH, &depth)];
+            let mut extra = vec![
+                (headers::INTERNAL_CAUSE, state.activation_id.as_str()),
+                (headers::SEQUENCE_DEPTH, &depth),
+            ];
+            // A web request's sequence has no key for its components: they run as its owner, as
+            // in OpenWhisk (and so do the components of a sequence nested in it).
+            if (state.web_resolve || state.run_as.is_some())
+                && let Some(owner) = state.action.as_ref().map(|action| action.subject.as_str())
+            {
+                extra.push((headers::INTERNAL_SUBJECT, owner));
+            }
             let call = invoke_internally(
                 &self.shared,
                 &path,
@@ -1641,6 +1743,13 @@ impl Context for Request {
         let status: u16 =
             self.get_http_call_response_header(":status").and_then(|s| s.parse().ok()).unwrap_or(0);
         let body = self.get_http_call_response_body(0, body_size).unwrap_or_default();
+        let run = self.shared.runs.borrow_mut().remove(&token);
+        if let Some(activation_id) = run {
+            // A run this request's callback started (its own, as a rule).
+            let current = self.state.borrow().context_id;
+            self.shared.answer_detached(&activation_id, status, &body, current);
+            return;
+        }
         let state = self.state.clone();
         let mut state = state.borrow_mut();
         let Some((expected, kind)) = state.callout.take() else { return };
@@ -1651,13 +1760,6 @@ impl Context for Request {
         }
         if kind == Callout::Component {
             self.on_component(&mut state, status, &body);
-            return;
-        }
-        if kind == Callout::Web {
-            if let Some(request) = &state.web {
-                let reply = web::respond(&request.target, request.export, status, &body);
-                answer_web(&mut state, &reply);
-            }
             return;
         }
         let generation = self.get_http_call_response_header(headers::GENERATION);
@@ -1709,6 +1811,7 @@ impl HttpContext for Request {
                     state.activation_id = internal.activation_id.clone();
                     state.internal_activation_id = Some(internal.activation_id);
                     state.cause = internal.cause;
+                    state.run_as = internal.run_as;
                     state.sequence_depth = internal.sequence_depth;
                     state.web_resolve = internal.web;
                     if internal.web {

@@ -312,6 +312,13 @@ pub fn preflight(export: Export) -> Reply {
     Reply { status: 200, headers: Vec::new(), body: Vec::new() }.with_cors(export)
 }
 
+/// The answer to a web request whose run outlived the blocking wait: 202 with the activation id,
+/// as OpenWhisk answers; the record appears when the run ends.
+pub fn accepted(export: Export, activation_id: &str) -> Reply {
+    let body = serde_json::json!({ "activationId": activation_id }).to_string();
+    Reply::new(202, "application/json", body.into_bytes()).with_cors(export)
+}
+
 /// The answer to a web request from what the internal run answered: `status` and `body` are the
 /// run's (an activation record, or an OpenWhisk error from the platform).
 pub fn respond(target: &WebTarget, export: Export, status: u16, body: &[u8]) -> Reply {
@@ -589,6 +596,12 @@ mod tests {
         let custom = Export { custom_options: true, ..EXPORTED };
         let bare = respond(&t, custom, 200, &record("success", json!({"body": "x"})));
         assert!(!bare.headers.iter().any(|(name, _)| name.starts_with("access-control-")));
+        let accepted = accepted(Export::default(), "a1");
+        assert_eq!(
+            (accepted.status, accepted.body.as_slice()),
+            (202, br#"{"activationId":"a1"}"#.as_slice())
+        );
+        assert!(accepted.headers.contains(&("access-control-allow-origin".into(), "*".into())));
     }
 
     #[test]
