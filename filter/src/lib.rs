@@ -18,6 +18,7 @@ pub mod cache;
 pub mod envelope;
 pub mod limits;
 pub mod pool;
+pub mod queue;
 pub mod route;
 pub mod sequence;
 pub mod web;

@@ -528,12 +528,18 @@ mod tests {
         Gc(u32, u8),
         /// The first worker hands its claim to the second (a detached run), through its header.
         HandOver(usize, usize),
+        /// The worker's activation timed out or lost its client: its container is retired.
+        Retire(usize),
+        /// A cold start lands in the slot: a new slot, or a successor in a retired one.
+        ColdStart(u32),
     }
 
     proptest! {
         /// Workers whose reads and writes interleave arbitrarily (as Envoy worker threads do) never
         /// hold one container at the same time: a write based on a stale read fails its CAS; and
-        /// the collector's marks and sweeps, interleaved with them, never sweep a held container.
+        /// the collector's marks and sweeps, interleaved with them, never sweep a held container;
+        /// neither do retirements (timeouts), cold starts into missing or retired slots, nor claims
+        /// handed from one worker to another change that.
         #[test]
         fn no_container_is_ever_claimed_twice(steps in proptest::collection::vec(
             prop_oneof![
@@ -543,6 +549,8 @@ mod tests {
                 (0usize..4).prop_map(Step::WriteBusy),
                 (0u32..3, 0u8..3).prop_map(|(s, op)| Step::Gc(s, op)),
                 (0usize..4, 0usize..4).prop_map(|(from, to)| Step::HandOver(from, to)),
+                (0usize..4).prop_map(Step::Retire),
+                (0u32..5).prop_map(Step::ColdStart),
             ],
             1..300,
         )) {
@@ -554,6 +562,7 @@ mod tests {
             let mut held: Vec<Option<Claim>> = vec![None; 4];
             let mut reads: Vec<Option<(String, Vec<u8>, u32)>> = vec![None; 4];
             let mut swept: Vec<String> = Vec::new();
+            let mut starts = 0;
             for step in steps {
                 match step {
                     Step::Claim(worker) if held[worker].is_none() => held[worker] = claim(&store, PREFIX),
@@ -584,6 +593,20 @@ mod tests {
                             prop_assert_eq!(handed.as_ref(), Some(&claim));
                             prop_assert!(handed.as_ref().is_some_and(|handed| is_held(&store, handed)));
                             held[to] = handed;
+                        }
+                    }
+                    Step::Retire(worker) => {
+                        if let Some(claim) = held[worker].take() {
+                            prop_assert!(release(&store, &claim, SlotState::Retired));
+                        }
+                    }
+                    Step::ColdStart(slot) => {
+                        // The control plane gives a slot only when it is missing or retired.
+                        let key = slot_key(PREFIX, slot);
+                        let state = store.get(&key).and_then(|(bytes, _)| Slot::decode(&bytes)).map(|s| s.state);
+                        if matches!(state, None | Some(SlotState::Retired)) {
+                            starts += 1;
+                            insert_new(&store, PREFIX, slot, &format!("n{starts}"), "127.0.0.1:2", Some(1));
                         }
                     }
                     Step::Gc(slot, op) => {

@@ -44,6 +44,7 @@ use crate::cache::{self, Resolver};
 use crate::envelope::{self, RunContext};
 use crate::limits;
 use crate::pool::{self, CasMismatch, Claim, SharedData, SlotState};
+use crate::queue::{self, Queues, Waiting};
 use crate::route::{self, Invocation, Route, percent_encode};
 use crate::sequence::{self, Step};
 use crate::web::{self, WebTarget};
@@ -250,11 +251,11 @@ struct Internal {
 /// A request parked until a container of its action is free.
 struct Waiter {
     state: SharedState,
-    since_ms: u64,
 }
 
-impl Waiter {
-    fn is_live(&self) -> bool {
+impl Waiting for Waiter {
+    /// A request being worked on right now (borrowed) is not waiting either.
+    fn still_waits(&self) -> bool {
         self.state.try_borrow().is_ok_and(|state| state.phase == Phase::Waiting)
     }
 }
@@ -318,7 +319,7 @@ struct Shared {
     counters: Counters,
     outbox: RefCell<VecDeque<Outgoing>>,
     /// Requests waiting for a container, FIFO per action revision (pool prefix).
-    waiting: RefCell<BTreeMap<String, VecDeque<Waiter>>>,
+    waiting: RefCell<Queues<Waiter>>,
     /// Cold starts this worker has in flight, per action revision.
     starting: RefCell<HashMap<String, usize>>,
     /// No cold start is asked for an action revision before this time (the control plane was full).
@@ -334,14 +335,10 @@ struct Shared {
 
 impl Shared {
     fn enqueue(&self, state: SharedState, prefix: &str) -> bool {
-        let mut waiting = self.waiting.borrow_mut();
-        let queue = waiting.entry(prefix.to_owned()).or_default();
-        queue.retain(Waiter::is_live);
-        if queue.len() >= self.config.max_waiting_per_action {
+        let bound = self.config.max_waiting_per_action;
+        if self.waiting.borrow_mut().push(prefix, Waiter { state }, now_ms(), bound).is_err() {
             return false;
         }
-        queue.push_back(Waiter { state, since_ms: now_ms() });
-        drop(waiting);
         if !self.fast_tick.replace(true) {
             let _ = hostcalls::set_tick_period(WAITING_TICK);
         }
@@ -352,20 +349,11 @@ impl Shared {
     /// callback this runs in.
     fn serve_waiters(&self, prefix: &str, current: u32) {
         loop {
-            let has_waiter = {
-                let mut waiting = self.waiting.borrow_mut();
-                let Some(queue) = waiting.get_mut(prefix) else { return };
-                while queue.front().is_some_and(|w| !w.is_live()) {
-                    queue.pop_front();
-                }
-                !queue.is_empty()
-            };
-            if !has_waiter {
-                self.waiting.borrow_mut().remove(prefix);
+            if !self.waiting.borrow_mut().has_waiter(prefix) {
                 return;
             }
             let Some(claim) = pool::claim(&EnvoySharedData, prefix) else { return };
-            let waiter = self.waiting.borrow_mut().get_mut(prefix).and_then(VecDeque::pop_front);
+            let waiter = self.waiting.borrow_mut().next(prefix);
             let Some(waiter) = waiter else {
                 pool::release(&EnvoySharedData, &claim, SlotState::Free);
                 return;
@@ -544,9 +532,8 @@ impl Shared {
 
     /// Answers every waiter of `prefix` with `respond` (a cold start that cannot succeed for them).
     fn fail_waiters(&self, prefix: &str, current: u32, respond: &dyn Fn(&Shared, &mut State)) {
-        let waiters: Vec<Waiter> =
-            self.waiting.borrow_mut().remove(prefix).map(Vec::from).unwrap_or_default();
-        for waiter in waiters.into_iter().filter(Waiter::is_live) {
+        let waiters = self.waiting.borrow_mut().take_all(prefix);
+        for waiter in waiters {
             if let Ok(mut state) = waiter.state.try_borrow_mut() {
                 let _switch = OnBehalfOf::enter(state.context_id, current);
                 respond(self, &mut state);
@@ -1032,7 +1019,7 @@ impl Root {
 
     /// Serves, expires and provisions the wait queues.
     fn tend_waiters(&mut self, shared: &Shared) {
-        let prefixes: Vec<String> = shared.waiting.borrow().keys().cloned().collect();
+        let prefixes = shared.waiting.borrow().prefixes();
         let now = now_ms();
         for prefix in prefixes {
             shared.serve_waiters(&prefix, self.context_id);
@@ -1045,15 +1032,7 @@ impl Root {
     }
 
     fn expire_waiters(&self, shared: &Shared, prefix: &str, now: u64) {
-        let expired: Vec<Waiter> = {
-            let mut waiting = shared.waiting.borrow_mut();
-            let Some(queue) = waiting.get_mut(prefix) else { return };
-            let limit = shared.config.max_wait_ms;
-            let (expired, kept): (Vec<Waiter>, Vec<Waiter>) =
-                queue.drain(..).partition(|w| w.is_live() && now.saturating_sub(w.since_ms) >= limit);
-            queue.extend(kept.into_iter().filter(Waiter::is_live));
-            expired
-        };
+        let expired = shared.waiting.borrow_mut().expire(prefix, now, shared.config.max_wait_ms);
         for waiter in expired {
             if let Ok(mut state) = waiter.state.try_borrow_mut() {
                 let _switch = OnBehalfOf::enter(state.context_id, self.context_id);
@@ -1069,17 +1048,12 @@ impl Root {
         }
         let (live, first) = {
             let waiting = shared.waiting.borrow();
-            let Some(queue) = waiting.get(prefix) else { return };
-            let live: Vec<&Waiter> = queue.iter().filter(|w| w.is_live()).collect();
-            let first = live.first().and_then(|w| w.state.try_borrow().ok().and_then(|s| s.action.clone()));
-            (live.len(), first)
+            let (live, first) = waiting.waiting(prefix);
+            (live, first.and_then(|waiter| waiter.state.try_borrow().ok().and_then(|s| s.action.clone())))
         };
         let Some(action) = first else { return };
         let starting = shared.starting.borrow().get(prefix).copied().unwrap_or(0);
-        // Coalescing: one start per `waiters_per_cold_start` waiting requests, since a container that
-        // frees up serves the rest sooner than a new one starts.
-        let wanted = live.div_ceil(shared.config.waiters_per_cold_start.max(1));
-        if starting >= wanted {
+        if starting >= queue::starts_wanted(live, shared.config.waiters_per_cold_start) {
             return;
         }
         let request = ColdStartRequest {
@@ -1228,7 +1202,7 @@ impl RootContext for Root {
             config,
             counters: Counters::define(),
             outbox: RefCell::new(VecDeque::new()),
-            waiting: RefCell::new(BTreeMap::new()),
+            waiting: RefCell::new(Queues::default()),
             starting: RefCell::new(HashMap::new()),
             refused_until: RefCell::new(HashMap::new()),
             fast_tick: Cell::new(false),
