@@ -132,6 +132,18 @@ pub async fn control_metrics(platform: &Platform) -> anyhow::Result<String> {
 pub struct Echoes {
     pub served: usize,
     pub failures: Vec<String>,
+    /// The time each invoke took, answered or not.
+    pub latencies: Vec<Duration>,
+}
+
+/// The `q`-quantile (0 to 1) of `latencies`, sorted in place; zero when there are none.
+pub fn quantile(latencies: &mut [Duration], q: f64) -> Duration {
+    latencies.sort_unstable();
+    if latencies.is_empty() {
+        return Duration::ZERO;
+    }
+    let rank = ((latencies.len() - 1) as f64 * q.clamp(0.0, 1.0)).round() as usize;
+    latencies[rank]
 }
 
 /// One load client: takes numbers from `next` until `total` and invokes `action` blocking with
@@ -143,7 +155,10 @@ pub async fn echo_until(client: Client, action: &str, next: Arc<AtomicUsize>, to
         if n >= total {
             return echoes;
         }
-        match client.invoke(action, &json!({"n": n}), true).await {
+        let sent = std::time::Instant::now();
+        let reply = client.invoke(action, &json!({"n": n}), true).await;
+        echoes.latencies.push(sent.elapsed());
+        match reply {
             Ok(reply) if reply.status == 200 && reply.body == json!({"n": n}) => echoes.served += 1,
             Ok(reply) => echoes.failures.push(format!("#{n}: {} {}", reply.status, reply.body)),
             Err(error) => echoes.failures.push(format!("#{n}: {error}")),

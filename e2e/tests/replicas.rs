@@ -8,7 +8,7 @@
 use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
 
-use e2e::client::{Client, control_metrics, echo_until, metric};
+use e2e::client::{Client, control_metrics, echo_until, metric, quantile};
 use e2e::{Artifacts, GUEST_KEY, Options, Platform};
 
 const SLOW_ECHO_JS: &str = "function main(p) { return new Promise(r => setTimeout(() => r({n: p.n}), 3)); }";
@@ -38,11 +38,21 @@ async fn two_replicas_never_overlap_in_one_container() {
     }
     let mut failures = Vec::new();
     let mut served = [0usize; 2];
+    let mut latencies = Vec::new();
     for (replica, task) in tasks {
         let echoes = task.await.unwrap();
         served[replica] += echoes.served;
+        latencies.extend(echoes.latencies);
         failures.extend(echoes.failures.into_iter().map(|failure| format!("{failure} via {replica}")));
     }
+    eprintln!(
+        "{INVOCATIONS} invocations over two replicas ({} and {} served): {} failed; latency p50 {:?}, p99 {:?}",
+        served[0],
+        served[1],
+        failures.len(),
+        quantile(&mut latencies, 0.5),
+        quantile(&mut latencies, 0.99),
+    );
     assert!(failures.is_empty(), "{} failed, e.g. {:?}", failures.len(), &failures[..failures.len().min(5)]);
     let (first, second) = (served[0], served[1]);
     assert_eq!(first + second, INVOCATIONS);

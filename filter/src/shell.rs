@@ -25,7 +25,7 @@
 //! been served elsewhere (or has gone) still lands in the pool, where the next waiter takes it.
 
 use std::cell::{Cell, RefCell};
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::rc::Rc;
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -64,6 +64,8 @@ const MAX_PENDING_RECORDS: usize = 10_000;
 const RECORD_BATCH: usize = 500;
 /// After a failed record batch, how long before retrying.
 const RECORD_RETRY_MS: u64 = 500;
+/// Bound on CAS retries of one publication of a worker's head of line.
+const HEAD_ATTEMPTS: usize = 8;
 /// After a cold start failed while warm containers exist, how long before asking again.
 const FAILED_BACKOFF_MS: u64 = 500;
 /// OpenWhisk's longest action time limit: what a run of an action not resolved yet may take.
@@ -331,6 +333,10 @@ struct Shared {
     root_context_id: u32,
     /// Runs in flight (non-blocking, detached and web invokes): callout token → activation id.
     runs: RefCell<HashMap<u32, String>>,
+    /// This worker's name in the revisions' heads (`queue::first_in_line`).
+    worker_id: String,
+    /// The revisions this worker has a head published for.
+    published_heads: RefCell<BTreeSet<String>>,
 }
 
 impl Shared {
@@ -339,6 +345,7 @@ impl Shared {
         if self.waiting.borrow_mut().push(prefix, Waiter { state }, now_ms(), bound).is_err() {
             return false;
         }
+        self.publish_head(prefix);
         if !self.fast_tick.replace(true) {
             let _ = hostcalls::set_tick_period(WAITING_TICK);
         }
@@ -348,19 +355,59 @@ impl Shared {
     /// Hands free containers of `prefix` to its waiters, oldest first. `current` is the context whose
     /// callback this runs in.
     fn serve_waiters(&self, prefix: &str, current: u32) {
+        let mut served = false;
         loop {
-            if !self.waiting.borrow_mut().has_waiter(prefix) {
-                return;
+            if !self.waiting.borrow_mut().has_waiter(prefix) || !self.first_in_line(prefix) {
+                break;
             }
-            let Some(claim) = pool::claim(&EnvoySharedData, prefix) else { return };
+            let Some(claim) = pool::claim(&EnvoySharedData, prefix) else { break };
             let waiter = self.waiting.borrow_mut().next(prefix);
             let Some(waiter) = waiter else {
                 pool::release(&EnvoySharedData, &claim, SlotState::Free);
-                return;
+                break;
             };
+            served = true;
             let Ok(mut state) = waiter.state.try_borrow_mut() else { continue };
             let _switch = OnBehalfOf::enter(state.context_id, current);
             self.run_claimed(&waiter.state, &mut state, claim, true, current);
+        }
+        if served {
+            self.publish_head(prefix);
+        }
+    }
+
+    /// True when this worker's oldest waiter of `prefix` is first in the Envoy-wide line: a free
+    /// container goes to whichever worker's waiter has waited longest.
+    fn first_in_line(&self, prefix: &str) -> bool {
+        let Some(since_ms) = self.waiting.borrow().head_since(prefix) else { return true };
+        let heads =
+            EnvoySharedData.get(&queue::heads_key(prefix)).map(|(bytes, _)| bytes).unwrap_or_default();
+        queue::first_in_line(&String::from_utf8_lossy(&heads), &self.worker_id, since_ms, now_ms())
+    }
+
+    /// Publishes since when this worker's oldest waiter of `prefix` waits (or that none does), by
+    /// CAS on the revision's heads; a lost race is retried, and every tick republishes anyway.
+    fn publish_head(&self, prefix: &str) {
+        let since_ms = self.waiting.borrow().head_since(prefix);
+        let key = queue::heads_key(prefix);
+        for _ in 0..HEAD_ATTEMPTS {
+            let (text, cas) = match EnvoySharedData.get(&key) {
+                Some((bytes, cas)) => (String::from_utf8_lossy(&bytes).into_owned(), Some(cas)),
+                None => (String::new(), None),
+            };
+            if since_ms.is_none() && !queue::has_head(&text, &self.worker_id) {
+                break;
+            }
+            let heads = queue::with_head(&text, &self.worker_id, since_ms, now_ms());
+            if EnvoySharedData.set(&key, heads.as_bytes(), cas).is_ok() {
+                break;
+            }
+        }
+        let mut published = self.published_heads.borrow_mut();
+        if since_ms.is_some() {
+            published.insert(prefix.to_owned());
+        } else {
+            published.remove(prefix);
         }
     }
 
@@ -1026,6 +1073,11 @@ impl Root {
             self.expire_waiters(shared, &prefix, now);
             self.request_containers(shared, &prefix, now);
         }
+        // Fresh heads for the revisions with waiters; none for those whose queue emptied.
+        let published: Vec<String> = shared.published_heads.borrow().iter().cloned().collect();
+        for prefix in published {
+            shared.publish_head(&prefix);
+        }
         if shared.waiting.borrow().is_empty() && shared.fast_tick.replace(false) {
             let _ = hostcalls::set_tick_period(Duration::from_millis(shared.config.flush_period_ms.max(1)));
         }
@@ -1209,6 +1261,8 @@ impl RootContext for Root {
             detached: RefCell::new(HashMap::new()),
             root_context_id: self.context_id,
             runs: RefCell::new(HashMap::new()),
+            worker_id: new_id(),
+            published_heads: RefCell::new(BTreeSet::new()),
         }));
         true
     }
