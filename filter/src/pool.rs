@@ -8,6 +8,8 @@
 //!                                                            "F <id> <ip:port> <uses>"   free
 //!                                                            "M <id> <ip:port> <uses>"   free, marked by the GC
 //!                                                            "B <id> <ip:port> <uses>"   busy (claimed)
+//!                                                            "H <id> <ip:port> <uses>"   busy, handed to a run
+//!                                                                                        not yet adopted
 //!                                                            "X <id> <ip:port> <uses>"   retired, never reused
 //! ```
 //!
@@ -46,6 +48,9 @@ pub enum SlotState {
     /// Free, marked idle by the collector: claimed only when no unmarked container is free.
     Marked,
     Busy,
+    /// Claimed by a client's stream and handed to its detached run, which adopts it (`H → B`); if
+    /// the run never reaches the filter, the root context takes it back (`H → F`).
+    Handed,
     Retired,
 }
 
@@ -56,6 +61,7 @@ impl SlotState {
             Self::Free => 'F',
             Self::Marked => 'M',
             Self::Busy => 'B',
+            Self::Handed => 'H',
             Self::Retired => 'X',
         }
     }
@@ -66,6 +72,7 @@ impl SlotState {
             "F" => Self::Free,
             "M" => Self::Marked,
             "B" => Self::Busy,
+            "H" => Self::Handed,
             "X" => Self::Retired,
             _ => return None,
         })
@@ -161,9 +168,26 @@ impl Claim {
     }
 }
 
-/// True while the slot holds `claim`'s container busy: a handed-over claim is still held.
-pub fn is_held(store: &impl SharedData, claim: &Claim) -> bool {
-    inspect(store, &claim.key, &claim.container_id).is_some_and(|(state, _)| state == SlotState::Busy)
+/// Hands the claim over to another stream (`B → H`): until that stream adopts it, the claim is
+/// nobody's, and the one who started the hand-over may take it back. False when the claim was not
+/// held.
+pub fn hand_over(store: &impl SharedData, claim: &Claim) -> bool {
+    transition(store, &claim.key, &claim.container_id, |state| state == SlotState::Busy, SlotState::Handed)
+        .is_some()
+}
+
+/// Adopts a claim handed over (`H → B`): from now on this stream holds it. False when it was not
+/// handed (taken back already, or never handed).
+pub fn adopt(store: &impl SharedData, claim: &Claim) -> bool {
+    transition(store, &claim.key, &claim.container_id, |state| state == SlotState::Handed, SlotState::Busy)
+        .is_some()
+}
+
+/// Takes back a claim handed over that nobody adopted (`H → F`): the run never reached its
+/// container. False when it was adopted (or is gone).
+pub fn take_back(store: &impl SharedData, claim: &Claim) -> bool {
+    transition(store, &claim.key, &claim.container_id, |state| state == SlotState::Handed, SlotState::Free)
+        .is_some()
 }
 
 /// The key prefix of one action revision's slots.
@@ -200,7 +224,7 @@ pub fn claim(store: &impl SharedData, prefix: &str) -> Option<Claim> {
                 }
             }
             SlotState::Marked => marked.push(key),
-            SlotState::Busy | SlotState::Retired => {}
+            SlotState::Busy | SlotState::Handed | SlotState::Retired => {}
         }
     }
     marked.into_iter().find_map(|key| {
@@ -476,12 +500,18 @@ mod tests {
         insert_new(&store, prefix, 3, "c3", "127.0.0.1:4003", Some(87));
         let claim = super::claim(&store, prefix).unwrap();
         assert_eq!(Claim::from_header(&claim.to_header()), Some(claim.clone()), "spaces in the key survive");
-        assert!(is_held(&store, &claim));
         assert!(claim.belongs_to(prefix));
         assert!(!claim.belongs_to("whisk/pool/guest/my pkg/say hi@r"), "another revision");
         assert!(!claim.belongs_to("whisk/pool/guest/my pkg/say hi@r2/3"));
-        assert!(release(&store, &claim, SlotState::Free));
-        assert!(!is_held(&store, &claim), "released: no longer held");
+        assert!(!adopt(&store, &claim) && !take_back(&store, &claim), "not handed yet");
+        assert!(hand_over(&store, &claim));
+        assert_eq!(super::claim(&store, prefix), None, "handed: nobody else gets it");
+        assert!(!release(&store, &claim, SlotState::Free), "the hand-over gave it up");
+        assert!(adopt(&store, &claim));
+        assert!(!take_back(&store, &claim), "adopted: not taken back");
+        assert!(hand_over(&store, &claim) && take_back(&store, &claim), "a run that never came");
+        assert!(!adopt(&store, &claim), "taken back: too late to adopt");
+        assert_eq!(super::claim(&store, prefix).map(|claim| claim.container_id), Some("c3".into()));
         let warm = Claim { init_ms: None, ..claim };
         assert_eq!(Claim::from_header(&warm.to_header()), Some(warm));
         for damaged in ["", "c3", "c3 127.0.0.1:1", "c3 127.0.0.1:1 x whisk/pool/a@r/0", "c3 127.0.0.1:1 -"] {
@@ -526,8 +556,9 @@ mod tests {
         WriteBusy(usize),
         /// The collector's transitions on a slot: 0 mark, 1 unmark, 2 sweep.
         Gc(u32, u8),
-        /// The first worker hands its claim to the second (a detached run), through its header.
-        HandOver(usize, usize),
+        /// The first worker hands its claim over (a detached run), through its header; the second
+        /// adopts it, or, when the run never reaches the filter, the first takes it back.
+        HandOver(usize, usize, bool),
         /// The worker's activation timed out or lost its client: its container is retired.
         Retire(usize),
         /// A cold start lands in the slot: a new slot, or a successor in a retired one.
@@ -548,7 +579,7 @@ mod tests {
                 (0usize..4, 0u32..3).prop_map(|(w, s)| Step::Read(w, s)),
                 (0usize..4).prop_map(Step::WriteBusy),
                 (0u32..3, 0u8..3).prop_map(|(s, op)| Step::Gc(s, op)),
-                (0usize..4, 0usize..4).prop_map(|(from, to)| Step::HandOver(from, to)),
+                (0usize..4, 0usize..4, any::<bool>()).prop_map(|(from, to, arrives)| Step::HandOver(from, to, arrives)),
                 (0usize..4).prop_map(Step::Retire),
                 (0u32..5).prop_map(Step::ColdStart),
             ],
@@ -587,12 +618,17 @@ mod tests {
                             }
                         }
                     }
-                    Step::HandOver(from, to) if from != to && held[to].is_none() => {
+                    Step::HandOver(from, to, arrives) if from != to && held[to].is_none() => {
                         if let Some(claim) = held[from].take() {
+                            prop_assert!(hand_over(&store, &claim));
                             let handed = Claim::from_header(&claim.to_header());
                             prop_assert_eq!(handed.as_ref(), Some(&claim));
-                            prop_assert!(handed.as_ref().is_some_and(|handed| is_held(&store, handed)));
-                            held[to] = handed;
+                            if arrives {
+                                prop_assert!(handed.as_ref().is_some_and(|handed| adopt(&store, handed)));
+                                held[to] = handed;
+                            } else {
+                                prop_assert!(take_back(&store, &claim));
+                            }
                         }
                     }
                     Step::Retire(worker) => {

@@ -331,8 +331,9 @@ struct Shared {
     detached: RefCell<HashMap<String, (SharedState, u64)>>,
     /// The worker's root context: runs are its callouts.
     root_context_id: u32,
-    /// Runs in flight (non-blocking, detached and web invokes): callout token → activation id.
-    runs: RefCell<HashMap<u32, String>>,
+    /// Runs in flight (non-blocking, detached and web invokes): callout token → activation id, and
+    /// the claim handed over with the run (taken back when the run answers without adopting it).
+    runs: RefCell<HashMap<u32, (String, Option<Claim>)>>,
     /// This worker's name in the revisions' heads (`queue::first_in_line`).
     worker_id: String,
     /// The revisions this worker has a head published for.
@@ -367,7 +368,11 @@ impl Shared {
                 break;
             };
             served = true;
-            let Ok(mut state) = waiter.state.try_borrow_mut() else { continue };
+            let Ok(mut state) = waiter.state.try_borrow_mut() else {
+                // Being worked on up the stack, so not waiting after all: the container stays free.
+                pool::release(&EnvoySharedData, &claim, SlotState::Free);
+                continue;
+            };
             let _switch = OnBehalfOf::enter(state.context_id, current);
             self.run_claimed(&waiter.state, &mut state, claim, true, current);
         }
@@ -424,17 +429,15 @@ impl Shared {
         resume: bool,
         current: u32,
     ) -> bool {
-        let Some(action) = state.action.clone() else { return false };
         let blocking_client = state.internal_activation_id.is_none()
             && state.invocation.as_ref().is_some_and(|invocation| invocation.blocking);
-        let waited_ms = now_ms().saturating_sub(state.timing.arrived);
-        if blocking_client
-            && route::could_answer_late(waited_ms, action.limits.timeout, self.config.max_blocking_wait_ms)
-        {
-            debug!(
-                "activation {} waited {waited_ms} ms; detached with container {claim}",
-                state.activation_id
-            );
+        let late = blocking_client
+            && state.action.as_ref().is_some_and(|action| {
+                let waited_ms = now_ms().saturating_sub(state.timing.arrived);
+                route::could_answer_late(waited_ms, action.limits.timeout, self.config.max_blocking_wait_ms)
+            });
+        if let (true, Some(action)) = (late, state.action.clone()) {
+            debug!("activation {} detached with container {claim}", state.activation_id);
             self.detach(handle, state, &action, Some(claim), current);
             return false;
         }
@@ -457,6 +460,8 @@ impl Shared {
             // `/run` needs a body, and the run's own stream gets one (decision 0004).
             body = b"{}".to_vec();
         }
+        // Nobody's until the run adopts it: if the run never gets that far, its answer takes it back.
+        let claim = claim.filter(|claim| pool::hand_over(&EnvoySharedData, claim));
         let run = Run {
             path: state.original_path.split('?').next().unwrap_or_default().to_owned() + "?blocking=true",
             authorization: state.authorization.clone(),
@@ -508,13 +513,13 @@ impl Shared {
         );
         match call {
             Ok(token) => {
-                self.runs.borrow_mut().insert(token, run.activation_id);
+                self.runs.borrow_mut().insert(token, (run.activation_id, run.claim));
                 true
             }
             Err(status) => {
                 error!("could not start activation {}: {status:?}", run.activation_id);
                 if let Some(claim) = &run.claim {
-                    pool::release(&EnvoySharedData, claim, SlotState::Free);
+                    pool::take_back(&EnvoySharedData, claim);
                 }
                 false
             }
@@ -547,6 +552,22 @@ impl Shared {
         let wait_ends = state.timing.arrived + self.config.max_blocking_wait_ms;
         self.detached.borrow_mut().insert(state.activation_id.clone(), (handle.clone(), wait_ends));
         state.phase = Phase::Detached;
+    }
+
+    /// A run answered: the claim it was handed goes back to the pool if the run never adopted it
+    /// (Envoy refused the internal request before the filter saw it), and the answer to its client.
+    fn on_run_answered(&self, token: u32, status: u16, body: &[u8], current: u32) -> bool {
+        let Some((activation_id, claim)) = self.runs.borrow_mut().remove(&token) else { return false };
+        if let Some(claim) = claim
+            && pool::take_back(&EnvoySharedData, &claim)
+        {
+            warn!("run {activation_id} never reached container {claim} (answered {status}); freed");
+        }
+        if !(200..300).contains(&status) && status != 502 {
+            warn!("internal run {activation_id} answered {status}");
+        }
+        self.answer_detached(&activation_id, status, body, current);
+        true
     }
 
     /// The answer of a detached invoke's run: to its client, if it still waits on this worker. A
@@ -838,7 +859,7 @@ impl Root {
             let state = match state {
                 SlotState::New | SlotState::Free => SlotUse::Free,
                 SlotState::Marked => SlotUse::Marked,
-                SlotState::Busy => SlotUse::Busy,
+                SlotState::Busy | SlotState::Handed => SlotUse::Busy,
                 SlotState::Retired => {
                     // Reported once; its removal is the retire call's job.
                     gone.push(id.clone());
@@ -1219,15 +1240,10 @@ impl Context for Root {
             }
             return;
         }
-        let run = self.shared.as_ref().and_then(|shared| shared.runs.borrow_mut().remove(&token));
-        if let Some(activation_id) = run {
+        let is_run = self.shared.as_ref().is_some_and(|shared| shared.runs.borrow().contains_key(&token));
+        if let (true, Some(shared)) = (is_run, self.shared.clone()) {
             let body = self.get_http_call_response_body(0, body_size).unwrap_or_default();
-            if let Some(shared) = self.shared.clone() {
-                shared.answer_detached(&activation_id, status, &body, self.context_id);
-            }
-            if !(200..300).contains(&status) && status != 502 {
-                warn!("internal run {activation_id} answered {status}");
-            }
+            shared.on_run_answered(token, status, &body, self.context_id);
             return;
         }
         if !(200..300).contains(&status) {
@@ -1771,11 +1787,9 @@ impl Context for Request {
         let status: u16 =
             self.get_http_call_response_header(":status").and_then(|s| s.parse().ok()).unwrap_or(0);
         let body = self.get_http_call_response_body(0, body_size).unwrap_or_default();
-        let run = self.shared.runs.borrow_mut().remove(&token);
-        if let Some(activation_id) = run {
-            // A run this request's callback started (its own, as a rule).
-            let current = self.state.borrow().context_id;
-            self.shared.answer_detached(&activation_id, status, &body, current);
+        // A run this request's callback started (its own, as a rule).
+        let current = self.state.borrow().context_id;
+        if self.shared.on_run_answered(token, status, &body, current) {
             return;
         }
         let state = self.state.clone();
@@ -1834,8 +1848,8 @@ impl HttpContext for Request {
                     if let Some(arrived) = internal.arrived {
                         state.timing.arrived = arrived.min(state.timing.arrived);
                     }
-                    // Taken only while still held: the client's stream gave it up when it sent the run.
-                    state.handed = internal.claim.filter(|claim| pool::is_held(&EnvoySharedData, claim));
+                    // Adopted at once, so that the root never takes back a container this run holds.
+                    state.handed = internal.claim.filter(|claim| pool::adopt(&EnvoySharedData, claim));
                     state.activation_id = internal.activation_id.clone();
                     state.internal_activation_id = Some(internal.activation_id);
                     state.cause = internal.cause;
