@@ -15,6 +15,7 @@ pub mod gc;
 pub mod metrics;
 pub mod placement;
 pub mod plane;
+pub mod simulation;
 pub mod snapshot;
 pub mod table;
 

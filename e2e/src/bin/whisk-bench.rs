@@ -17,6 +17,9 @@
 //! - `scale-grouping`: plain Envoy holding 50,000 endpoints as one cluster (override_host picks
 //!   the exact one) against 10,000 clusters of 5 (the route names the action's cluster): resident
 //!   memory, start-up, warm p50; the figures behind decision 0009.
+//! - `gc-simulation`: a synthetic day of bursty, diurnal load on 20 nodes through the collector's and
+//!   placement's code (`xds_server::simulation`): nodes in use against the bin-packing lower bound,
+//!   with the naive policy (round-robin placement, oldest-first reclaim) beside it.
 //! - `api`: the management API alone: an activation list over 1,000,000 stored records (plain, and
 //!   filtered by name and time) and action GET throughput; absolute targets. SQLite, and PostgreSQL
 //!   too when `WHISK_TEST_POSTGRES_URL` names a server (`make bench` provides a throwaway one).
@@ -35,6 +38,8 @@ use e2e::client::{Client, control_metrics, metric};
 use e2e::{Artifacts, GUEST_KEY, Options, Platform, Ports, free_port, workspace_root};
 use serde_json::{Value, json};
 use whisk_contract::{ActivationRecord, ActivationResponse, ActivationStatus, KeyValue};
+use xds_server::placement::naive::RoundRobin;
+use xds_server::simulation::{Day, GC, NODE_CAPACITY_MB, NODES, Policy};
 
 const TRIVIAL_JS: &str = "function main(p) { return {ok: true, n: p.n}; }";
 const TRIVIAL_PY: &str = "def main(args):\n    return {'ok': True}\n";
@@ -767,6 +772,36 @@ impl Bench {
         }])
     }
 
+    /// The GC and placement simulation (`xds_server::simulation`): a synthetic day on 20 nodes with
+    /// our policy, beside the bin-packing lower bound and the naive policy over the same arrivals.
+    async fn gc_simulation(&self) -> anyhow::Result<Vec<Figure>> {
+        let (ours, naive, activations) = tokio::task::spawn_blocking(|| {
+            let day = Day::new();
+            let ours = day.run(Policy::Ours(GC));
+            let naive = day.run(Policy::Naive(RoundRobin::default()));
+            (ours, naive, day.activations())
+        })
+        .await?;
+        eprintln!("{}\n{}", ours.line("ours"), naive.line("naive"));
+        Ok(vec![Figure {
+            scenario: "gc-simulation".into(),
+            unit: "nodes in use (mean)",
+            value: ours.mean_nodes_in_use,
+            baseline: ours.mean_lower_bound,
+            target: 1.1,
+            lower_is_better: true,
+            extra: json!({
+                "nodes": NODES, "node_capacity_mb": NODE_CAPACITY_MB, "activations": activations,
+                "fragmentation_mean_of_minutes": ours.fragmentation,
+                "naive_nodes_in_use": naive.mean_nodes_in_use,
+                "naive_ratio": naive.mean_nodes_in_use / naive.mean_lower_bound.max(f64::MIN_POSITIVE),
+                "naive_fragmentation_mean_of_minutes": naive.fragmentation,
+                "cold_starts": ours.cold_starts, "naive_cold_starts": naive.cold_starts,
+                "refused": ours.refused, "naive_refused": naive.refused,
+            }),
+        }])
+    }
+
     async fn api(&self) -> anyhow::Result<Vec<Figure>> {
         let mut figures = api_figures(&self.artifacts, &self.http, self.dir.path(), None, &self.args).await?;
         if let Ok(url) = std::env::var("WHISK_TEST_POSTGRES_URL") {
@@ -1125,6 +1160,7 @@ async fn main() -> anyhow::Result<()> {
         "publish",
         "scale",
         "scale-grouping",
+        "gc-simulation",
         "api",
     ];
     let wanted: Vec<&str> = match &bench.args.scenario {
@@ -1149,6 +1185,7 @@ async fn main() -> anyhow::Result<()> {
             "api" => bench.api().await?,
             "scale" => bench.scale().await?,
             "scale-grouping" => bench.scale_grouping().await?,
+            "gc-simulation" => bench.gc_simulation().await?,
             _ => bench.warm_throughput().await?,
         };
         for figure in figures {
