@@ -25,6 +25,32 @@ const READY_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a process gets to stop on SIGTERM before SIGKILL.
 const STOP_GRACE: Duration = Duration::from_secs(5);
 
+/// How long a runtime gets to stop on SIGTERM (it stops its action process and removes its work
+/// directory) before SIGKILL.
+const RUNTIME_STOP_GRACE: Duration = Duration::from_secs(2);
+
+/// Stops processes that are not our children (runtimes a control server left): SIGTERM first, so
+/// that none leaves its work directory behind, then SIGKILL for any still there after the grace.
+pub fn stop_runtimes(pids: &[i32]) {
+    for pid in pids {
+        let _ = kill(Pid::from_raw(*pid), Signal::SIGTERM);
+    }
+    let deadline = Instant::now() + RUNTIME_STOP_GRACE;
+    while pids.iter().any(|pid| is_alive(*pid)) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for pid in pids.iter().filter(|pid| is_alive(**pid)) {
+        let _ = kill(Pid::from_raw(*pid), Signal::SIGKILL);
+    }
+}
+
+/// True while `pid` runs (a zombie waiting for its parent to reap it has stopped).
+fn is_alive(pid: i32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return false };
+    // The state follows the command name, which is in parentheses and may hold spaces.
+    stat.rsplit_once(')').is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z'))
+}
+
 /// Where the ports go.
 #[derive(Debug, Clone)]
 pub struct Ports {
@@ -524,9 +550,8 @@ impl Platform {
             process.stop();
         }
         // Runtimes a crashed or slow control server left behind are ours to stop too.
-        for runtime in owned_runtimes(&self.owner()) {
-            let _ = kill(Pid::from_raw(runtime.pid), Signal::SIGKILL);
-        }
+        let left: Vec<i32> = owned_runtimes(&self.owner()).iter().map(|runtime| runtime.pid).collect();
+        stop_runtimes(&left);
     }
 
     /// True while every process is still running.
