@@ -436,7 +436,7 @@ impl Shared {
                 let waited_ms = now_ms().saturating_sub(state.timing.arrived);
                 route::could_answer_late(waited_ms, action.limits.timeout, self.config.max_blocking_wait_ms)
             });
-        if let (true, Some(action)) = (late, state.action.clone()) {
+        if let Some(action) = late.then(|| state.action.clone()).flatten() {
             debug!("activation {} detached with container {claim}", state.activation_id);
             self.detach(handle, state, &action, Some(claim), current);
             return false;
