@@ -368,6 +368,16 @@ impl Platform {
         self.envoys.get(replica).map(|process| process.child.id())
     }
 
+    /// The process id of the control server, the parent of its local containers (for their CPU figures).
+    pub fn xds_pid(&self) -> Option<u32> {
+        self.xds.as_ref().map(|process| process.child.id())
+    }
+
+    /// The process id of the management API (for its CPU figures).
+    pub fn management_pid(&self) -> Option<u32> {
+        self.management.as_ref().map(|process| process.child.id())
+    }
+
     pub fn admin_url(&self) -> String {
         format!("http://127.0.0.1:{}", self.options.ports.admin)
     }

@@ -303,9 +303,9 @@ fn run_body(n: usize) -> Value {
 }
 
 /// Times `requests` sequential POSTs built by `request`; milliseconds per request.
-async fn sequential<F>(requests: usize, mut request: F) -> anyhow::Result<Vec<f64>>
+async fn sequential<F>(requests: usize, request: F) -> anyhow::Result<Vec<f64>>
 where
-    F: FnMut(usize) -> reqwest::RequestBuilder,
+    F: Fn(usize) -> reqwest::RequestBuilder,
 {
     let mut samples = Vec::with_capacity(requests);
     for n in 0..requests + requests / 10 {
@@ -408,12 +408,26 @@ impl Bench {
 
     async fn warm_latency(&self) -> anyhow::Result<Vec<Figure>> {
         self.client.create_action("bench", "nodejs:20", TRIVIAL_JS).await?;
-        let platform = sequential(self.args.requests, self.platform_request("bench")).await?;
-        let (_container, address, _) = bare_container(&self.artifacts, "nodejs:20", TRIVIAL_JS).await?;
+        let requests = self.args.requests;
+        let sent = requests + requests / 10;
+        // Each path is warmed alike first (V8 tiers up Envoy's Wasm and Node.js's code over the
+        // first requests), then measured, with the CPU per request of each process behind it:
+        // Envoy, the management API, and the container (the control server's process tree, which
+        // holds its local containers).
+        let invoke = self.platform_request("bench");
+        sequential(requests, &invoke).await?;
+        let platform_pids =
+            [self.platform.envoy_pid(0), self.platform.management_pid(), self.platform.xds_pid()];
+        let (platform, platform_cpu) =
+            cpu_per_request(&platform_pids, sent, sequential(requests, &invoke)).await;
+        let platform = platform?;
+        let (container, address, _) = bare_container(&self.artifacts, "nodejs:20", TRIVIAL_JS).await?;
         let http = self.http.clone();
         let direct_url = format!("http://{address}/run");
-        let direct = sequential(self.args.requests, |n| http.post(&direct_url).json(&run_body(n))).await?;
-        let (_envoy, port) = plain_envoy(
+        let direct_request = |n| http.post(&direct_url).json(&run_body(n));
+        sequential(requests, direct_request).await?;
+        let direct = sequential(requests, direct_request).await?;
+        let (envoy, port) = plain_envoy(
             &self.artifacts,
             self.dir.path(),
             std::slice::from_ref(&address),
@@ -421,7 +435,12 @@ impl Bench {
         )?;
         let plain_url = format!("http://127.0.0.1:{port}/run");
         wait_until_up(&http, &plain_url).await?;
-        let plain = sequential(self.args.requests, |n| http.post(&plain_url).json(&run_body(n))).await?;
+        let plain_request = |n| http.post(&plain_url).json(&run_body(n));
+        sequential(requests, plain_request).await?;
+        let plain_pids = [Some(envoy.0.id()), None, Some(container.0.id())];
+        let (plain, plain_cpu) =
+            cpu_per_request(&plain_pids, sent, sequential(requests, plain_request)).await;
+        let plain = plain?;
         let (p50, p95, p99) = summary(platform);
         let (direct50, _, direct99) = summary(direct);
         let (plain50, _, plain99) = summary(plain);
@@ -432,6 +451,11 @@ impl Bench {
             "overhead_over_direct_us": round((p50 - direct50) * 1000.0),
             "overhead_over_plain_envoy_us": round((p50 - plain50) * 1000.0),
             "requests": self.args.requests,
+            "cpu_us_per_request": {
+                "envoy": round(platform_cpu[0]), "management_api": round(platform_cpu[1]),
+                "container": round(platform_cpu[2]),
+                "plain_envoy": round(plain_cpu[0]), "plain_container": round(plain_cpu[2]),
+            },
         });
         Ok(vec![Figure {
             scenario: "warm-latency".into(),
@@ -1085,6 +1109,54 @@ impl ScaleRun {
                "start_to_published_s": round(self.published_s),
                "publish_to_ack_max_ms_bucket": round(self.publish_to_ack_ms)})
     }
+}
+
+/// CPU time that `root` and every process below it have used so far (user and system, children
+/// that already exited excluded), in microseconds.
+fn cpu_us(root: u32) -> f64 {
+    // /proc/PID/stat: after the parenthesised command (which may hold spaces), field 4 is the
+    // parent and fields 14 and 15 the user and system ticks.
+    let mut processes: Vec<(u32, u32, u64)> = Vec::new();
+    for entry in fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|name| name.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(stat) = fs::read_to_string(entry.path().join("stat")) else { continue };
+        let Some((_, rest)) = stat.rsplit_once(')') else { continue };
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let number =
+            |index: usize| fields.get(index).and_then(|field| field.parse::<u64>().ok()).unwrap_or(0);
+        processes.push((pid, number(1) as u32, number(11) + number(12)));
+    }
+    let mut tree = vec![root];
+    let mut ticks = 0;
+    while let Some(pid) = tree.pop() {
+        for (child, parent, used) in &processes {
+            if *child == pid {
+                ticks += used;
+            } else if *parent == pid {
+                tree.push(*child);
+            }
+        }
+    }
+    // Linux reports ticks of USER_HZ, which is 100 on every architecture it runs on.
+    ticks as f64 * 1e4
+}
+
+/// CPU microseconds per request that each of `pids` spent while `work` ran.
+async fn cpu_per_request<T>(
+    pids: &[Option<u32>],
+    requests: usize,
+    work: impl std::future::Future<Output = T>,
+) -> (T, Vec<f64>) {
+    let before: Vec<f64> = pids.iter().map(|pid| pid.map_or(0.0, cpu_us)).collect();
+    let output = work.await;
+    let spent = pids
+        .iter()
+        .zip(before)
+        .map(|(pid, before)| pid.map_or(0.0, |pid| (cpu_us(pid) - before) / requests.max(1) as f64))
+        .collect();
+    (output, spent)
 }
 
 /// Resident memory of a process, from `/proc/<pid>/status`.
