@@ -417,6 +417,11 @@ pub struct FilterConfig {
     /// How often each worker flushes activation records and starts queued non-blocking invokes.
     #[serde(default = "FilterConfig::default_flush_period_ms")]
     pub flush_period_ms: u64,
+    /// How long an activation record may wait to be stored with later ones: each store is an HTTP
+    /// call costing Envoy far more than a record, so records go in batches (or at once, when a
+    /// batch is full).
+    #[serde(default = "FilterConfig::default_record_batch_ms")]
+    pub record_batch_ms: u64,
     /// Requests that may wait for a container of one action, per worker; more are refused (429).
     #[serde(default = "FilterConfig::default_max_waiting_per_action")]
     pub max_waiting_per_action: usize,
@@ -455,6 +460,9 @@ impl FilterConfig {
     }
     fn default_flush_period_ms() -> u64 {
         10
+    }
+    fn default_record_batch_ms() -> u64 {
+        50
     }
     fn default_max_waiting_per_action() -> usize {
         1_000

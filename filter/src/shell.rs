@@ -338,6 +338,8 @@ struct Shared {
     worker_id: String,
     /// The revisions this worker has a head published for.
     published_heads: RefCell<BTreeSet<String>>,
+    /// This worker's copy of the resolutions it used (the shared cache's entries, parsed).
+    resolved: RefCell<cache::Local>,
 }
 
 impl Shared {
@@ -798,6 +800,21 @@ fn forward(shared: &Shared, state: &mut State, claim: Claim, resume: bool) {
     }
 }
 
+/// A request's headers as Envoy had them when the filter first saw the request, read in one host
+/// call (each call that returns data costs a round trip into the VM to allocate it).
+struct RequestHeaders(Vec<(String, String)>);
+
+impl RequestHeaders {
+    /// The first value of `name` (lower case), as Envoy's own lookup gives it.
+    fn get(&self, name: &str) -> Option<&str> {
+        self.0.iter().find(|(key, _)| key == name).map(|(_, value)| value.as_str())
+    }
+
+    fn names(&self) -> impl Iterator<Item = &str> {
+        self.0.iter().map(|(name, _)| name.as_str())
+    }
+}
+
 /// The worker's root context: the outbox, the wait queues' clock, and the cold starts.
 struct Root {
     context_id: u32,
@@ -821,6 +838,9 @@ struct Root {
     records_in_flight: Option<(u32, Vec<ActivationRecord>)>,
     /// No record batch before this time (the last one failed).
     records_not_before: u64,
+    /// When the oldest pending record was queued: a batch goes when it is full or this is old
+    /// enough (`record_batch_ms`).
+    records_pending_since: u64,
 }
 
 impl Root {
@@ -837,6 +857,7 @@ impl Root {
             pending_records: VecDeque::new(),
             records_in_flight: None,
             records_not_before: 0,
+            records_pending_since: 0,
         }
     }
 
@@ -987,6 +1008,9 @@ impl Root {
                         self.pending_records.pop_front();
                         Counters::bump(shared.counters.records_dropped);
                     }
+                    if self.pending_records.is_empty() {
+                        self.records_pending_since = now_ms();
+                    }
                     self.pending_records.push_back(record);
                 }
                 Outgoing::Run(run) => {
@@ -1021,13 +1045,17 @@ impl Root {
         self.store_records(shared);
     }
 
-    /// Sends the oldest pending records, one batch at a time; a batch the management API did not
+    /// Sends the oldest pending records, one batch at a time, once the oldest has waited
+    /// `record_batch_ms` for company or a batch is full; a batch the management API did not
     /// confirm goes back to the front and is retried after a pause, so records are never lost to
     /// an unreachable store (only to the bound, counted in `whisk_records_dropped`).
     fn store_records(&mut self, shared: &Shared) {
+        let now = now_ms();
+        let full = self.pending_records.len() >= RECORD_BATCH;
         if self.records_in_flight.is_some()
             || self.pending_records.is_empty()
-            || now_ms() < self.records_not_before
+            || now < self.records_not_before
+            || (!full && now < self.records_pending_since + shared.config.record_batch_ms)
         {
             return;
         }
@@ -1279,6 +1307,7 @@ impl RootContext for Root {
             runs: RefCell::new(HashMap::new()),
             worker_id: new_id(),
             published_heads: RefCell::new(BTreeSet::new()),
+            resolved: RefCell::new(cache::Local::default()),
         }));
         true
     }
@@ -1346,35 +1375,34 @@ impl Request {
 
     /// Strips every internal header a client sent; returns what they say when the request carries
     /// the right internal token and an activation id (the run of a non-blocking or detached invoke,
-    /// a sequence's component, or a web request's run).
-    fn take_internal_headers(&self) -> Option<Internal> {
-        let token = self.get_http_request_header(headers::INTERNAL_TOKEN);
-        let activation_id = self.get_http_request_header(headers::INTERNAL_ACTIVATION_ID);
-        let cause = self.get_http_request_header(headers::INTERNAL_CAUSE);
-        let depth = self.get_http_request_header(headers::SEQUENCE_DEPTH);
-        let web = self.get_http_request_header(headers::INTERNAL_WEB).is_some();
-        let arrived = self.get_http_request_header(headers::INTERNAL_ARRIVED);
-        let claim = self.get_http_request_header(headers::INTERNAL_CLAIM);
-        let run_as = self.get_http_request_header(headers::INTERNAL_SUBJECT);
-        for (name, _) in self.get_http_request_headers() {
-            if name.starts_with(headers::INTERNAL_PREFIX) {
-                self.set_http_request_header(&name, None);
-            }
+    /// a sequence's component, or a web request's run). `sent` are the request's headers, read once.
+    fn take_internal_headers(&self, sent: &RequestHeaders) -> Option<Internal> {
+        // Removing a name removes every value it has: each name once.
+        let mut internal: Vec<&str> =
+            sent.names().filter(|name| name.starts_with(headers::INTERNAL_PREFIX)).collect();
+        internal.sort_unstable();
+        internal.dedup();
+        for name in internal {
+            self.set_http_request_header(name, None);
         }
-        match (token, activation_id) {
-            (Some(token), Some(id)) if token == self.shared.config.internal_token && !id.is_empty() => {
-                Some(Internal {
-                    activation_id: id,
-                    cause: cause.filter(|cause| !cause.is_empty()),
-                    sequence_depth: depth.and_then(|depth| depth.parse().ok()).unwrap_or(0),
-                    web,
-                    arrived: arrived.and_then(|arrived| arrived.parse().ok()),
-                    claim: claim.as_deref().and_then(Claim::from_header),
-                    run_as: run_as.filter(|namespace| !namespace.is_empty()),
-                })
-            }
-            _ => None,
+        let token = sent.get(headers::INTERNAL_TOKEN)?;
+        let activation_id = sent.get(headers::INTERNAL_ACTIVATION_ID)?;
+        if token != self.shared.config.internal_token || activation_id.is_empty() {
+            return None;
         }
+        let present = |name: &str| sent.get(name).filter(|value| !value.is_empty()).map(str::to_owned);
+        Some(Internal {
+            activation_id: activation_id.to_owned(),
+            cause: present(headers::INTERNAL_CAUSE),
+            sequence_depth: sent
+                .get(headers::SEQUENCE_DEPTH)
+                .and_then(|depth| depth.parse().ok())
+                .unwrap_or(0),
+            web: sent.get(headers::INTERNAL_WEB).is_some(),
+            arrived: sent.get(headers::INTERNAL_ARRIVED).and_then(|arrived| arrived.parse().ok()),
+            claim: sent.get(headers::INTERNAL_CLAIM).and_then(Claim::from_header),
+            run_as: present(headers::INTERNAL_SUBJECT),
+        })
     }
 
     /// Body complete: validate it and ask the management API who may run what.
@@ -1409,10 +1437,19 @@ impl Request {
         } else {
             Resolver::Key(&state.authorization)
         };
-        state.cache_key = cache::key(resolver, namespace, action_path);
         let max_age = self.shared.config.resolve_cache_max_age_ms;
-        if let Some(action) = cache::lookup(&EnvoySharedData, &state.cache_key, now_ms(), max_age) {
-            // Warm and known: no call at all; the request goes on from this very callback.
+        let (generation, now) = (cache::current_generation(&EnvoySharedData).unwrap_or_default(), now_ms());
+        // Warm and known: no call at all; the request goes on from this very callback.
+        let copy =
+            self.shared.resolved.borrow().lookup(resolver, namespace, action_path, &generation, now, max_age);
+        if let Some(action) = copy {
+            Counters::bump(self.shared.counters.resolve_cache_hits);
+            return self.resolved(state, action, false);
+        }
+        state.cache_key = cache::key(resolver, namespace, action_path);
+        if let Some(cached) = cache::lookup(&EnvoySharedData, &state.cache_key, &generation, now, max_age) {
+            let action = cached.action.clone();
+            self.shared.resolved.borrow_mut().remember(resolver, namespace, action_path, &generation, cached);
             Counters::bump(self.shared.counters.resolve_cache_hits);
             return self.resolved(state, action, false);
         }
@@ -1811,9 +1848,10 @@ impl Context for Request {
 
 impl HttpContext for Request {
     fn on_http_request_headers(&mut self, _headers: usize, end_of_stream: bool) -> Action {
-        let internal = self.take_internal_headers();
-        let method = self.get_http_request_header(":method").unwrap_or_default();
-        let path = self.get_http_request_header(":path").unwrap_or_default();
+        let sent = RequestHeaders(self.get_http_request_headers());
+        let internal = self.take_internal_headers(&sent);
+        let method = sent.get(":method").unwrap_or_default().to_owned();
+        let path = sent.get(":path").unwrap_or_default().to_owned();
         let state = self.state.clone();
         let mut state = state.borrow_mut();
         match route::classify(&method, &path) {
@@ -1830,12 +1868,14 @@ impl HttpContext for Request {
             Route::Web(target) => {
                 state.timing.arrived = now_ms();
                 state.activation_id = new_id();
-                state.authorization = self.get_http_request_header("authorization").unwrap_or_default();
-                state.web_secret = self.get_http_request_header(headers::REQUIRE_WHISK_AUTH);
+                state.authorization = sent.get("authorization").unwrap_or_default().to_owned();
+                state.web_secret = sent.get(headers::REQUIRE_WHISK_AUTH).map(str::to_owned);
                 state.web_resolve = true;
                 state.original_path = path;
-                let http =
-                    web::HttpRequest { method, headers: self.get_http_request_headers(), body: Vec::new() };
+                // What the action sees: the client's headers, none of ours.
+                let visible =
+                    sent.0.into_iter().filter(|(name, _)| !name.starts_with(headers::INTERNAL_PREFIX));
+                let http = web::HttpRequest { method, headers: visible.collect(), body: Vec::new() };
                 state.web = Some(WebRequest { target, http, export: web::Export::default() });
                 if !end_of_stream {
                     return Action::Pause;
@@ -1857,12 +1897,12 @@ impl HttpContext for Request {
                     state.sequence_depth = internal.sequence_depth;
                     state.web_resolve = internal.web;
                     if internal.web {
-                        state.web_secret = self.get_http_request_header(headers::REQUIRE_WHISK_AUTH);
+                        state.web_secret = sent.get(headers::REQUIRE_WHISK_AUTH).map(str::to_owned);
                     }
                 } else {
                     state.activation_id = new_id();
                 }
-                state.authorization = self.get_http_request_header("authorization").unwrap_or_default();
+                state.authorization = sent.get("authorization").unwrap_or_default().to_owned();
                 state.original_path = path;
                 let blocking = invocation.blocking;
                 state.invocation = Some(invocation);

@@ -118,6 +118,11 @@ pub struct Config {
     /// How often each filter worker reports its containers' use (the filter's configuration).
     #[arg(long, env = "WHISK_USAGE_REPORT_PERIOD_MS", default_value_t = 1_000)]
     pub usage_report_period_ms: u64,
+    /// How long an activation record may wait in a filter worker to be stored with later ones (the
+    /// filter's configuration): each store is an HTTP call through Envoy, costing it far more than
+    /// the records it carries.
+    #[arg(long, env = "WHISK_RECORD_BATCH_MS", default_value_t = 50)]
+    pub record_batch_ms: u64,
     /// Longest a client waits on a blocking invoke, in milliseconds (OpenWhisk: 60 s); an action
     /// with a longer time limit answers 202 with its activation id when it runs past it.
     #[arg(long, env = "WHISK_BLOCKING_WAIT_MS", default_value_t = 60_000)]
@@ -176,6 +181,7 @@ pub async fn run_with<C: ClusterManager>(config: Config, cluster: C) -> anyhow::
             resolve_timeout_ms: 5_000,
             cold_start_timeout_ms: 70_000,
             flush_period_ms: 10,
+            record_batch_ms: config.record_batch_ms,
             max_waiting_per_action: 1_000,
             max_wait_ms: 60_000,
             waiters_per_cold_start: 2,

@@ -92,6 +92,7 @@ impl Topology {
                 resolve_timeout_ms: 1,
                 cold_start_timeout_ms: 1,
                 flush_period_ms: 1,
+                record_batch_ms: 1,
                 max_waiting_per_action: 1,
                 max_wait_ms: 1,
                 waiters_per_cold_start: 1,

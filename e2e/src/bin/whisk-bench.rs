@@ -50,6 +50,9 @@ struct Args {
     /// Run only this scenario.
     #[arg(long, env = "SCENARIO")]
     scenario: Option<String>,
+    /// Extra flags for the control server of the main platform (say, to compare filter settings).
+    #[arg(long = "xds-arg", allow_hyphen_values = true)]
+    xds_args: Vec<String>,
     /// Sequential requests per latency measurement.
     #[arg(long, default_value_t = 1000)]
     requests: usize,
@@ -1246,7 +1249,8 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let dir = tempfile::tempdir()?;
     let artifacts = Artifacts::from_workspace()?;
-    let options = bench_options(dir.path().to_path_buf(), args.concurrency)?;
+    let mut options = bench_options(dir.path().to_path_buf(), args.concurrency)?;
+    options.xds_args.clone_from(&args.xds_args);
     let platform = Platform::start(options, artifacts.clone())?;
     let client = Client::new(&platform.api_host(), GUEST_KEY);
     let http = reqwest::Client::builder().pool_max_idle_per_host(256).build()?;
