@@ -234,6 +234,18 @@ pub fn claim(store: &impl SharedData, prefix: &str) -> Option<Claim> {
     })
 }
 
+/// Claims the slot under `key` if it is free and unmarked: the shortcut to a slot the caller has
+/// just freed, which spares a scan from slot 0 (one shared-data read per slot) when most of the
+/// pool is busy. Marked slots are left to [`claim`], which takes them only when nothing else is free.
+pub fn claim_at(store: &impl SharedData, key: &str) -> Option<Claim> {
+    let (bytes, cas) = store.get(key)?;
+    let current = Slot::decode(&bytes)?;
+    if !matches!(current.state, SlotState::New | SlotState::Free) {
+        return None;
+    }
+    try_claim(store, key.to_owned(), current, cas)
+}
+
 fn try_claim(store: &impl SharedData, key: String, current: Slot, cas: u32) -> Option<Claim> {
     let init_ms = current.init_ms;
     let busy = Slot { state: SlotState::Busy, init_ms: None, uses: current.uses + 1, ..current };
@@ -453,6 +465,20 @@ mod tests {
     }
 
     #[test]
+    fn a_slot_claimed_directly_must_be_free_and_unmarked() {
+        let store = MemoryData::default();
+        let claim = insert_claimed(&store, PREFIX, 2, "c2", "127.0.0.1:4002");
+        let key = slot_key(PREFIX, 2);
+        assert_eq!(claim_at(&store, &key), None, "busy");
+        assert!(release(&store, &claim, SlotState::Free));
+        assert!(mark(&store, &key, "c2"));
+        assert_eq!(claim_at(&store, &key), None, "marked: only a scan that finds nothing else takes it");
+        assert!(unmark(&store, &key, "c2"));
+        assert_eq!(claim_at(&store, &key).map(|claim| claim.container_id), Some("c2".into()));
+        assert_eq!(claim_at(&store, &slot_key(PREFIX, 3)), None, "missing");
+    }
+
+    #[test]
     fn a_stale_cas_loses() {
         let store = MemoryData::default();
         let claim = insert_claimed(&store, PREFIX, 0, "c0", "127.0.0.1:4000");
@@ -551,6 +577,8 @@ mod tests {
     #[derive(Debug, Clone)]
     enum Step {
         Claim(usize),
+        /// The worker claims one slot directly (the slot it freed last).
+        ClaimAt(usize, u32),
         Release(usize),
         Read(usize, u32),
         WriteBusy(usize),
@@ -575,6 +603,7 @@ mod tests {
         fn no_container_is_ever_claimed_twice(steps in proptest::collection::vec(
             prop_oneof![
                 (0usize..4).prop_map(Step::Claim),
+                (0usize..4, 0u32..3).prop_map(|(w, s)| Step::ClaimAt(w, s)),
                 (0usize..4).prop_map(Step::Release),
                 (0usize..4, 0u32..3).prop_map(|(w, s)| Step::Read(w, s)),
                 (0usize..4).prop_map(Step::WriteBusy),
@@ -597,6 +626,9 @@ mod tests {
             for step in steps {
                 match step {
                     Step::Claim(worker) if held[worker].is_none() => held[worker] = claim(&store, PREFIX),
+                    Step::ClaimAt(worker, slot) if held[worker].is_none() => {
+                        held[worker] = claim_at(&store, &slot_key(PREFIX, slot));
+                    }
                     Step::Release(worker) => {
                         if let Some(claim) = held[worker].take() {
                             prop_assert!(release(&store, &claim, SlotState::Free));

@@ -60,6 +60,9 @@ const WAITING_TICK: Duration = Duration::from_millis(1);
 const REFUSED_BACKOFF_MS: u64 = 50;
 /// Activation records a worker keeps while the management API cannot store them.
 const MAX_PENDING_RECORDS: usize = 10_000;
+/// Slots remembered per action revision as freed by this worker, and revisions remembered.
+const FREED_PER_REVISION: usize = 4;
+const FREED_REVISIONS: usize = 256;
 /// Records sent in one call.
 const RECORD_BATCH: usize = 500;
 /// After a failed record batch, how long before retrying.
@@ -340,9 +343,40 @@ struct Shared {
     published_heads: RefCell<BTreeSet<String>>,
     /// This worker's copy of the resolutions it used (the shared cache's entries, parsed).
     resolved: RefCell<cache::Local>,
+    /// Per action revision, the slots this worker freed last (most recent last): tried before a
+    /// scan of the pool, which reads every slot below the first free one.
+    freed: RefCell<HashMap<String, Vec<String>>>,
 }
 
 impl Shared {
+    /// Claims a container of `prefix`: the slot this worker freed last if it is still free (most
+    /// recently used first, which also leaves the others idle for the collector), else the lowest.
+    fn claim(&self, prefix: &str) -> Option<Claim> {
+        loop {
+            let hint = self.freed.borrow_mut().get_mut(prefix).and_then(Vec::pop);
+            let Some(key) = hint else { break };
+            if let Some(claim) = pool::claim_at(&EnvoySharedData, &key) {
+                return Some(claim);
+            }
+        }
+        self.freed.borrow_mut().remove(prefix);
+        pool::claim(&EnvoySharedData, prefix)
+    }
+
+    /// Remembers a slot this worker just freed (a few per revision, for a bounded number of them).
+    fn remember_freed(&self, prefix: &str, key: String) {
+        let mut freed = self.freed.borrow_mut();
+        if freed.len() >= FREED_REVISIONS && !freed.contains_key(prefix) {
+            freed.clear();
+        }
+        let keys = freed.entry(prefix.to_owned()).or_default();
+        keys.retain(|known| *known != key);
+        if keys.len() >= FREED_PER_REVISION {
+            keys.remove(0);
+        }
+        keys.push(key);
+    }
+
     fn enqueue(&self, state: SharedState, prefix: &str) -> bool {
         let bound = self.config.max_waiting_per_action;
         if self.waiting.borrow_mut().push(prefix, Waiter { state }, now_ms(), bound).is_err() {
@@ -363,7 +397,7 @@ impl Shared {
             if !self.waiting.borrow_mut().has_waiter(prefix) || !self.first_in_line(prefix) {
                 break;
             }
-            let Some(claim) = pool::claim(&EnvoySharedData, prefix) else { break };
+            let Some(claim) = self.claim(prefix) else { break };
             let waiter = self.waiting.borrow_mut().next(prefix);
             let Some(waiter) = waiter else {
                 pool::release(&EnvoySharedData, &claim, SlotState::Free);
@@ -1308,6 +1342,7 @@ impl RootContext for Root {
             worker_id: new_id(),
             published_heads: RefCell::new(BTreeSet::new()),
             resolved: RefCell::new(cache::Local::default()),
+            freed: RefCell::new(HashMap::new()),
         }));
         true
     }
@@ -1640,7 +1675,7 @@ impl Request {
             pool::release(&EnvoySharedData, &claim, SlotState::Free);
             None
         });
-        match handed.or_else(|| pool::claim(&EnvoySharedData, &state.prefix)) {
+        match handed.or_else(|| self.shared.claim(&state.prefix)) {
             Some(claim) => {
                 let on_this_stream =
                     self.shared.run_claimed(&self.state, state, claim, in_callout, state.context_id);
@@ -1793,6 +1828,9 @@ impl Request {
                 grace_ms: 0,
                 swept: false,
             });
+        }
+        if let (Some(claim), Some(true), SlotState::Free) = (claim, released, next) {
+            self.shared.remember_freed(&state.prefix, claim.key);
         }
         let logs = activation::decode_logs(state.response_logs.as_deref());
         let mut record = activation::record(&action, &state.activation_id, response, logs, state.timing);
