@@ -392,6 +392,14 @@ impl Shared {
     /// Hands free containers of `prefix` to its waiters, oldest first. `current` is the context whose
     /// callback this runs in.
     fn serve_waiters(&self, prefix: &str, current: u32) {
+        if self.serve_waiters_quietly(prefix, current) {
+            self.publish_head(prefix);
+        }
+    }
+
+    /// [`Self::serve_waiters`] without publishing the new head: for the root's tick, which
+    /// republishes every head after it has also expired waiters.
+    fn serve_waiters_quietly(&self, prefix: &str, current: u32) -> bool {
         let mut served = false;
         loop {
             if !self.waiting.borrow_mut().has_waiter(prefix) || !self.first_in_line(prefix) {
@@ -412,9 +420,7 @@ impl Shared {
             let _switch = OnBehalfOf::enter(state.context_id, current);
             self.run_claimed(&waiter.state, &mut state, claim, true, current);
         }
-        if served {
-            self.publish_head(prefix);
-        }
+        served
     }
 
     /// True when this worker's oldest waiter of `prefix` is first in the Envoy-wide line: a free
@@ -1152,11 +1158,12 @@ impl Root {
         let prefixes = shared.waiting.borrow().prefixes();
         let now = now_ms();
         for prefix in prefixes {
-            shared.serve_waiters(&prefix, self.context_id);
+            shared.serve_waiters_quietly(&prefix, self.context_id);
             self.expire_waiters(shared, &prefix, now);
             self.request_containers(shared, &prefix, now);
         }
-        // Fresh heads for the revisions with waiters; none for those whose queue emptied.
+        // Fresh heads for the revisions with waiters (served and expired above); none for those
+        // whose queue emptied.
         let published: Vec<String> = shared.published_heads.borrow().iter().cloned().collect();
         for prefix in published {
             shared.publish_head(&prefix);
