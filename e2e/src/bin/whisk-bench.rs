@@ -472,19 +472,22 @@ impl Bench {
     }
 
     async fn warm_throughput(&self) -> anyhow::Result<Vec<Figure>> {
-        self.client.create_action("bench", "nodejs:20", TRIVIAL_JS).await?;
+        // An action of its own: the baseline gets as many containers as this action has, not as
+        // many as every earlier scenario left running.
+        self.client.create_action("bench-throughput", "nodejs:20", TRIVIAL_JS).await?;
         // Warm as many containers as there are clients, so both sides have the same pool.
         let warmups: Vec<_> = (0..self.args.clients)
             .map(|n| {
                 let client = self.client.clone();
-                tokio::spawn(async move { client.invoke("bench", &json!({"n": n}), true).await })
+                tokio::spawn(async move { client.invoke("bench-throughput", &json!({"n": n}), true).await })
             })
             .collect();
         for warmup in warmups {
             warmup.await??;
         }
-        let platform = saturate(self.args.clients, self.args.seconds, self.platform_request("bench")).await;
-        let containers = self.containers().await;
+        let platform =
+            saturate(self.args.clients, self.args.seconds, self.platform_request("bench-throughput")).await;
+        let containers = self.ready_containers_of("guest/bench-throughput@").await? as f64;
         // Baseline: plain Envoy round-robin over the same number of bare containers.
         let mut guards = Vec::new();
         let mut addresses = Vec::new();
@@ -858,12 +861,14 @@ impl Bench {
         Ok(figures)
     }
 
-    async fn containers(&self) -> f64 {
-        let page = match reqwest::get(format!("{}/metrics", self.platform.control_url())).await {
-            Ok(response) => response.text().await.unwrap_or_default(),
-            Err(_) => String::new(),
-        };
-        metric(&page, "xds_whisk_containers_ready", "")
+    /// Ready containers of the action revisions whose key starts with `action` (`namespace/name@`).
+    async fn ready_containers_of(&self, action: &str) -> anyhow::Result<usize> {
+        let url = format!("{}{}", self.platform.control_url(), whisk_contract::paths::COLD_START);
+        let containers: Vec<Value> = self.http.get(url).send().await?.json().await?;
+        Ok(containers
+            .iter()
+            .filter(|c| c["state"] == "ready" && c["action"].as_str().is_some_and(|a| a.starts_with(action)))
+            .count())
     }
 
     async fn cold_start(&self) -> anyhow::Result<Vec<Figure>> {
