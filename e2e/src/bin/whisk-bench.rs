@@ -202,8 +202,9 @@ async fn bare_container(
 }
 
 /// `/init` alone, in milliseconds, on a runtime that is already listening (what a prewarmed
-/// container has left to do).
-async fn bare_init(artifacts: &Artifacts, kind: &str, code: &str) -> anyhow::Result<f64> {
+/// container has left to do), and then the fresh process's first `/run` (which a cold invoke also
+/// waits for: the action's code runs for the first time).
+async fn bare_init(artifacts: &Artifacts, kind: &str, code: &str) -> anyhow::Result<(f64, f64)> {
     let (_guard, address) = spawn_runtime(artifacts, kind)?;
     let deadline = Instant::now() + Duration::from_secs(10);
     while tokio::net::TcpStream::connect(&address).await.is_err() {
@@ -213,13 +214,17 @@ async fn bare_init(artifacts: &Artifacts, kind: &str, code: &str) -> anyhow::Res
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     let body = json!({"value": {"name": "bench", "main": "main", "code": code, "binary": false, "env": {}}});
+    let http = reqwest::Client::new();
     let started = Instant::now();
-    let response = reqwest::Client::new().post(format!("http://{address}/init")).json(&body).send().await?;
-    let elapsed = started.elapsed().as_secs_f64() * 1000.0;
+    let response = http.post(format!("http://{address}/init")).json(&body).send().await?;
+    let init = started.elapsed().as_secs_f64() * 1000.0;
     if !response.status().is_success() {
         bail!("init failed: {}", response.text().await.unwrap_or_default());
     }
-    Ok(elapsed)
+    let started = Instant::now();
+    let response = http.post(format!("http://{address}/run")).json(&run_body(0)).send().await?;
+    response.bytes().await?;
+    Ok((init, started.elapsed().as_secs_f64() * 1000.0))
 }
 
 /// A plain Envoy: one listener, the router, one static cluster with `upstreams` in it (round robin).
@@ -528,7 +533,7 @@ impl Bench {
         let client = Client::new(&platform.api_host(), GUEST_KEY);
         let mut figures = Vec::new();
         for (kind, code, label) in [("nodejs:20", TRIVIAL_JS, "nodejs"), ("python:3", TRIVIAL_PY, "python")] {
-            let (mut cold, mut init) = (Vec::new(), Vec::new());
+            let (mut cold, mut init, mut first_run) = (Vec::new(), Vec::new(), Vec::new());
             for n in 0..self.args.cold_starts {
                 let name = format!("prewarmed-{label}-{n}");
                 client.create_action(&name, kind, code).await?;
@@ -551,12 +556,15 @@ impl Bench {
                     bail!("cold invoke of {name} answered {} {}", reply.status, reply.body);
                 }
                 cold.push(started.elapsed().as_secs_f64() * 1000.0);
-                init.push(bare_init(&self.artifacts, kind, code).await?);
+                let (init_ms, first_run_ms) = bare_init(&self.artifacts, kind, code).await?;
+                init.push(init_ms);
+                first_run.push(first_run_ms);
             }
             let page = reqwest::get(format!("{}/metrics", platform.control_url())).await?.text().await?;
             let used = metric(&page, "xds_whisk_prewarmed_used_total", "");
             let (cold50, _, cold99) = summary(cold);
             let (init50, _, _) = summary(init);
+            let (first_run50, _, _) = summary(first_run);
             figures.push(Figure {
                 scenario: format!("cold-start-prewarmed-{label}"),
                 unit: "ms (p50)",
@@ -565,7 +573,8 @@ impl Bench {
                 target: 1.0,
                 lower_is_better: true,
                 extra: json!({"p99_ms": round(cold99), "init_p50_ms": round(init50), "samples": self.args.cold_starts,
-                              "prewarmed_used": used, "overhead_over_init_ms": round(cold50 - init50)}),
+                              "prewarmed_used": used, "overhead_over_init_ms": round(cold50 - init50),
+                              "bare_first_run_p50_ms": round(first_run50)}),
             });
         }
         Ok(figures)
