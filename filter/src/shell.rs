@@ -42,7 +42,7 @@ use whisk_contract::{
 use crate::activation::{self, Timing};
 use crate::cache::{self, Resolver};
 use crate::envelope::{self, RunContext};
-use crate::limits;
+use crate::limits::{self, Admission, InFlight};
 use crate::pool::{self, CasMismatch, Claim, SharedData, SlotState};
 use crate::queue::{self, Queues, Waiting};
 use crate::route::{self, Invocation, Route, percent_encode};
@@ -659,17 +659,23 @@ impl Shared {
 fn admit(state: &mut State, action: &ResolvedAction, blocking: bool) -> Result<(), limits::Refusal> {
     let (namespace, allowed) = (action.subject.as_str(), action.subject_limits);
     let relayed = state.internal_activation_id.is_some();
-    if !relayed {
-        limits::count_invoke(&EnvoySharedData, namespace, now_ms() / 60_000, allowed.invocations_per_minute)?;
-    }
-    if relayed || blocking {
-        let allowed = if relayed { u64::MAX } else { allowed.concurrent_invocations };
-        limits::enter(&EnvoySharedData, namespace, allowed)?;
-        state.in_flight = Some(namespace.to_owned());
-        Ok(())
+    let in_flight = if relayed {
+        InFlight::Enter { allowed: u64::MAX }
+    } else if blocking {
+        InFlight::Enter { allowed: allowed.concurrent_invocations }
     } else {
-        limits::check_room(&EnvoySharedData, namespace, allowed.concurrent_invocations)
+        InFlight::Check { allowed: allowed.concurrent_invocations }
+    };
+    let admission = Admission {
+        minute: now_ms() / 60_000,
+        per_minute: (!relayed).then_some(allowed.invocations_per_minute),
+        in_flight,
+    };
+    limits::admit(&EnvoySharedData, namespace, admission)?;
+    if let InFlight::Enter { .. } = in_flight {
+        state.in_flight = Some(namespace.to_owned());
     }
+    Ok(())
 }
 
 /// A root-context callout: `POST path` of a JSON body to an internal endpoint of `cluster` (the
