@@ -149,17 +149,10 @@ struct Guard(Child);
 
 impl Drop for Guard {
     fn drop(&mut self) {
-        // SIGTERM first: the runtime removes its work directory.
+        // SIGTERM first, as for every runtime the harness stops: the runtime removes its work
+        // directory. Then reap it (SIGKILL only matters if it outlived the grace).
         if let Ok(pid) = i32::try_from(self.0.id()) {
-            let _ =
-                nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM);
-        }
-        let deadline = Instant::now() + Duration::from_secs(2);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.0.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(10));
+            e2e::stop_runtimes(&[pid]);
         }
         let _ = self.0.kill();
         let _ = self.0.wait();
