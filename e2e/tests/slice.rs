@@ -124,6 +124,27 @@ async fn create_invoke_read_back_and_errors_through_envoy() {
     assert_eq!(bodyless.status(), 200);
     assert_eq!(bodyless.json::<Value>().await.unwrap(), json!({"greeting": "hello undefined"}));
 
+    // The container's answer reaches the client rewritten: the reply's own length and type, the
+    // activation id, and none of the runtime's headers to the filter (its logs ride in one).
+    let warm = reqwest::Client::new()
+        .post(format!("{}/api/v1/namespaces/_/actions/hello?blocking=true", platform.api_host()))
+        .basic_auth(GUEST_KEY.split(':').next().unwrap(), GUEST_KEY.split(':').nth(1))
+        .json(&json!({"name": "h"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(warm.status(), 200);
+    let headers = warm.headers().clone();
+    assert_eq!(headers["content-type"], "application/json");
+    assert_eq!(headers.get_all("content-length").iter().count(), 1, "{headers:?}");
+    assert!(headers.get("x-whisk-logs").is_none(), "the runtime's logs header leaked: {headers:?}");
+    let text = warm.text().await.unwrap();
+    assert_eq!(headers["content-length"].to_str().unwrap(), text.len().to_string());
+    let answered: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(headers["x-openwhisk-activation-id"].to_str().unwrap(), answered["activationId"]);
+    assert_eq!(answered["response"]["result"], json!({"greeting": "hello h"}));
+    assert!(answered["logs"].to_string().contains("hello from node h"), "{answered}");
+
     // Read-back of the stored record, its logs and its result.
     let id = record["activationId"].as_str().unwrap();
     let stored = client.wait_for_activation(id, Duration::from_secs(10)).await.unwrap();

@@ -116,6 +116,23 @@ pub(crate) fn action() -> ResolvedAction {
     }
 }
 
+/// A header map rewritten as one list, for one host call that replaces the whole map (each call
+/// into Envoy costs more than the work it does): the headers in `current` whose names neither
+/// `set` nor `remove` name, in their order, then `set`. Names are lower case, as Envoy gives them.
+pub fn rewrite_headers<'a>(
+    current: &'a [(String, String)],
+    set: &[(&'a str, &'a str)],
+    remove: &[&str],
+) -> Vec<(&'a str, &'a str)> {
+    let replaced = |name: &str| set.iter().any(|(set_name, _)| *set_name == name) || remove.contains(&name);
+    current
+        .iter()
+        .filter(|(name, _)| !replaced(name))
+        .map(|(name, value)| (name.as_str(), value.as_str()))
+        .chain(set.iter().copied())
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -191,5 +208,41 @@ mod tests {
         assert_eq!(api_key_of("Bearer dXVpZDpzZWNyZXQ="), None);
         assert_eq!(api_key_of("Basic bm9jb2xvbg=="), None, "not uuid:key");
         assert_eq!(api_key_of(""), None);
+    }
+
+    #[test]
+    fn rewritten_headers_keep_the_rest_in_order_and_replace_every_value_of_a_set_name() {
+        let current: Vec<(String, String)> = [
+            (":path", "/api/v1/namespaces/_/actions/hello"),
+            ("x-forwarded-proto", "http"),
+            ("accept", "a"),
+            ("authorization", "Basic eA=="),
+            ("accept", "b"),
+            ("content-length", "2"),
+        ]
+        .iter()
+        .map(|(name, value)| ((*name).to_owned(), (*value).to_owned()))
+        .collect();
+        let rewritten = rewrite_headers(
+            &current,
+            &[(":path", "/run"), ("content-length", "40")],
+            &["authorization", "absent"],
+        );
+        assert_eq!(
+            rewritten,
+            vec![
+                ("x-forwarded-proto", "http"),
+                ("accept", "a"),
+                ("accept", "b"),
+                (":path", "/run"),
+                ("content-length", "40"),
+            ]
+        );
+    }
+
+    #[test]
+    fn rewriting_nothing_keeps_the_headers() {
+        let current = vec![("a".to_owned(), "1".to_owned())];
+        assert_eq!(rewrite_headers(&current, &[], &[]), vec![("a", "1")]);
     }
 }

@@ -217,6 +217,11 @@ struct State {
     /// Epoch milliseconds by which the activation must end.
     deadline_ms: u64,
     timing: Timing,
+    /// The request's headers as the client sent them, internal ones left out: [`forward`] rewrites
+    /// them into the `/run` request's in one host call.
+    request_headers: Vec<(String, String)>,
+    /// The container's response headers, read once; [`Request::finish`] rewrites them likewise.
+    response_headers: Vec<(String, String)>,
     response_status: u16,
     response_logs: Option<String>,
 }
@@ -816,23 +821,26 @@ fn forward(shared: &Shared, state: &mut State, claim: Claim, resume: bool) {
     // runtimes that do not, a little later so that the runtime's own answer wins when it can.
     let upstream_timeout = (action.limits.timeout + UPSTREAM_TIMEOUT_MARGIN_MS).to_string();
     state.deadline_ms = context.deadline_ms;
-    let set = |name: &str, value: Option<&str>| {
-        let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, name, value);
-    };
-    set(headers::ROUTE, Some(headers::ROUTE_CONTAINER));
-    set(headers::CONTAINER_ADDRESS, Some(&claim.address));
+    let content_length = run.len().to_string();
     let count = shared.config.container_clusters;
-    if count > 1 {
-        let cluster = clusters::containers_of(&claim.address, count);
-        set(headers::CONTAINER_CLUSTER, Some(&cluster));
+    let cluster = (count > 1).then(|| clusters::containers_of(&claim.address, count));
+    let mut set = vec![
+        (headers::ROUTE, headers::ROUTE_CONTAINER),
+        (headers::CONTAINER_ADDRESS, claim.address.as_str()),
+        (headers::CONTAINER_ID, claim.container_id.as_str()),
+        (":path", "/run"),
+        ("x-envoy-upstream-rq-timeout-ms", upstream_timeout.as_str()),
+        ("content-type", "application/json"),
+        ("content-length", content_length.as_str()),
+    ];
+    if let Some(cluster) = &cluster {
+        set.push((headers::CONTAINER_CLUSTER, cluster.as_str()));
     }
-    set(headers::CONTAINER_ID, Some(&claim.container_id));
-    set(":path", Some("/run"));
-    set("x-envoy-upstream-rq-timeout-ms", Some(&upstream_timeout));
-    set("content-type", Some("application/json"));
-    set("content-length", Some(&run.len().to_string()));
     // The key travels in the envelope only when the action asked for it, never as a header.
-    set("authorization", None);
+    let rewritten = envelope::rewrite_headers(&state.request_headers, &set, &["authorization"]);
+    if let Err(status) = hostcalls::set_map(MapType::HttpRequestHeaders, rewritten) {
+        error!("could not rewrite the headers of activation {}: {status:?}", state.activation_id);
+    }
     if let Err(status) = hostcalls::set_buffer(BufferType::HttpRequestBody, 0, usize::MAX / 2, &run) {
         error!("could not rewrite the body of activation {}: {status:?}", state.activation_id);
     }
@@ -1415,6 +1423,8 @@ impl Request {
             handed: None,
             deadline_ms: 0,
             timing: Timing { arrived: 0, forwarded: 0, end: 0, init_ms: None },
+            request_headers: Vec::new(),
+            response_headers: Vec::new(),
             response_status: 0,
             response_logs: None,
         };
@@ -1856,11 +1866,20 @@ impl Request {
         self.shared.outbox.borrow_mut().push_back(Outgoing::Record(record));
         let activation_id = state.activation_id.clone();
         if has_body {
-            self.set_http_response_header(":status", Some(&status.to_string()));
-            self.set_http_response_header("content-type", Some("application/json"));
-            self.set_http_response_header("content-length", Some(&reply.len().to_string()));
-            self.set_http_response_header(headers::RUNTIME_LOGS, None);
-            self.set_http_response_header(headers::ACTIVATION_ID, Some(&activation_id));
+            let status = status.to_string();
+            let content_length = reply.len().to_string();
+            let set = [
+                (":status", status.as_str()),
+                ("content-type", "application/json"),
+                ("content-length", content_length.as_str()),
+                (headers::ACTIVATION_ID, activation_id.as_str()),
+            ];
+            let answered = std::mem::take(&mut state.response_headers);
+            self.set_http_response_headers(envelope::rewrite_headers(
+                &answered,
+                &set,
+                &[headers::RUNTIME_LOGS],
+            ));
             self.set_http_response_body(0, body.len().max(usize::MAX / 2), &reply);
         } else {
             // A bodyless answer has no buffer to rewrite: reply locally (headers not sent yet).
@@ -1955,6 +1974,11 @@ impl HttpContext for Request {
                 }
                 state.authorization = sent.get("authorization").unwrap_or_default().to_owned();
                 state.original_path = path;
+                state.request_headers = sent
+                    .0
+                    .into_iter()
+                    .filter(|(name, _)| !name.starts_with(headers::INTERNAL_PREFIX))
+                    .collect();
                 let blocking = invocation.blocking;
                 state.invocation = Some(invocation);
                 if !end_of_stream {
@@ -2010,9 +2034,13 @@ impl HttpContext for Request {
         if state.phase != Phase::Forwarded {
             return Action::Continue;
         }
-        state.response_status =
-            self.get_http_response_header(":status").and_then(|s| s.parse().ok()).unwrap_or(0);
-        state.response_logs = self.get_http_response_header(headers::RUNTIME_LOGS);
+        // All of them in one call: finish rewrites them, and each call that returns data costs.
+        let answered = self.get_http_response_headers();
+        let header =
+            |name: &str| answered.iter().find(|(key, _)| key == name).map(|(_, value)| value.clone());
+        state.response_status = header(":status").and_then(|s| s.parse().ok()).unwrap_or(0);
+        state.response_logs = header(headers::RUNTIME_LOGS);
+        state.response_headers = answered;
         if !end_of_stream {
             return Action::Pause;
         }
