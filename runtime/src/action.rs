@@ -3,6 +3,9 @@
 //!
 //! The action loop is started at `/init` and kept across activations; when an activation kills it
 //! (timeout, crash, garbage on fd 3) it is respawned from the stored files at the next `/run`.
+//! A runtime of a launcher's kind starts that launcher on [`Standby`] when it starts: the
+//! interpreter's own start (most of a Node.js or Python `/init`) is then over before `/init` comes,
+//! which is what a prewarmed container is for.
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
@@ -87,6 +90,62 @@ enum Runner {
     Native,
 }
 
+/// Variables an interpreter reads when it starts, so a launcher already running cannot honour them
+/// from `/init`'s `env`: an action that sets one gets a fresh launcher.
+const READ_AT_START: &[&str] = &["NODE_", "UV_", "PYTHON", "LD_", "LC_", "LANG", "TZ"];
+
+/// A launcher started before its code exists; `/init` hands it the code (see the launchers' usage).
+#[derive(Debug)]
+pub struct Standby(ActionLoop);
+
+impl Standby {
+    /// Starts the launcher of `setup.kind`; `None` for kinds run without one (native).
+    pub async fn start(setup: &Setup) -> Result<Option<Self>, StandbyError> {
+        let Some(spec) = launcher_spec(setup)? else { return Ok(None) };
+        Ok(Some(Self(ActionLoop::spawn(&spec).await?)))
+    }
+
+    /// The launcher's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.0.pid()
+    }
+
+    pub async fn stop(mut self) {
+        self.0.kill().await;
+    }
+}
+
+/// Why the standby launcher did not start (the runtime then starts one at `/init`, as without it).
+#[derive(Debug, thiserror::Error)]
+pub enum StandbyError {
+    #[error(transparent)]
+    Launcher(#[from] InitError),
+    #[error(transparent)]
+    Spawn(#[from] ProcessError),
+}
+
+/// Whether a launcher started without `request`'s `env` serves it.
+fn standby_serves(request: &InitRequest) -> bool {
+    !request.env.keys().any(|name| READ_AT_START.iter().any(|prefix| name.starts_with(prefix)))
+}
+
+/// The line that hands a standby launcher its code.
+fn code_line(entry: &Entry, request: &InitRequest, action_dir: &Path) -> Option<String> {
+    let (file, mode) = match entry {
+        Entry::NodeSource(file) => (file, Some("source")),
+        Entry::NodeModule(file) => (file, Some("module")),
+        Entry::Python(file) => (file, None),
+        Entry::Native(_) => return None,
+    };
+    let mut line = serde_json::json!({
+        "entry": file, "main": request.main, "cwd": action_dir, "env": request.env,
+    });
+    if let Some(mode) = mode {
+        line["mode"] = mode.into();
+    }
+    Some(line.to_string())
+}
+
 /// A load attempt that did not end with a ready action loop.
 struct LoadFailure {
     message: String,
@@ -97,19 +156,35 @@ struct LoadFailure {
 impl Action {
     /// Materialises the code and, for Node.js and Python, starts the action loop and waits until the
     /// code is loaded. Returns the output written while loading.
+    /// A `standby` launcher loads the code when it serves the request; else it is stopped and a
+    /// launcher started for the code.
     pub async fn init(
         setup: &Setup,
         request: &InitRequest,
+        standby: Option<Standby>,
         shutdown: &mut watch::Receiver<bool>,
     ) -> Result<(Self, Vec<LogLine>), InitError> {
-        let source = code::decode(setup.kind, &request.code, request.binary)?;
-        let action_dir = setup.work_dir.join("action");
-        let entry = code::materialise(setup.kind, &source, &action_dir)?;
-        let spec = launch_spec(setup, request, &entry, &action_dir)?;
+        let prepared = prepare(setup, request);
+        let line = prepared.as_ref().ok().and_then(|(entry, _)| {
+            code_line(entry, request, &setup.work_dir.join("action")).filter(|_| standby_serves(request))
+        });
+        let standby = match (standby, line) {
+            (Some(standby), Some(line)) => Some((standby, line)),
+            (Some(standby), None) => {
+                standby.stop().await;
+                None
+            }
+            (None, _) => None,
+        };
+        let (entry, spec) = prepared?;
         if let Entry::Native(_) = entry {
             return Ok((Self { spec, runner: Runner::Native }, Vec::new()));
         }
-        match load(&spec, None, shutdown).await {
+        let loaded = match standby {
+            Some((Standby(child), line)) => load_on_standby(child, &line, &spec, shutdown).await,
+            None => load(&spec, None, shutdown).await,
+        };
+        match loaded {
             Ok((child, logs)) => Ok((Self { spec, runner: Runner::Loop(Some(Box::new(child))) }, logs)),
             Err(failure) => Err(InitError::Load { message: failure.message, logs: failure.logs }),
         }
@@ -137,6 +212,15 @@ impl Action {
             child.kill().await;
         }
     }
+}
+
+/// The code materialised and how to start it.
+fn prepare(setup: &Setup, request: &InitRequest) -> Result<(Entry, LaunchSpec), InitError> {
+    let source = code::decode(setup.kind, &request.code, request.binary)?;
+    let action_dir = setup.work_dir.join("action");
+    let entry = code::materialise(setup.kind, &source, &action_dir)?;
+    let spec = launch_spec(setup, request, &entry, &action_dir)?;
+    Ok((entry, spec))
 }
 
 async fn run_loop(
@@ -217,10 +301,38 @@ async fn load(
     deadline: Option<Instant>,
     shutdown: &mut watch::Receiver<bool>,
 ) -> Result<(ActionLoop, Vec<LogLine>), LoadFailure> {
+    let child = ActionLoop::spawn(spec).await.map_err(|e: ProcessError| LoadFailure {
+        message: e.to_string(),
+        logs: Vec::new(),
+        timed_out: false,
+    })?;
+    loaded(child, None, deadline, shutdown).await
+}
+
+/// Hands the code to a standby launcher; one that died meanwhile is replaced by a fresh launcher.
+async fn load_on_standby(
+    mut child: ActionLoop,
+    line: &str,
+    spec: &LaunchSpec,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Result<(ActionLoop, Vec<LogLine>), LoadFailure> {
+    if child.has_exited() {
+        tracing::warn!("the standby launcher had exited; starting one for the code");
+        return load(spec, None, shutdown).await;
+    }
+    loaded(child, Some(line), None, shutdown).await
+}
+
+/// Sends `input` (the code, to a standby launcher) and waits for the launcher to report that the
+/// code is loaded.
+async fn loaded(
+    mut child: ActionLoop,
+    input: Option<&str>,
+    deadline: Option<Instant>,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Result<(ActionLoop, Vec<LogLine>), LoadFailure> {
     let failed = |message: String, logs| LoadFailure { message, logs, timed_out: false };
-    let mut child =
-        ActionLoop::spawn(spec).await.map_err(|e: ProcessError| failed(e.to_string(), Vec::new()))?;
-    let exchanged = child.exchange(None, deadline, shutdown).await;
+    let exchanged = child.exchange(input, deadline, shutdown).await;
     let logs = exchanged.logs;
     let message = match exchanged.exchange {
         Exchange::Answered(line) => match outcome::classify_load(&line) {
@@ -245,38 +357,67 @@ async fn load(
     Err(failed(message, logs))
 }
 
-/// How to start the entry: the launcher for the kind, or the executable itself.
+/// How to start the entry: its kind's launcher with the code's arguments, or the executable itself.
 fn launch_spec(
     setup: &Setup,
     request: &InitRequest,
     entry: &Entry,
     action_dir: &Path,
 ) -> Result<LaunchSpec, InitError> {
-    let mut env: BTreeMap<String, String> = request.env.clone();
-    let write_launcher = |name: &str, text: &str| {
+    let (mut spec, code_args): (LaunchSpec, Vec<OsString>) = match entry {
+        Entry::NodeSource(file) | Entry::NodeModule(file) => {
+            let mode = if matches!(entry, Entry::NodeSource(_)) { "source" } else { "module" };
+            (launcher(setup, Kind::Node)?, vec![file.into(), request.main.clone().into(), mode.into()])
+        }
+        Entry::Python(file) => {
+            (launcher(setup, Kind::Python)?, vec![file.into(), request.main.clone().into()])
+        }
+        Entry::Native(exec) => (
+            LaunchSpec {
+                program: exec.clone(),
+                args: Vec::new(),
+                env: BTreeMap::new(),
+                env_remove: setup.env_remove.clone(),
+                cwd: PathBuf::new(),
+            },
+            Vec::new(),
+        ),
+    };
+    spec.args.extend(code_args);
+    // The launcher's own settings win over the action's.
+    let mut env = request.env.clone();
+    env.append(&mut spec.env);
+    spec.env = env;
+    spec.cwd = action_dir.to_path_buf();
+    Ok(spec)
+}
+
+/// The launcher of the runtime's kind, without code (a [`Standby`]); `None` for native kinds.
+fn launcher_spec(setup: &Setup) -> Result<Option<LaunchSpec>, InitError> {
+    match setup.kind {
+        Kind::Node | Kind::Python => launcher(setup, setup.kind).map(Some),
+        Kind::Native => Ok(None),
+    }
+}
+
+/// Node.js's or Python's launcher, written into the work directory, with no code arguments yet.
+fn launcher(setup: &Setup, family: Kind) -> Result<LaunchSpec, InitError> {
+    let write = |name: &str, text: &str| {
         let path = setup.work_dir.join(name);
         std::fs::write(&path, text).map_err(|source| InitError::Launcher { path: path.clone(), source })?;
         Ok::<_, InitError>(path)
     };
-    let (program, args): (PathBuf, Vec<OsString>) = match entry {
-        Entry::NodeSource(file) | Entry::NodeModule(file) => {
-            let launcher = write_launcher("launcher.js", LAUNCHER_JS)?;
-            let mode = if matches!(entry, Entry::NodeSource(_)) { "source" } else { "module" };
-            let args = vec![launcher.into(), file.into(), request.main.clone().into(), mode.into()];
-            (setup.interpreters.node.clone(), args)
-        }
-        Entry::Python(file) => {
-            let launcher = write_launcher("launcher.py", LAUNCHER_PY)?;
-            // UTF-8 whatever the locale, and unbuffered so log lines are stamped when printed.
-            env.insert("PYTHONIOENCODING".into(), "utf-8".into());
-            env.insert("PYTHONUNBUFFERED".into(), "1".into());
-            env.insert("PYTHONDONTWRITEBYTECODE".into(), "1".into());
-            let args = vec!["-u".into(), launcher.into(), file.into(), request.main.clone().into()];
-            (setup.interpreters.python.clone(), args)
-        }
-        Entry::Native(exec) => (exec.clone(), Vec::new()),
+    let mut env = BTreeMap::new();
+    let (program, args): (PathBuf, Vec<OsString>) = if family == Kind::Python {
+        // UTF-8 whatever the locale, and unbuffered so log lines are stamped when printed.
+        env.insert("PYTHONIOENCODING".into(), "utf-8".into());
+        env.insert("PYTHONUNBUFFERED".into(), "1".into());
+        env.insert("PYTHONDONTWRITEBYTECODE".into(), "1".into());
+        (setup.interpreters.python.clone(), vec!["-u".into(), write("launcher.py", LAUNCHER_PY)?.into()])
+    } else {
+        (setup.interpreters.node.clone(), vec![write("launcher.js", LAUNCHER_JS)?.into()])
     };
-    Ok(LaunchSpec { program, args, env, env_remove: setup.env_remove.clone(), cwd: action_dir.to_path_buf() })
+    Ok(LaunchSpec { program, args, env, env_remove: setup.env_remove.clone(), cwd: setup.work_dir.clone() })
 }
 
 fn now_ms() -> u64 {

@@ -184,6 +184,16 @@ impl ActionLoop {
         Exchanged { exchange, logs: collector.into_lines() }
     }
 
+    /// The process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
+    /// Whether the process has ended (without waiting for it).
+    pub fn has_exited(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(Some(_)))
+    }
+
     /// Kills the process (and its group) and reaps it.
     pub async fn kill(&mut self) {
         // Closing stdin first lets a launcher that is between activations exit by itself.

@@ -17,7 +17,7 @@ use time::OffsetDateTime;
 use tokio::sync::{Mutex, watch};
 use whisk_contract::headers;
 
-use crate::action::{Action, InitError, Interpreters, Setup};
+use crate::action::{Action, InitError, Interpreters, Setup, Standby};
 use crate::config::Config;
 use crate::envelope;
 use crate::logs::{self, LogLine};
@@ -99,6 +99,8 @@ pub struct AppState {
     initialized: AtomicBool,
     /// The action; held for the whole of an `/init` or a `/run`, which is what makes `/run`s exclusive.
     action: Arc<Mutex<Option<Action>>>,
+    /// The kind's launcher, started before `/init` so that `/init` only loads the code.
+    standby: Mutex<Option<Standby>>,
     shutdown: watch::Sender<bool>,
 }
 
@@ -118,12 +120,26 @@ impl AppState {
             work_dir,
             initialized: AtomicBool::new(false),
             action: Arc::new(Mutex::new(None)),
+            standby: Mutex::new(None),
             shutdown: watch::channel(false).0,
         }))
     }
 
     pub fn work_dir(&self) -> &Path {
         self.work_dir.path()
+    }
+
+    /// Starts the kind's launcher on standby; without one, `/init` starts it (as it would anyway).
+    pub async fn start_standby(&self) {
+        match Standby::start(&self.setup).await {
+            Ok(standby) => *self.standby.lock().await = standby,
+            Err(e) => tracing::warn!(container = %self.container_id, "no standby launcher: {e}"),
+        }
+    }
+
+    /// The standby launcher's process id, until `/init` takes it.
+    pub async fn standby_pid(&self) -> Option<u32> {
+        self.standby.lock().await.as_ref().and_then(Standby::pid)
     }
 
     /// Tells running activations to stop: they kill their process and answer.
@@ -134,6 +150,9 @@ impl AppState {
     /// Kills the action's process and removes the work directory.
     pub async fn stop(&self) {
         self.begin_shutdown();
+        if let Some(standby) = self.standby.lock().await.take() {
+            standby.stop().await;
+        }
         if let Some(action) = self.action.lock().await.as_mut() {
             action.stop().await;
         }
@@ -203,7 +222,8 @@ async fn init(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Byte
         return reply(StatusCode::FORBIDDEN, error(ALREADY_INITIALIZED), None);
     }
     let mut shutdown = state.shutdown.subscribe();
-    match Action::init(&state.setup, &request, &mut shutdown).await {
+    let standby = state.standby.lock().await.take();
+    match Action::init(&state.setup, &request, standby, &mut shutdown).await {
         Ok((action, load_logs)) => {
             *slot = Some(action);
             state.initialized.store(true, Ordering::Release);

@@ -28,7 +28,7 @@ struct Client {
 struct Runtime {
     client: Client,
     server: tokio::task::JoinHandle<()>,
-    _state: Arc<AppState>,
+    state: Arc<AppState>,
 }
 
 impl std::ops::Deref for Runtime {
@@ -55,13 +55,15 @@ async fn start(kind: &str) -> Runtime {
         python: "python3".into(),
     };
     let state = AppState::new(&config).unwrap();
+    // As the binary does: the kind's launcher waits for the code before `/init` comes.
+    state.start_standby().await;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let app = router(state.clone());
     let server = tokio::spawn(async move {
         let _ = axum::serve(listener, app).await;
     });
-    Runtime { client: Client { base, http: reqwest::Client::new() }, server, _state: state }
+    Runtime { client: Client { base, http: reqwest::Client::new() }, server, state }
 }
 
 fn now_ms() -> u64 {
@@ -263,6 +265,54 @@ async fn init_env_is_visible_to_the_action() {
         .await;
     assert_eq!(reply.status, StatusCode::OK);
     assert_eq!(rt.run(json!({})).await.body, json!({"v": "hé"}));
+}
+
+/// The launcher that waited before `/init` is the one that runs the code: its start is not on the
+/// path of `/init` (what a prewarmed container is for).
+#[tokio::test]
+async fn the_standby_launcher_runs_the_code() {
+    for (kind, code) in [
+        (
+            "nodejs:20",
+            "function main() { return { pid: process.pid, cwd: process.cwd(), v: process.env.V }; }",
+        ),
+        (
+            "python:3",
+            "import os\ndef main(args):\n    return {'pid': os.getpid(), 'cwd': os.getcwd(), 'v': os.environ.get('V')}\n",
+        ),
+    ] {
+        let rt = start(kind).await;
+        let standby = rt.state.standby_pid().await.expect("a standby launcher");
+        let reply = rt
+            .init_value(
+                json!({"name": "test", "main": "main", "code": code, "binary": false, "env": {"V": "1"}}),
+            )
+            .await;
+        assert_eq!(reply.status, StatusCode::OK, "{kind}: {}", reply.body);
+        assert_eq!(rt.state.standby_pid().await, None, "{kind}: /init took the standby");
+        let ran = rt.run(json!({})).await.body;
+        assert_eq!(ran["pid"], json!(standby), "{kind}: {ran}");
+        assert_eq!(ran["v"], "1", "{kind}: /init's env reaches the code: {ran}");
+        let action_dir = rt.state.work_dir().join("action");
+        assert_eq!(std::path::Path::new(ran["cwd"].as_str().unwrap()), action_dir, "{kind}: {ran}");
+    }
+}
+
+/// An `env` the interpreter reads when it starts cannot reach a launcher already running: that
+/// action gets a launcher of its own, and the standby one is stopped.
+#[tokio::test]
+async fn init_env_read_at_start_gets_a_fresh_launcher() {
+    let rt = start("nodejs:20").await;
+    let standby = rt.state.standby_pid().await.expect("a standby launcher");
+    let reply = rt
+        .init_value(json!({"main": "main", "code": "exports.main = () => ({ pid: process.pid, title: process.title })",
+                           "env": {"NODE_OPTIONS": "--title=whisk-fresh"}}))
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    let ran = rt.run(json!({})).await.body;
+    assert_eq!(ran["title"], "whisk-fresh", "NODE_OPTIONS applied at the start: {ran}");
+    assert_ne!(ran["pid"], json!(standby));
+    assert!(!std::path::Path::new(&format!("/proc/{standby}")).exists(), "the standby launcher was stopped");
 }
 
 async fn check_large_payload(rt: &Client) {

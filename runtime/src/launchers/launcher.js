@@ -1,9 +1,12 @@
 'use strict';
 // Action loop for Node.js actions, embedded in the action-runtime proxy (src/launchers/launcher.js).
 //
-// Usage: node launcher.js <entry file> <main function name> <source|module>
+// Usage: node launcher.js [<entry file> <main function name> <source|module>]
 //   source: a text action, compiled here so that a plain `function main` works as in OpenWhisk;
 //   module: a file from a zip, loaded with require() (or import() for ES modules).
+//   Without arguments the launcher starts on standby, before its code exists (a prewarmed
+//   container): its first stdin line names the code, {"entry", "main", "mode", "cwd", "env"}, and
+//   `env` is set before the code loads.
 //
 // Protocol with the proxy:
 //   fd 3:   one JSON line after loading ({"ok": true} or {"error": "..."}), then one per activation
@@ -20,7 +23,7 @@ const { pathToFileURL } = require('url');
 
 const END_MARKER = 'XXX_THE_END_OF_A_WHISK_ACTIVATION_XXX';
 const OUTCOME_FD = 3;
-const [entry, mainName, mode] = process.argv.slice(2);
+let [entry, mainName, mode] = process.argv.slice(2);
 
 function describe(err) {
   if (err instanceof Error || (err && typeof err.name === 'string' && typeof err.message === 'string')) {
@@ -146,9 +149,23 @@ function resetEnv(env) {
   }
 }
 
-async function serve(main) {
-  const lines = readline.createInterface({ input: process.stdin, crlfDelay: Infinity, terminal: false });
-  for await (const line of lines) {
+// On standby: waits for the line that names the code, and takes its directory and environment.
+async function awaitCode(lines) {
+  const first = await lines.next();
+  if (first.done) process.exit(0);
+  const code = JSON.parse(first.value);
+  ({ entry, main: mainName, mode } = code);
+  process.chdir(code.cwd);
+  for (const [name, value] of Object.entries(code.env || {})) {
+    process.env[name] = String(value);
+  }
+}
+
+async function serve(main, lines) {
+  for (;;) {
+    const next = await lines.next();
+    if (next.done) break;
+    const line = next.value;
     if (line.trim() === '') continue;
     let outcome;
     try {
@@ -168,8 +185,13 @@ async function serve(main) {
 }
 
 (async () => {
+  // One reader for the whole life of the process: the standby's first line and the activations.
+  const lines = readline
+    .createInterface({ input: process.stdin, crlfDelay: Infinity, terminal: false })
+    [Symbol.asyncIterator]();
   let main;
   try {
+    if (entry === undefined) await awaitCode(lines);
     main = await load();
     if (!main) throw new Error(`Action entrypoint '${mainName}' is not a function.`);
   } catch (err) {
@@ -181,5 +203,5 @@ async function serve(main) {
   }
   send({ ok: true });
   await endActivation();
-  await serve(main);
+  await serve(main, lines);
 })();

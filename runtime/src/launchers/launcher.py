@@ -1,6 +1,10 @@
 """Action loop for Python actions, embedded in the action-runtime proxy (src/launchers/launcher.py).
 
-Usage: python3 -u launcher.py <entry file> <main function name>
+Usage: python3 -u launcher.py [<entry file> <main function name>]
+
+Without arguments the launcher starts on standby, before its code exists (a prewarmed container):
+its first stdin line names the code, {"entry", "main", "cwd", "env"}, and `env` is set before the
+code loads.
 
 Protocol with the proxy:
   fd 3:   one JSON line after loading ({"ok": true} or {"error": "..."}), then one per activation
@@ -102,11 +106,24 @@ def serve(main, outcome_file):
         end_activation()
 
 
+def await_code():
+    """On standby: waits for the line that names the code, and takes its directory and environment."""
+    raw = sys.stdin.buffer.readline()
+    if not raw:
+        # The proxy stopped before any code came: nothing to report.
+        os._exit(0)
+    code = json.loads(raw.decode("utf-8"))
+    os.chdir(code["cwd"])
+    for name, value in (code.get("env") or {}).items():
+        os.environ[name] = str(value)
+    return code["entry"], code["main"]
+
+
 def run():
-    entry, main_name = sys.argv[1], sys.argv[2]
     outcome_file = os.fdopen(OUTCOME_FD, "w", encoding="utf-8")
     threading.Thread(target=watch_parent, daemon=True).start()
     try:
+        entry, main_name = (sys.argv[1], sys.argv[2]) if len(sys.argv) > 2 else await_code()
         main = load(entry, main_name)
         if main is None:
             raise NameError(f"Action entrypoint '{main_name}' is not a function.")
