@@ -426,3 +426,49 @@ fn now_ms() -> u64 {
         .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
         .unwrap_or(0)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(env: &[(&str, &str)]) -> InitRequest {
+        InitRequest {
+            name: None,
+            main: "handler".into(),
+            code: String::new(),
+            binary: false,
+            env: env.iter().map(|(name, value)| ((*name).to_owned(), (*value).to_owned())).collect(),
+        }
+    }
+
+    #[test]
+    fn a_standby_launcher_serves_env_it_can_still_set() {
+        assert!(standby_serves(&request(&[])));
+        assert!(standby_serves(&request(&[("GREETING", "hi"), ("__OW_X", "1")])));
+        for read_at_start in ["NODE_OPTIONS", "NODE_PATH", "PYTHONPATH", "LD_PRELOAD", "LANG", "LC_ALL", "TZ"]
+        {
+            assert!(!standby_serves(&request(&[(read_at_start, "x")])), "{read_at_start}");
+        }
+    }
+
+    #[test]
+    fn the_code_line_names_entry_main_mode_directory_and_env() {
+        let dir = Path::new("/work/action");
+        let request = request(&[("GREETING", "hi")]);
+        let line = |entry: &Entry| {
+            code_line(entry, &request, dir)
+                .map(|line| serde_json::from_str::<serde_json::Value>(&line).unwrap())
+        };
+        let node = line(&Entry::NodeSource(dir.join("index.js"))).unwrap();
+        assert_eq!(
+            node,
+            serde_json::json!({"entry": "/work/action/index.js", "main": "handler", "mode": "source",
+                               "cwd": "/work/action", "env": {"GREETING": "hi"}})
+        );
+        assert_eq!(line(&Entry::NodeModule(dir.join("m.js"))).unwrap()["mode"], "module");
+        let python = line(&Entry::Python(dir.join("__main__.py"))).unwrap();
+        assert_eq!(python["entry"], "/work/action/__main__.py");
+        assert!(python.get("mode").is_none());
+        assert_eq!(line(&Entry::Native(dir.join("exec"))), None);
+    }
+}
