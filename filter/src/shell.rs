@@ -344,6 +344,10 @@ struct Shared {
     runs: RefCell<HashMap<u32, (String, Option<Claim>)>>,
     /// This worker's name in the revisions' heads (`queue::first_in_line`).
     worker_id: String,
+    /// The shared queue that wakes this worker's root at once (see [`Shared::wake_root`]).
+    wake: Option<u32>,
+    /// A wake-up is queued and the root has not run yet.
+    wake_pending: Cell<bool>,
     /// The revisions this worker has a head published for.
     published_heads: RefCell<BTreeSet<String>>,
     /// This worker's copy of the resolutions it used (the shared cache's entries, parsed).
@@ -391,7 +395,19 @@ impl Shared {
         if !self.fast_tick.replace(true) {
             let _ = hostcalls::set_tick_period(WAITING_TICK);
         }
+        // The root asks for the cold start (its callouts outlive any request): now, not at a tick,
+        // which Envoy fires up to several milliseconds late on a busy worker.
+        self.wake_root();
         true
+    }
+
+    /// Has the root tend the waiters on Envoy's next turn of the event loop, once however many
+    /// requests ask before it runs.
+    fn wake_root(&self) {
+        let Some(queue) = self.wake else { return };
+        if !self.wake_pending.replace(true) && hostcalls::enqueue_shared_queue(queue, Some(b"w")).is_err() {
+            self.wake_pending.set(false);
+        }
     }
 
     /// Hands free containers of `prefix` to its waiters, oldest first. `current` is the context whose
@@ -1349,6 +1365,12 @@ impl RootContext for Root {
             }
         };
         let _ = hostcalls::set_tick_period(Duration::from_millis(config.flush_period_ms.max(1)));
+        let worker_id = new_id();
+        // A queue only this root listens on: a request that must not wait for the next tick
+        // enqueues on it, and Envoy calls the root on its next turn of the event loop.
+        let wake = hostcalls::register_shared_queue(&format!("whisk-wake-{worker_id}"))
+            .map_err(|status| warn!("no wake-up queue ({status:?}): waiters are tended on ticks only"))
+            .ok();
         self.shared = Some(Rc::new(Shared {
             config,
             counters: Counters::define(),
@@ -1360,12 +1382,21 @@ impl RootContext for Root {
             detached: RefCell::new(HashMap::new()),
             root_context_id: self.context_id,
             runs: RefCell::new(HashMap::new()),
-            worker_id: new_id(),
+            worker_id,
+            wake,
+            wake_pending: Cell::new(false),
             published_heads: RefCell::new(BTreeSet::new()),
             resolved: RefCell::new(cache::Local::default()),
             freed: RefCell::new(HashMap::new()),
         }));
         true
+    }
+
+    fn on_queue_ready(&mut self, queue_id: u32) {
+        while let Ok(Some(_)) = hostcalls::dequeue_shared_queue(queue_id) {}
+        let Some(shared) = self.shared.clone() else { return };
+        shared.wake_pending.set(false);
+        self.tend_waiters(&shared);
     }
 
     fn on_tick(&mut self) {
