@@ -401,8 +401,8 @@ impl Shared {
         true
     }
 
-    /// Has the root tend the waiters on Envoy's next turn of the event loop, once however many
-    /// requests ask before it runs.
+    /// Has the root tend the waiters and send what waits in the outbox on Envoy's next turn of the
+    /// event loop, once however many requests ask before it runs.
     fn wake_root(&self) {
         let Some(queue) = self.wake else { return };
         if !self.wake_pending.replace(true) && hostcalls::enqueue_shared_queue(queue, Some(b"w")).is_err() {
@@ -542,11 +542,12 @@ impl Shared {
     /// worker's root context). The SDK hands the answer to the context whose callback dispatched
     /// it, so it is dispatched at once only from the root's callback or the client's own (both are
     /// there for the answer, or the client is gone and the answer has nobody to go to); from
-    /// another request's callback, which may be over before the run, it waits for the root's next
-    /// tick. False when it could not start.
+    /// another request's callback, which may be over before the run, the root dispatches it when
+    /// it wakes. False when it could not start.
     fn launch(&self, run: Run, client: u32, current: u32) -> bool {
         if current != self.root_context_id && current != client {
             self.outbox.borrow_mut().push_back(Outgoing::Run(run));
+            self.wake_root();
             return true;
         }
         self.dispatch(run)
@@ -1397,6 +1398,7 @@ impl RootContext for Root {
         let Some(shared) = self.shared.clone() else { return };
         shared.wake_pending.set(false);
         self.tend_waiters(&shared);
+        self.flush_outbox(&shared);
     }
 
     fn on_tick(&mut self) {
