@@ -110,6 +110,7 @@ impl Standby {
         self.0.pid()
     }
 
+    /// Kills the launcher: `/init` did not need it, or the runtime stops.
     pub async fn stop(mut self) {
         self.0.kill().await;
     }
@@ -165,8 +166,8 @@ impl Action {
         shutdown: &mut watch::Receiver<bool>,
     ) -> Result<(Self, Vec<LogLine>), InitError> {
         let prepared = prepare(setup, request);
-        let line = prepared.as_ref().ok().and_then(|(entry, _)| {
-            code_line(entry, request, &setup.work_dir.join("action")).filter(|_| standby_serves(request))
+        let line = prepared.as_ref().ok().and_then(|(entry, spec)| {
+            code_line(entry, request, &spec.cwd).filter(|_| standby_serves(request))
         });
         let standby = match (standby, line) {
             (Some(standby), Some(line)) => Some((standby, line)),
