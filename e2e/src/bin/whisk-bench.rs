@@ -316,18 +316,48 @@ where
 {
     let mut samples = Vec::with_capacity(requests);
     for n in 0..requests + requests / 10 {
-        let started = Instant::now();
-        let response = request(n).send().await?;
-        let status = response.status();
-        response.bytes().await?;
-        if !status.is_success() {
-            bail!("request {n} answered {status}");
-        }
+        let elapsed = timed(n, request(n)).await?;
         if n >= requests / 10 {
-            samples.push(started.elapsed().as_secs_f64() * 1000.0);
+            samples.push(elapsed);
         }
     }
     Ok(samples)
+}
+
+/// [`sequential`] over two paths at once, one request to each in turn (which goes first alternates),
+/// so that the machine's drift during the measurement weighs on both alike.
+async fn interleaved<F, G>(requests: usize, first: F, second: G) -> anyhow::Result<(Vec<f64>, Vec<f64>)>
+where
+    F: Fn(usize) -> reqwest::RequestBuilder,
+    G: Fn(usize) -> reqwest::RequestBuilder,
+{
+    let (mut firsts, mut seconds) = (Vec::with_capacity(requests), Vec::with_capacity(requests));
+    for n in 0..requests + requests / 10 {
+        let (a, b) = if n % 2 == 0 {
+            let a = timed(n, first(n)).await?;
+            (a, timed(n, second(n)).await?)
+        } else {
+            let b = timed(n, second(n)).await?;
+            (timed(n, first(n)).await?, b)
+        };
+        if n >= requests / 10 {
+            firsts.push(a);
+            seconds.push(b);
+        }
+    }
+    Ok((firsts, seconds))
+}
+
+/// Milliseconds that request `n` took, its body read; an error unless it succeeded.
+async fn timed(n: usize, request: reqwest::RequestBuilder) -> anyhow::Result<f64> {
+    let started = Instant::now();
+    let response = request.send().await?;
+    let status = response.status();
+    response.bytes().await?;
+    if !status.is_success() {
+        bail!("request {n} answered {status}");
+    }
+    Ok(started.elapsed().as_secs_f64() * 1000.0)
 }
 
 /// What a saturating run saw.
@@ -628,12 +658,21 @@ impl Bench {
 
     /// One platform whose control server publishes `actions × per_action` padding containers
     /// beside the benchmark's own actions.
+    /// A platform with `actions` actions' padding published, measured on its own.
     async fn scale_on(
         &self,
         actions: usize,
         container_clusters: u32,
         delta: bool,
     ) -> anyhow::Result<ScaleRun> {
+        let scaled = self.scaled(actions, container_clusters, delta).await?;
+        let latency = sequential(self.args.requests, |n| scaled.invoke(&self.http, n)).await?;
+        self.scale_run(scaled, latency).await
+    }
+
+    /// Starts a platform whose control server publishes `actions` actions' padding containers,
+    /// waits until Envoy holds them, then cold-starts the measured action.
+    async fn scaled(&self, actions: usize, container_clusters: u32, delta: bool) -> anyhow::Result<Scaled> {
         let per_action = self.args.scale_containers_per_action;
         let variant = if delta { "delta" } else { "sotw" };
         let name = format!("scale-{actions}-{container_clusters}-{variant}");
@@ -690,15 +729,15 @@ impl Bench {
             bail!("cold invoke at {actions} actions answered {} {}", reply.status, reply.body);
         }
         let cold_ms = cold.elapsed().as_secs_f64() * 1000.0;
-        let (http, url) = (
-            self.http.clone(),
-            format!("{}/api/v1/namespaces/_/actions/bench?blocking=true&result=true", platform.api_host()),
-        );
-        let (user, password) = GUEST_KEY.split_once(':').unwrap_or((GUEST_KEY, ""));
-        let latency = sequential(self.args.requests, |n| {
-            http.post(&url).basic_auth(user, Some(password)).json(&json!({"n": n}))
-        })
-        .await?;
+        let url =
+            format!("{}/api/v1/namespaces/_/actions/bench?blocking=true&result=true", platform.api_host());
+        Ok(Scaled { platform, client, url, variant, cold_ms, published_s })
+    }
+
+    /// The rest of a scale run, once its latency is measured: Envoy's memory and what one container
+    /// change pushes.
+    async fn scale_run(&self, scaled: Scaled, latency: Vec<f64>) -> anyhow::Result<ScaleRun> {
+        let Scaled { platform, client, variant, cold_ms, published_s, .. } = scaled;
         let envoy_rss_mib = platform.envoy_pid(0).map(resident_mib).transpose()?.unwrap_or(f64::NAN);
         // One container change: a cold start of a second action adds one endpoint.
         let label = format!("type=\"endpoint\",variant=\"{variant}\"");
@@ -719,8 +758,14 @@ impl Bench {
 
     async fn scale(&self) -> anyhow::Result<Vec<Figure>> {
         let clusters = self.args.scale_container_clusters;
-        let small = self.scale_on(10, clusters, true).await?;
-        let large = self.scale_on(self.args.scale_actions, clusters, true).await?;
+        // The latency ratio is the target: both platforms run at once and are measured in turn.
+        let small = self.scaled(10, clusters, true).await?;
+        let large = self.scaled(self.args.scale_actions, clusters, true).await?;
+        let (small_latency, large_latency) =
+            interleaved(self.args.requests, |n| small.invoke(&self.http, n), |n| large.invoke(&self.http, n))
+                .await?;
+        let small = self.scale_run(small, small_latency).await?;
+        let large = self.scale_run(large, large_latency).await?;
         let single = self.scale_on(self.args.scale_actions, 1, true).await?;
         let sotw = self.scale_on(self.args.scale_actions, clusters, false).await?;
         let containers = self.args.scale_actions * self.args.scale_containers_per_action;
@@ -728,6 +773,7 @@ impl Bench {
             "actions": self.args.scale_actions, "containers": containers, "container_clusters": clusters,
             "small": small.json(), "large": large.json(), "large_with_one_cluster": single.json(),
             "large_state_of_the_world": sotw.json(),
+            "note": "the 10-action and the large platform run at once; their latency requests alternate",
         });
         Ok(vec![
             Figure {
@@ -1104,6 +1150,24 @@ async fn wait_until_up(http: &reqwest::Client, url: &str) -> anyhow::Result<()> 
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     bail!("{url} did not come up")
+}
+
+/// A scale scenario's platform, published and its measured action warm.
+struct Scaled {
+    platform: Platform,
+    client: Client,
+    /// The measured action's blocking invoke.
+    url: String,
+    variant: &'static str,
+    cold_ms: f64,
+    published_s: f64,
+}
+
+impl Scaled {
+    fn invoke(&self, http: &reqwest::Client, n: usize) -> reqwest::RequestBuilder {
+        let (user, password) = GUEST_KEY.split_once(':').unwrap_or((GUEST_KEY, ""));
+        http.post(&self.url).basic_auth(user, Some(password)).json(&json!({"n": n}))
+    }
 }
 
 /// What one run of the scale scenario measured.
