@@ -324,28 +324,24 @@ where
     Ok(samples)
 }
 
-/// [`sequential`] over two paths at once, one request to each in turn (which goes first alternates),
-/// so that the machine's drift during the measurement weighs on both alike.
-async fn interleaved<F, G>(requests: usize, first: F, second: G) -> anyhow::Result<(Vec<f64>, Vec<f64>)>
-where
-    F: Fn(usize) -> reqwest::RequestBuilder,
-    G: Fn(usize) -> reqwest::RequestBuilder,
-{
-    let (mut firsts, mut seconds) = (Vec::with_capacity(requests), Vec::with_capacity(requests));
+/// [`sequential`] over several paths at once, one request to each in turn (which goes first
+/// rotates), so that the machine's drift during the measurement weighs on all of them alike.
+/// Milliseconds per request, per path.
+async fn interleaved(
+    requests: usize,
+    paths: &[&dyn Fn(usize) -> reqwest::RequestBuilder],
+) -> anyhow::Result<Vec<Vec<f64>>> {
+    let mut samples = vec![Vec::with_capacity(requests); paths.len()];
     for n in 0..requests + requests / 10 {
-        let (a, b) = if n % 2 == 0 {
-            let a = timed(n, first(n)).await?;
-            (a, timed(n, second(n)).await?)
-        } else {
-            let b = timed(n, second(n)).await?;
-            (timed(n, first(n)).await?, b)
-        };
-        if n >= requests / 10 {
-            firsts.push(a);
-            seconds.push(b);
+        for turn in 0..paths.len() {
+            let path = (n + turn) % paths.len();
+            let elapsed = timed(n, paths[path](n)).await?;
+            if n >= requests / 10 {
+                samples[path].push(elapsed);
+            }
         }
     }
-    Ok((firsts, seconds))
+    Ok(samples)
 }
 
 /// Milliseconds that request `n` took, its body read; an error unless it succeeded.
@@ -363,6 +359,9 @@ async fn timed(n: usize, request: reqwest::RequestBuilder) -> anyhow::Result<f64
 /// What a saturating run saw.
 struct Saturation {
     rps: f64,
+    /// Successful requests, over `seconds`.
+    done: u64,
+    seconds: f64,
     errors: u64,
     /// The first failure (status and body, or the transport error), so that a figure with errors
     /// says what they were.
@@ -412,11 +411,53 @@ where
         let _ = task.await;
     }
     let first_error = first_error.lock().ok().and_then(|mut first| first.take());
+    let (done, seconds) = (done.load(Ordering::Relaxed), started.elapsed().as_secs_f64());
     Saturation {
-        rps: done.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64(),
+        rps: done as f64 / seconds,
+        done,
+        seconds,
         errors: errors.load(Ordering::Relaxed),
         first_error,
     }
+}
+
+impl Saturation {
+    /// Two measurements of one path as one.
+    fn and(self, later: Saturation) -> Saturation {
+        let (done, seconds) = (self.done + later.done, self.seconds + later.seconds);
+        Saturation {
+            rps: done as f64 / seconds,
+            done,
+            seconds,
+            errors: self.errors + later.errors,
+            first_error: self.first_error.or(later.first_error),
+        }
+    }
+}
+
+/// A request builder shared by the windows of [`saturate_in_turns`].
+type SharedRequest = Arc<dyn Fn(usize) -> reqwest::RequestBuilder + Send + Sync>;
+
+/// Saturates two paths in alternating one-second windows, `windows` of them each, so that the
+/// machine's drift weighs on both alike. Each window starts after a pause, so that work a path
+/// defers (the platform stores its records in batches) is not done in the other's window.
+async fn saturate_in_turns(
+    clients: usize,
+    windows: u64,
+    first: SharedRequest,
+    second: SharedRequest,
+) -> (Saturation, Saturation) {
+    let window = async |path: &SharedRequest| {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let path = path.clone();
+        saturate(clients, 1, move |n| path(n)).await
+    };
+    let (mut first_total, mut second_total) = (window(&first).await, window(&second).await);
+    for _ in 1..windows.max(1) {
+        first_total = first_total.and(window(&first).await);
+        second_total = second_total.and(window(&second).await);
+    }
+    (first_total, second_total)
 }
 
 struct Bench {
@@ -463,7 +504,7 @@ impl Bench {
         let direct_url = format!("http://{address}/run");
         let direct_request = |n| http.post(&direct_url).json(&run_body(n));
         sequential(requests, direct_request).await?;
-        let direct = sequential(requests, direct_request).await?;
+        let direct_alone = sequential(requests, direct_request).await?;
         let (envoy, port) = plain_envoy(
             &self.artifacts,
             self.dir.path(),
@@ -478,9 +519,22 @@ impl Bench {
         let (plain, plain_cpu) =
             cpu_per_request(&plain_pids, sent, sequential(requests, plain_request)).await;
         let plain = plain?;
-        let (p50, p95, p99) = summary(platform);
+        // The figures: the three paths measured in turn, one request each, so that the machine's
+        // drift weighs on all alike (the sequential windows above measure the CPU, and their p50s
+        // are kept beside).
+        let mut latency = interleaved(requests, &[&invoke, &plain_request, &direct_request]).await?;
+        let (direct, plain_turns, ours) = (
+            latency.pop().unwrap_or_default(),
+            latency.pop().unwrap_or_default(),
+            latency.pop().unwrap_or_default(),
+        );
+        let sequential_p50 = json!({
+            "ours": round(summary(platform).0), "plain_envoy": round(summary(plain).0),
+            "direct": round(summary(direct_alone).0),
+        });
+        let (p50, p95, p99) = summary(ours);
         let (direct50, _, direct99) = summary(direct);
-        let (plain50, _, plain99) = summary(plain);
+        let (plain50, _, plain99) = summary(plain_turns);
         let extra = json!({
             "p95_ms": round(p95), "p99_ms": round(p99),
             "direct_p50_ms": round(direct50), "direct_p99_ms": round(direct99),
@@ -488,6 +542,8 @@ impl Bench {
             "overhead_over_direct_us": round((p50 - direct50) * 1000.0),
             "overhead_over_plain_envoy_us": round((p50 - plain50) * 1000.0),
             "requests": self.args.requests,
+            "measured": "the three paths in turn, one request each",
+            "sequential_p50_ms": sequential_p50,
             "cpu_us_per_request": {
                 "envoy": round(platform_cpu[0]), "management_api": round(platform_cpu[1]),
                 "container": round(platform_cpu[2]),
@@ -519,8 +575,6 @@ impl Bench {
         for warmup in warmups {
             warmup.await??;
         }
-        let platform =
-            saturate(self.args.clients, self.args.seconds, self.platform_request("bench-throughput")).await;
         let containers = self.ready_containers_of("guest/bench-throughput@").await? as f64;
         // Baseline: plain Envoy round-robin over the same number of bare containers.
         let mut guards = Vec::new();
@@ -535,9 +589,13 @@ impl Bench {
         let plain_url = format!("http://127.0.0.1:{port}/run");
         wait_until_up(&self.http, &plain_url).await?;
         let http = self.http.clone();
-        let plain =
-            saturate(self.args.clients, self.args.seconds, move |n| http.post(&plain_url).json(&run_body(n)))
-                .await;
+        let (platform, plain) = saturate_in_turns(
+            self.args.clients,
+            self.args.seconds,
+            Arc::new(self.platform_request("bench-throughput")),
+            Arc::new(move |n| http.post(&plain_url).json(&run_body(n))),
+        )
+        .await;
         Ok(vec![Figure {
             scenario: "warm-throughput".into(),
             unit: "req/s",
@@ -547,6 +605,7 @@ impl Bench {
             lower_is_better: false,
             extra: json!({
                 "clients": self.args.clients, "seconds": self.args.seconds, "containers": containers,
+                "measured": "ours and plain Envoy in alternating one-second windows",
                 "errors": platform.errors, "first_error": platform.first_error,
                 "baseline_errors": plain.errors, "baseline_first_error": plain.first_error,
                 "note": "the plain Envoy baseline round-robins, so it may overlap activations in one container; ours never does",
@@ -761,9 +820,11 @@ impl Bench {
         // The latency ratio is the target: both platforms run at once and are measured in turn.
         let small = self.scaled(10, clusters, true).await?;
         let large = self.scaled(self.args.scale_actions, clusters, true).await?;
-        let (small_latency, large_latency) =
-            interleaved(self.args.requests, |n| small.invoke(&self.http, n), |n| large.invoke(&self.http, n))
-                .await?;
+        let small_request = |n| small.invoke(&self.http, n);
+        let large_request = |n| large.invoke(&self.http, n);
+        let mut latency = interleaved(self.args.requests, &[&small_request, &large_request]).await?;
+        let large_latency = latency.pop().unwrap_or_default();
+        let small_latency = latency.pop().unwrap_or_default();
         let small = self.scale_run(small, small_latency).await?;
         let large = self.scale_run(large, large_latency).await?;
         let single = self.scale_on(self.args.scale_actions, 1, true).await?;
@@ -1109,7 +1170,7 @@ async fn api_figures(
     }
     let (user, password) = (user.to_owned(), password.to_owned());
     let (get, url) = (http.clone(), format!("{base}/api/v1/namespaces/_/actions/hello"));
-    let Saturation { rps, errors, first_error } =
+    let Saturation { rps, errors, first_error, .. } =
         saturate(args.clients, args.seconds, move |_| get.get(&url).basic_auth(&user, Some(&password))).await;
     figures.push(Figure {
         scenario: format!("api-get-action-{store}"),
