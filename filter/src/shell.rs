@@ -219,11 +219,10 @@ struct State {
     timing: Timing,
     /// The request's headers as the client sent them, internal ones left out: [`forward`] rewrites
     /// them into the `/run` request's in one host call.
-    request_headers: Vec<(String, String)>,
-    /// The container's response headers, read once; [`Request::finish`] rewrites them likewise.
-    response_headers: Vec<(String, String)>,
-    response_status: u16,
-    response_logs: Option<String>,
+    request_headers: HeaderList,
+    /// The container's response headers, read once: [`Request::finish`] reads the status and the
+    /// logs from them and rewrites them likewise.
+    response_headers: HeaderList,
 }
 
 type SharedState = Rc<RefCell<State>>;
@@ -854,7 +853,7 @@ fn forward(shared: &Shared, state: &mut State, claim: Claim, resume: bool) {
         set.push((headers::CONTAINER_CLUSTER, cluster.as_str()));
     }
     // The key travels in the envelope only when the action asked for it, never as a header.
-    let rewritten = envelope::rewrite_headers(&state.request_headers, &set, &["authorization"]);
+    let rewritten = envelope::rewrite_headers(&state.request_headers.0, &set, &["authorization"]);
     if let Err(status) = hostcalls::set_map(MapType::HttpRequestHeaders, rewritten) {
         error!("could not rewrite the headers of activation {}: {status:?}", state.activation_id);
     }
@@ -871,11 +870,12 @@ fn forward(shared: &Shared, state: &mut State, claim: Claim, resume: bool) {
     }
 }
 
-/// A request's headers as Envoy had them when the filter first saw the request, read in one host
-/// call (each call that returns data costs a round trip into the VM to allocate it).
-struct RequestHeaders(Vec<(String, String)>);
+/// A request's or a response's headers as Envoy had them when the filter first saw them, read in
+/// one host call (each call that returns data costs a round trip into the VM to allocate it).
+#[derive(Default)]
+struct HeaderList(Vec<(String, String)>);
 
-impl RequestHeaders {
+impl HeaderList {
     /// The first value of `name` (lower case), as Envoy's own lookup gives it.
     fn get(&self, name: &str) -> Option<&str> {
         self.0.iter().find(|(key, _)| key == name).map(|(_, value)| value.as_str())
@@ -1456,10 +1456,8 @@ impl Request {
             handed: None,
             deadline_ms: 0,
             timing: Timing { arrived: 0, forwarded: 0, end: 0, init_ms: None },
-            request_headers: Vec::new(),
-            response_headers: Vec::new(),
-            response_status: 0,
-            response_logs: None,
+            request_headers: HeaderList::default(),
+            response_headers: HeaderList::default(),
         };
         Self { shared, state: Rc::new(RefCell::new(state)) }
     }
@@ -1467,7 +1465,7 @@ impl Request {
     /// Strips every internal header a client sent; returns what they say when the request carries
     /// the right internal token and an activation id (the run of a non-blocking or detached invoke,
     /// a sequence's component, or a web request's run). `sent` are the request's headers, read once.
-    fn take_internal_headers(&self, sent: &RequestHeaders) -> Option<Internal> {
+    fn take_internal_headers(&self, sent: &HeaderList) -> Option<Internal> {
         // Removing a name removes every value it has: each name once.
         let mut internal: Vec<&str> =
             sent.names().filter(|name| name.starts_with(headers::INTERNAL_PREFIX)).collect();
@@ -1844,8 +1842,10 @@ impl Request {
             .flatten()
             .is_some_and(|details| details == b"via_upstream");
         let mut timed_out = false;
-        let (response, next) = if via_upstream && state.response_status != 409 {
-            let response = activation::classify(state.response_status, body);
+        let container_status: u16 =
+            state.response_headers.get(":status").and_then(|s| s.parse().ok()).unwrap_or(0);
+        let (response, next) = if via_upstream && container_status != 409 {
+            let response = activation::classify(container_status, body);
             if activation::is_runtime_timeout(&response) {
                 // The runtime ended the activation at its deadline and restarted the action process:
                 // the container stays usable.
@@ -1863,7 +1863,7 @@ impl Request {
                 ),
                 SlotState::Retired,
             )
-        } else if state.response_status == 504 {
+        } else if container_status == 504 {
             // Envoy gave up on the container: it may still be running the activation.
             timed_out = true;
             (activation::timed_out(action.limits.timeout), SlotState::Retired)
@@ -1888,7 +1888,7 @@ impl Request {
         if let (Some(claim), Some(true), SlotState::Free) = (claim, released, next) {
             self.shared.remember_freed(&state.prefix, claim.key);
         }
-        let logs = activation::decode_logs(state.response_logs.as_deref());
+        let logs = activation::decode_logs(state.response_headers.get(headers::RUNTIME_LOGS));
         let mut record = activation::record(&action, &state.activation_id, response, logs, state.timing);
         if timed_out {
             activation::mark_timed_out(&mut record);
@@ -1909,7 +1909,7 @@ impl Request {
             ];
             let answered = std::mem::take(&mut state.response_headers);
             self.set_http_response_headers(envelope::rewrite_headers(
-                &answered,
+                &answered.0,
                 &set,
                 &[headers::RUNTIME_LOGS],
             ));
@@ -1951,7 +1951,7 @@ impl Context for Request {
 
 impl HttpContext for Request {
     fn on_http_request_headers(&mut self, _headers: usize, end_of_stream: bool) -> Action {
-        let sent = RequestHeaders(self.get_http_request_headers());
+        let sent = HeaderList(self.get_http_request_headers());
         let internal = self.take_internal_headers(&sent);
         let method = sent.get(":method").unwrap_or_default().to_owned();
         let path = sent.get(":path").unwrap_or_default().to_owned();
@@ -2007,11 +2007,12 @@ impl HttpContext for Request {
                 }
                 state.authorization = sent.get("authorization").unwrap_or_default().to_owned();
                 state.original_path = path;
-                state.request_headers = sent
-                    .0
-                    .into_iter()
-                    .filter(|(name, _)| !name.starts_with(headers::INTERNAL_PREFIX))
-                    .collect();
+                state.request_headers = HeaderList(
+                    sent.0
+                        .into_iter()
+                        .filter(|(name, _)| !name.starts_with(headers::INTERNAL_PREFIX))
+                        .collect(),
+                );
                 let blocking = invocation.blocking;
                 state.invocation = Some(invocation);
                 if !end_of_stream {
@@ -2067,13 +2068,8 @@ impl HttpContext for Request {
         if state.phase != Phase::Forwarded {
             return Action::Continue;
         }
-        // All of them in one call: finish rewrites them, and each call that returns data costs.
-        let answered = self.get_http_response_headers();
-        let header =
-            |name: &str| answered.iter().find(|(key, _)| key == name).map(|(_, value)| value.clone());
-        state.response_status = header(":status").and_then(|s| s.parse().ok()).unwrap_or(0);
-        state.response_logs = header(headers::RUNTIME_LOGS);
-        state.response_headers = answered;
+        // All of them in one call: finish reads and rewrites them.
+        state.response_headers = HeaderList(self.get_http_response_headers());
         if !end_of_stream {
             return Action::Pause;
         }
