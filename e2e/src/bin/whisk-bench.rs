@@ -314,19 +314,12 @@ async fn sequential<F>(requests: usize, request: F) -> anyhow::Result<Vec<f64>>
 where
     F: Fn(usize) -> reqwest::RequestBuilder,
 {
-    let mut samples = Vec::with_capacity(requests);
-    for n in 0..requests + requests / 10 {
-        let elapsed = timed(n, request(n)).await?;
-        if n >= requests / 10 {
-            samples.push(elapsed);
-        }
-    }
-    Ok(samples)
+    Ok(interleaved(requests, &[&request]).await?.pop().unwrap_or_default())
 }
 
-/// [`sequential`] over several paths at once, one request to each in turn (which goes first
-/// rotates), so that the machine's drift during the measurement weighs on all of them alike.
-/// Milliseconds per request, per path.
+/// Times `requests` requests to each of `paths` in turn, one each (which goes first rotates), so
+/// that the machine's drift during the measurement weighs on all of them alike; the first tenth
+/// more warm them up unmeasured. Milliseconds per request, per path.
 async fn interleaved(
     requests: usize,
     paths: &[&dyn Fn(usize) -> reqwest::RequestBuilder],
@@ -358,7 +351,6 @@ async fn timed(n: usize, request: reqwest::RequestBuilder) -> anyhow::Result<f64
 
 /// What a saturating run saw.
 struct Saturation {
-    rps: f64,
     /// Successful requests, over `seconds`.
     done: u64,
     seconds: f64,
@@ -412,23 +404,20 @@ where
     }
     let first_error = first_error.lock().ok().and_then(|mut first| first.take());
     let (done, seconds) = (done.load(Ordering::Relaxed), started.elapsed().as_secs_f64());
-    Saturation {
-        rps: done as f64 / seconds,
-        done,
-        seconds,
-        errors: errors.load(Ordering::Relaxed),
-        first_error,
-    }
+    Saturation { done, seconds, errors: errors.load(Ordering::Relaxed), first_error }
 }
 
 impl Saturation {
+    /// Successful requests per second.
+    fn rps(&self) -> f64 {
+        self.done as f64 / self.seconds
+    }
+
     /// Two measurements of one path as one.
     fn and(self, later: Saturation) -> Saturation {
-        let (done, seconds) = (self.done + later.done, self.seconds + later.seconds);
         Saturation {
-            rps: done as f64 / seconds,
-            done,
-            seconds,
+            done: self.done + later.done,
+            seconds: self.seconds + later.seconds,
             errors: self.errors + later.errors,
             first_error: self.first_error.or(later.first_error),
         }
@@ -599,8 +588,8 @@ impl Bench {
         Ok(vec![Figure {
             scenario: "warm-throughput".into(),
             unit: "req/s",
-            value: platform.rps,
-            baseline: plain.rps,
+            value: platform.rps(),
+            baseline: plain.rps(),
             target: 0.8,
             lower_is_better: false,
             extra: json!({
@@ -1170,8 +1159,10 @@ async fn api_figures(
     }
     let (user, password) = (user.to_owned(), password.to_owned());
     let (get, url) = (http.clone(), format!("{base}/api/v1/namespaces/_/actions/hello"));
-    let Saturation { rps, errors, first_error, .. } =
+    let saturation =
         saturate(args.clients, args.seconds, move |_| get.get(&url).basic_auth(&user, Some(&password))).await;
+    let rps = saturation.rps();
+    let Saturation { errors, first_error, .. } = saturation;
     figures.push(Figure {
         scenario: format!("api-get-action-{store}"),
         unit: "req/s",
