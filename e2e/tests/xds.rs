@@ -252,6 +252,52 @@ async fn a_reconnecting_delta_envoy_is_not_sent_what_it_holds() {
     assert_everything_accepted(&platform).await;
 }
 
+/// Decision 0010: with LEDS, containers come and go as single resources, an empty collection does
+/// not keep its cluster warming, and a restarted server brings a reconnecting Envoy to the table
+/// it rebuilt.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leds_containers_come_and_go_and_survive_a_server_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut options = options(dir.path(), "envoy-leds", true);
+    options.xds_args = vec!["--leds".into()];
+    let started = Instant::now();
+    let mut platform = Platform::start(options, Artifacts::from_workspace().unwrap()).unwrap();
+    // The empty collection is answered at once: no initial fetch timeout (15 s) holds Envoy back.
+    assert!(started.elapsed() < Duration::from_secs(10), "ready after {:?}", started.elapsed());
+    assert_everything_accepted(&platform).await;
+    assert_table_changes_reach_envoy(&platform).await;
+
+    // (The retired container's action is left alone: the filter still counts it as warm.)
+    let client = Client::new(&platform.api_host(), GUEST_KEY);
+    let code = "function main(p) { return {n: p.n}; }";
+    for name in ["second", "third"] {
+        assert_eq!(client.create_action(name, "nodejs:20", code).await.unwrap().status, 200);
+    }
+    assert_eq!(client.invoke("second", &json!({"n": 1}), true).await.unwrap().status, 200);
+    let addresses = |table: Vec<Value>| -> Vec<String> {
+        let mut addresses: Vec<String> =
+            table.iter().map(|c| c["address"].as_str().unwrap().to_owned()).collect();
+        addresses.sort();
+        addresses
+    };
+    assert_eq!(hosts(&platform, "whisk_containers").await, addresses(containers(&platform).await));
+
+    // The restarted server adopts the running container; the reconnecting Envoy keeps routing to
+    // it, and a cold start after the restart reaches Envoy as before.
+    platform.restart_xds().unwrap();
+    for name in ["second", "third"] {
+        let reply = client.invoke(name, &json!({"n": 2}), true).await.unwrap();
+        assert_eq!((reply.status, reply.body), (200, json!({"n": 2})), "{name}");
+    }
+    let table = containers(&platform).await;
+    assert_eq!(table.len(), 2, "{table:?}");
+    assert_eq!(hosts(&platform, "whisk_containers").await, addresses(table));
+    let page = control_metrics(&platform).await.unwrap();
+    assert_eq!(metric(&page, "xds_whisk_xds_nacks_total", ""), 0.0, "{page}");
+    assert_eq!(pushed_resources(&page, "listener", "delta"), 0.0, "held across the restart: {page}");
+    assert_everything_accepted(&platform).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sotw_and_a_delta_envoy_serve_the_same_action() {
     let dir = tempfile::tempdir().unwrap();
@@ -280,14 +326,31 @@ async fn a_sotw_and_a_delta_envoy_serve_the_same_action() {
     assert_eq!(metric(&page, "xds_whisk_xds_nacks_total", ""), 0.0);
 }
 
+/// How the containers reach Envoy in the spread tests.
+#[derive(Clone, Copy, PartialEq)]
+enum Delivery {
+    Sotw,
+    Delta,
+    /// Delta, each container its own LEDS resource.
+    Leds,
+}
+
 /// Decision 0009: containers spread over several EDS clusters by a hash of their address. The
 /// filter stamps the cluster, Envoy routes by it, and a container change sends one cluster's
-/// endpoints; both ADS variants.
-async fn spread_containers_are_routed_and_one_change_pushes_one_cluster(delta: bool) {
+/// endpoints; both ADS variants. With LEDS (decision 0010), it sends that one container.
+async fn spread_containers_are_routed_and_one_change_pushes_one_cluster(delivery: Delivery) {
     const CLUSTERS: u32 = 8;
     let dir = tempfile::tempdir().unwrap();
-    let mut options = options(dir.path(), if delta { "envoy-spread-delta" } else { "envoy-spread" }, delta);
+    let node = match delivery {
+        Delivery::Sotw => "envoy-spread",
+        Delivery::Delta => "envoy-spread-delta",
+        Delivery::Leds => "envoy-spread-leds",
+    };
+    let mut options = options(dir.path(), node, delivery != Delivery::Sotw);
     options.xds_args = vec!["--container-clusters".into(), CLUSTERS.to_string()];
+    if delivery == Delivery::Leds {
+        options.xds_args.push("--leds".into());
+    }
     let platform = Platform::start(options, Artifacts::from_workspace().unwrap()).unwrap();
     let client = Client::new(&platform.api_host(), GUEST_KEY);
     let names = ["one", "two", "three", "four"];
@@ -295,18 +358,24 @@ async fn spread_containers_are_routed_and_one_change_pushes_one_cluster(delta: b
         let code = format!("function main(p) {{ return {{name: '{name}', n: p.n}}; }}");
         assert_eq!(client.create_action(name, "nodejs:20", &code).await.unwrap().status, 200);
     }
-    let variant = if delta { "delta" } else { "sotw" };
+    let variant = if delivery == Delivery::Sotw { "sotw" } else { "delta" };
+    let kind = if delivery == Delivery::Leds { "lb_endpoint" } else { "endpoint" };
     for name in &names[..3] {
         assert_eq!(client.invoke(name, &json!({"n": 0}), true).await.unwrap().status, 200);
     }
     let before = control_metrics(&platform).await.unwrap();
     assert_eq!(client.invoke(names[3], &json!({"n": 0}), true).await.unwrap().status, 200);
     let after = control_metrics(&platform).await.unwrap();
-    let pushed =
-        pushed_resources(&after, "endpoint", variant) - pushed_resources(&before, "endpoint", variant);
-    // Both variants send only the cluster the new container hashes to: Envoy keeps the endpoints a
-    // state-of-the-world response leaves out.
+    let pushed = pushed_resources(&after, kind, variant) - pushed_resources(&before, kind, variant);
+    // Every variant sends only the cluster the new container hashes to (Envoy keeps the endpoints a
+    // state-of-the-world response leaves out), or with LEDS only the container.
     assert_eq!(pushed, 1.0, "{after}");
+    if delivery == Delivery::Leds {
+        let assignments = pushed_resources(&after, "endpoint", variant);
+        assert_eq!(assignments, f64::from(CLUSTERS), "the assignments went once: {after}");
+        let bytes = pushed_bytes(&after, kind, variant) - pushed_bytes(&before, kind, variant);
+        eprintln!("one container change with LEDS: {bytes} bytes pushed");
+    }
 
     // Warm invokes reach the right container through the cluster the filter stamped.
     for n in 1..=5 {
@@ -328,14 +397,20 @@ async fn spread_containers_are_routed_and_one_change_pushes_one_cluster(delta: b
         }
     }
     assert_everything_accepted_with(&platform, CLUSTERS).await;
+    assert_eq!(metric(&after, "xds_whisk_xds_nacks_total", ""), 0.0, "{after}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spread_containers_sotw() {
-    spread_containers_are_routed_and_one_change_pushes_one_cluster(false).await;
+    spread_containers_are_routed_and_one_change_pushes_one_cluster(Delivery::Sotw).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spread_containers_delta() {
-    spread_containers_are_routed_and_one_change_pushes_one_cluster(true).await;
+    spread_containers_are_routed_and_one_change_pushes_one_cluster(Delivery::Delta).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spread_containers_leds() {
+    spread_containers_are_routed_and_one_change_pushes_one_cluster(Delivery::Leds).await;
 }

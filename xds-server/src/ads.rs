@@ -11,7 +11,7 @@
 //!  Envoy ◄─DeltaDiscoveryResponse(type, changed, removed, nonce)────── delta task ◄── watch<Published>
 //! ```
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -36,7 +36,7 @@ use tracing::{debug, info, warn};
 
 use crate::delta;
 use crate::metrics::{Metrics, PushLabel, TypeLabel};
-use crate::snapshot::{self, CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, Topology};
+use crate::snapshot::{self, CLUSTER_TYPE, ENDPOINT_TYPE, LB_ENDPOINT_TYPE, LISTENER_TYPE, Topology};
 use crate::table::Table;
 
 /// Static resources (listeners, clusters) never change during a server's life: one version.
@@ -139,17 +139,26 @@ impl Ads {
     /// The resources of `type_url` for `peer`, by name; `None` for a type we do not serve.
     /// `endpoints` is the stream's own copy of its node's endpoints, brought to the published
     /// version here: a publish then costs each stream the containers that changed. With
-    /// `only_changed`, the endpoints are those of the clusters whose members changed since the
-    /// stream last took them (Envoy holds the others).
+    /// `only_changed`, the endpoints are those of the clusters that changed since the stream last
+    /// took them (Envoy holds the others). `leds`: the stream gets containers as LEDS resources,
+    /// always those that changed since last taken and every one of the collections in `asked`
+    /// (what Envoy just subscribed to), and assignments that only name their collections.
     fn snapshot(
         &self,
         peer: &Peer,
         type_url: &str,
         endpoints: &mut Option<snapshot::NodeEndpoints>,
         only_changed: bool,
+        leds: bool,
+        asked: &BTreeSet<String>,
     ) -> Option<TypeSnapshot> {
-        let fixed =
-            |resources| TypeSnapshot { version: STATIC_VERSION.into(), table_version: None, resources };
+        let fixed = |resources| TypeSnapshot {
+            version: STATIC_VERSION.into(),
+            table_version: None,
+            resources,
+            gone: Vec::new(),
+        };
+        let count = self.topology.filter_config.container_clusters;
         match type_url {
             LISTENER_TYPE => {
                 let listener = snapshot::listener(&self.topology, &peer.id, peer.ingress);
@@ -161,19 +170,35 @@ impl Ads {
                     .map(|cluster| (cluster.name.clone(), snapshot::any(cluster)))
                     .collect(),
             )),
-            ENDPOINT_TYPE => {
+            ENDPOINT_TYPE if leds => Some(fixed(
+                snapshot::leds_assignments(count)
+                    .iter()
+                    .map(|assignment| (assignment.cluster_name.clone(), snapshot::any(assignment)))
+                    .collect(),
+            )),
+            ENDPOINT_TYPE | LB_ENDPOINT_TYPE => {
+                if type_url == LB_ENDPOINT_TYPE && !leds {
+                    return None;
+                }
                 let published = self.published.borrow().clone();
-                let count = self.topology.filter_config.container_clusters;
                 let kept = match endpoints {
                     Some(kept) if kept.node() == peer.id => kept,
-                    _ => endpoints.insert(snapshot::NodeEndpoints::new(&peer.id, count)),
+                    _ => endpoints.insert(snapshot::NodeEndpoints::new(&peer.id, count, leds)),
                 };
                 kept.update(&published.table);
-                let resources = if only_changed { kept.changed_resources() } else { kept.resources() };
+                let (resources, gone) = match (type_url, only_changed) {
+                    (ENDPOINT_TYPE, true) => (kept.changed_resources(), Vec::new()),
+                    (ENDPOINT_TYPE, false) => (kept.resources(), Vec::new()),
+                    _ => {
+                        let changes = kept.lb_endpoints_in(asked);
+                        (changes.changed, changes.gone)
+                    }
+                };
                 Some(TypeSnapshot {
                     version: published.version.to_string(),
                     table_version: Some(published.version),
                     resources,
+                    gone,
                 })
             }
             _ => None,
@@ -196,6 +221,8 @@ struct TypeSnapshot {
     /// The published table version the endpoints were built from (endpoints only).
     table_version: Option<u64>,
     resources: Vec<(String, Any)>,
+    /// Resources gone since the last snapshot of a changed-only one (LEDS containers).
+    gone: Vec<String>,
 }
 
 type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
@@ -382,7 +409,9 @@ impl StreamState {
         let Some(peer) = self.peer.clone() else { return true };
         let Some(subscription) = self.subscriptions.get_mut(type_url) else { return true };
         let only_changed = published && type_url == ENDPOINT_TYPE;
-        let Some(snapshot) = self.ads.snapshot(&peer, type_url, &mut self.endpoints, only_changed) else {
+        let Some(snapshot) =
+            self.ads.snapshot(&peer, type_url, &mut self.endpoints, only_changed, false, &BTreeSet::new())
+        else {
             warn!(node = %peer.id, type_url, "unknown resource type requested");
             return true;
         };
@@ -425,8 +454,9 @@ struct DeltaType {
 
 impl DeltaType {
     fn new(type_url: &str) -> Self {
-        // Listeners and clusters are asked for as a whole; endpoints by cluster name.
-        let wildcard_capable = type_url != ENDPOINT_TYPE;
+        // Listeners and clusters are asked for as a whole; endpoints by cluster name, LEDS
+        // containers by their cluster's collection.
+        let wildcard_capable = type_url != ENDPOINT_TYPE && type_url != LB_ENDPOINT_TYPE;
         Self { state: delta::TypeState::new(wildcard_capable), in_flight: BTreeMap::new(), rejected: false }
     }
 }
@@ -459,7 +489,9 @@ impl AdsStream for DeltaStream {
     }
 
     async fn on_published(&mut self) -> bool {
-        self.push(ENDPOINT_TYPE, true).await
+        // With LEDS the assignments never change: the containers are the LEDS resources.
+        let type_url = if self.ads.topology.leds { LB_ENDPOINT_TYPE } else { ENDPOINT_TYPE };
+        self.push(type_url, true).await
     }
 }
 
@@ -522,13 +554,24 @@ impl DeltaStream {
     async fn push(&mut self, type_url: &str, published: bool) -> bool {
         let Some(peer) = self.peer.clone() else { return true };
         let Some(entry) = self.types.get_mut(type_url) else { return true };
+        let leds = self.ads.topology.leds;
+        // LEDS containers are always taken as changes (and what was just asked for): a request
+        // for one collection of a thousand must not cost every container.
+        let partial = type_url == LB_ENDPOINT_TYPE;
         let only_changed = published && type_url == ENDPOINT_TYPE;
-        let Some(snapshot) = self.ads.snapshot(&peer, type_url, &mut self.endpoints, only_changed) else {
+        let asked = entry.state.asked();
+        let Some(snapshot) =
+            self.ads.snapshot(&peer, type_url, &mut self.endpoints, only_changed, leds, asked)
+        else {
             warn!(node = %peer.id, type_url, "unknown resource type requested");
             return true;
         };
         let current = delta::resources(snapshot.resources);
-        let changes = if only_changed { entry.state.delta_of(&current) } else { entry.state.delta(&current) };
+        let changes = if only_changed || partial {
+            entry.state.delta_of(&current, &snapshot.gone)
+        } else {
+            entry.state.delta(&current)
+        };
         if changes.is_empty() {
             // A new table version that changed nothing for this node: Envoy already has everything
             // of it once it holds what was last sent, so a cold start waiting for it must not wait
@@ -611,11 +654,14 @@ mod tests {
 
     impl DeltaHarness {
         fn new() -> Self {
+            Self::with(Topology::test())
+        }
+
+        fn with(topology: Topology) -> Self {
             let published = watch::channel(Arc::new(Published::default())).0;
             let acks = AckTracker::default();
             let metrics = Arc::new(Metrics::default());
-            let ads =
-                Ads::new(Arc::new(Topology::test()), published.subscribe(), acks.clone(), metrics.clone());
+            let ads = Ads::new(Arc::new(topology), published.subscribe(), acks.clone(), metrics.clone());
             let (sender, responses) = mpsc::channel(16);
             let stream =
                 DeltaStream { ads, sender, peer: None, types: HashMap::new(), nonce: 0, endpoints: None };
@@ -634,7 +680,7 @@ mod tests {
         /// Publishes `table` as `version` and lets the stream react as its select loop would.
         async fn publish(&mut self, version: u64, table: Table) -> Option<DeltaDiscoveryResponse> {
             self.published.send_replace(Arc::new(Published { version, table }));
-            assert!(self.stream.push(ENDPOINT_TYPE, true).await);
+            assert!(self.stream.on_published().await);
             self.next()
         }
 
@@ -667,6 +713,44 @@ mod tests {
 
     fn one_container(node: &str, address: &str) -> Table {
         Table::test().with_ready("a", "hello", node, address)
+    }
+
+    #[tokio::test]
+    async fn with_leds_a_container_change_pushes_that_container_alone() {
+        let mut topology = Topology::test();
+        topology.filter_config.container_clusters = 2;
+        topology.leds = true;
+        let mut envoy = DeltaHarness::with(topology);
+        let names = clusters::all_containers(2);
+        let subscribed: Vec<&str> = names.iter().map(String::as_str).collect();
+        let assignments = envoy.send(subscribe(ENDPOINT_TYPE, &subscribed)).await.unwrap();
+        assert_eq!(assignments.resources.len(), 2);
+        assert!(envoy.send(ack(ENDPOINT_TYPE, &assignments.nonce)).await.is_none());
+
+        // Envoy asks for both collections, both empty: each is answered with its removal.
+        let globs: Vec<String> = names.iter().map(|name| snapshot::leds_collection(name)).collect();
+        let globs: Vec<&str> = globs.iter().map(String::as_str).collect();
+        let empty = envoy.send(subscribe(LB_ENDPOINT_TYPE, &globs)).await.unwrap();
+        assert!(empty.resources.is_empty());
+        assert_eq!(empty.removed_resources, globs);
+        assert!(envoy.send(ack(LB_ENDPOINT_TYPE, &empty.nonce)).await.is_none());
+
+        // A cold start pushes its container alone, in its cluster's collection; the ACK
+        // acknowledges the published version.
+        let address = "127.0.0.1:4001";
+        let change = envoy.publish(1, one_container("envoy-1", address)).await.unwrap();
+        assert_eq!((change.type_url.as_str(), change.resources.len()), (LB_ENDPOINT_TYPE, 1));
+        let home = snapshot::leds_collection(&clusters::containers_of(address, 2));
+        assert_eq!(delta::glob_of(&change.resources[0].name), Some(home));
+        assert!(!envoy.acked(1).await);
+        assert!(envoy.send(ack(LB_ENDPOINT_TYPE, &change.nonce)).await.is_none());
+        assert!(envoy.acked(1).await);
+
+        // Its retirement removes it by name, and nothing else is sent.
+        let gone = envoy.publish(2, Table::test()).await.unwrap();
+        assert!(gone.resources.is_empty());
+        assert_eq!(gone.removed_resources, [change.resources[0].name.clone()]);
+        assert!(envoy.next().is_none());
     }
 
     #[tokio::test]

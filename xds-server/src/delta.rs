@@ -17,6 +17,23 @@ use sha2::{Digest, Sha256};
 /// The name that stands for "every resource of this type".
 pub const WILDCARD: &str = "*";
 
+/// The scheme of xDS transport names (`xdstp://authority/type/collection/id`); a subscription to
+/// `xdstp://authority/type/collection/*` is to every resource of that glob collection (LEDS).
+const XDSTP: &str = "xdstp://";
+
+/// True when `name` is a glob collection (`xdstp://…/*`).
+fn is_glob(name: &str) -> bool {
+    name.starts_with(XDSTP) && name.ends_with("/*")
+}
+
+/// The glob collection an `xdstp://` resource name belongs to: its name with the last path segment
+/// replaced by `*`. `None` for other names, and for a name that is itself a glob.
+pub fn glob_of(name: &str) -> Option<String> {
+    let path = name.strip_prefix(XDSTP)?;
+    let (collection, id) = path.rsplit_once('/')?;
+    (id != WILDCARD && collection.contains('/')).then(|| format!("{XDSTP}{collection}/{WILDCARD}"))
+}
+
 /// Bytes of the SHA-256 kept in a version: 64 bits make a collision between two versions of one
 /// resource negligible, and keep versions short in logs and in Envoy's config dump.
 const VERSION_BYTES: usize = 8;
@@ -73,6 +90,12 @@ pub struct TypeState {
     /// connecting and what we sent since. A sent version counts as held whether Envoy accepted it or
     /// not, so a rejected version is not sent again; only a later change of that resource is.
     held: BTreeMap<String, String>,
+    /// Names (and globs) Envoy subscribed to since the last delta: one that names nothing is
+    /// answered with its removal, so that Envoy stops waiting for it (an empty LEDS collection
+    /// would otherwise keep its cluster warming until the initial fetch timeout).
+    asked: BTreeSet<String>,
+    /// `held` still has the versions Envoy declared on connecting, unchecked against what exists.
+    declared: bool,
 }
 
 impl TypeState {
@@ -83,6 +106,8 @@ impl TypeState {
             wildcard: false,
             names: BTreeSet::new(),
             held: BTreeMap::new(),
+            asked: BTreeSet::new(),
+            declared: false,
         }
     }
 
@@ -105,10 +130,22 @@ impl TypeState {
             if name == WILDCARD {
                 self.wildcard |= self.wildcard_capable;
             } else {
-                self.names.insert(name.clone());
-                if !first && let Some(held) = self.held.get_mut(name) {
+                let again = !self.names.insert(name.clone());
+                self.asked.insert(name.clone());
+                if !first {
                     // No version is empty: the resource is sent again, or removed if it is gone.
-                    held.clear();
+                    if let Some(version) = self.held.get_mut(name) {
+                        version.clear();
+                    }
+                    // A glob asked for again is its every member asked for again. (One newly
+                    // asked for has no member held: the scan costs every held resource.)
+                    if again && is_glob(name) {
+                        for (held_name, version) in &mut self.held {
+                            if glob_of(held_name).is_some_and(|glob| glob == *name) {
+                                version.clear();
+                            }
+                        }
+                    }
                 }
             }
         }
@@ -117,21 +154,29 @@ impl TypeState {
                 self.wildcard = false;
             } else {
                 self.names.remove(name);
+                self.asked.remove(name);
             }
         }
         if first {
             self.held.extend(initial_versions.iter().map(|(name, version)| (name.clone(), version.clone())));
+            self.declared = !initial_versions.is_empty();
         }
         // Envoy drops what it unsubscribed from by itself; if it subscribes again, it gets it again.
-        let wanted: Vec<String> = self.held.keys().filter(|name| !self.wants(name)).cloned().collect();
-        for name in wanted {
-            self.held.remove(&name);
+        // Only an unsubscription (or declared versions) can leave unwanted names held: a request
+        // that only subscribes skips the scan, which costs every held resource.
+        if first || !unsubscribe.is_empty() {
+            let unwanted: Vec<String> = self.held.keys().filter(|name| !self.wants(name)).cloned().collect();
+            for name in unwanted {
+                self.held.remove(&name);
+            }
         }
     }
 
-    /// True when Envoy wants resource `name`.
+    /// True when Envoy wants resource `name`: by its name, its glob collection, or the wildcard.
     pub fn wants(&self, name: &str) -> bool {
-        self.wildcard || self.names.contains(name)
+        self.wildcard
+            || self.names.contains(name)
+            || glob_of(name).is_some_and(|glob| self.names.contains(&glob))
     }
 
     /// True when Envoy wants anything of this type.
@@ -139,22 +184,71 @@ impl TypeState {
         self.wildcard || !self.names.is_empty()
     }
 
+    /// The names and globs subscribed to since the last delta, which a [`TypeState::delta_of`] must
+    /// be given every current resource of.
+    pub fn asked(&self) -> &BTreeSet<String> {
+        &self.asked
+    }
+
     /// What to send so that Envoy holds exactly the current resources it wants; records it as sent.
-    /// A subscribed name that does not exist is not answered (Envoy's initial fetch timeout covers it);
-    /// one Envoy holds that no longer exists is removed.
+    /// One Envoy holds that no longer exists is removed, and so is a name (or a glob) it just
+    /// subscribed to that names nothing: Envoy learns that it does not exist (or is empty).
     pub fn delta(&mut self, current: &Resources) -> Delta {
-        let removed: Vec<String> =
+        let mut removed: Vec<String> =
             self.held.keys().filter(|name| !current.contains_key(*name)).cloned().collect();
         for name in &removed {
             self.held.remove(name);
         }
+        self.declared = false;
+        self.answer_asked(current, &mut removed);
         Delta { send: self.send(current), removed }
     }
 
-    /// [`TypeState::delta`] when only `changed` may differ from the resources last given, and none
-    /// was removed: the cost is that of the changes, not of every resource. Records it as sent.
-    pub fn delta_of(&mut self, changed: &Resources) -> Delta {
-        Delta { send: self.send(changed), removed: Vec::new() }
+    /// [`TypeState::delta`] when only `changed` may differ from the resources last given and only
+    /// `gone` went away since, `changed` holding every current resource of what
+    /// [`TypeState::asked`] lists: the cost is that of the changes and of what was asked for, not
+    /// of every resource. Records it as sent.
+    pub fn delta_of(&mut self, changed: &Resources, gone: &[String]) -> Delta {
+        let mut removed: Vec<String> =
+            gone.iter().filter(|name| self.held.remove(name.as_str()).is_some()).cloned().collect();
+        if std::mem::take(&mut self.declared) {
+            // What Envoy declared holding, of what it asks for now, that exists no more.
+            let stale: Vec<String> = self
+                .held
+                .keys()
+                .filter(|name| !changed.contains_key(*name) && self.is_asked(name))
+                .cloned()
+                .collect();
+            for name in stale {
+                self.held.remove(&name);
+                removed.push(name);
+            }
+        }
+        self.answer_asked(changed, &mut removed);
+        Delta { send: self.send(changed), removed }
+    }
+
+    /// True when `name` was asked for since the last delta, by itself or by its glob.
+    fn is_asked(&self, name: &str) -> bool {
+        self.asked.contains(name) || glob_of(name).is_some_and(|glob| self.asked.contains(&glob))
+    }
+
+    /// Adds to `removed` every name and glob asked for since the last delta that names nothing in
+    /// `candidates` (which hold every current resource of them); forgets what was asked.
+    fn answer_asked(&mut self, candidates: &Resources, removed: &mut Vec<String>) {
+        let asked = std::mem::take(&mut self.asked);
+        // The globs that have members, found once: a request may ask for a thousand collections.
+        let filled: BTreeSet<String> = if asked.iter().any(|name| is_glob(name)) {
+            candidates.keys().filter_map(|name| glob_of(name)).collect()
+        } else {
+            BTreeSet::new()
+        };
+        for name in asked {
+            let exists = if is_glob(&name) { filled.contains(&name) } else { candidates.contains_key(&name) };
+            if !exists && !removed.contains(&name) {
+                removed.push(name);
+            }
+        }
     }
 
     /// The resources among `candidates` that Envoy wants and does not hold in that version; records
@@ -262,6 +356,41 @@ mod tests {
         assert_eq!(names(&state.delta(&now)), ["a", "b"]);
     }
 
+    #[test]
+    fn glob_collections_take_their_members() {
+        assert_eq!(glob_of("xdstp://whisk/T/c_1/abc").as_deref(), Some("xdstp://whisk/T/c_1/*"));
+        assert_eq!(glob_of("xdstp://whisk/T/c_1/*"), None);
+        assert_eq!(glob_of("whisk_containers"), None);
+        assert_eq!(glob_of("xdstp://whisk"), None);
+
+        let mut state = TypeState::new(false);
+        state.subscribe(&["xdstp://w/T/one/*".into()], &[], &none());
+        let now =
+            current(&[("xdstp://w/T/one/a", "1"), ("xdstp://w/T/one/b", "1"), ("xdstp://w/T/two/c", "1")]);
+        assert_eq!(names(&state.delta(&now)), ["xdstp://w/T/one/a", "xdstp://w/T/one/b"]);
+        // A member gone is removed; asking for the glob again sends its members again.
+        let fewer = current(&[("xdstp://w/T/one/b", "1"), ("xdstp://w/T/two/c", "1")]);
+        assert_eq!(state.delta(&fewer).removed, ["xdstp://w/T/one/a"]);
+        state.subscribe(&["xdstp://w/T/one/*".into()], &[], &none());
+        assert_eq!(names(&state.delta(&fewer)), ["xdstp://w/T/one/b"]);
+        state.subscribe(&[], &["xdstp://w/T/one/*".into()], &none());
+        assert!(state.delta(&now).is_empty());
+    }
+
+    #[test]
+    fn a_subscription_that_names_nothing_is_answered_with_its_removal() {
+        let mut state = TypeState::new(false);
+        state.subscribe(&["xdstp://w/T/empty/*".into(), "missing".into(), "a".into()], &[], &none());
+        let delta = state.delta(&current(&[("a", "1")]));
+        assert_eq!(names(&delta), ["a"]);
+        assert_eq!(delta.removed, ["missing", "xdstp://w/T/empty/*"]);
+        // Said once: later deltas do not repeat it.
+        assert!(state.delta(&current(&[("a", "1")])).is_empty());
+        // A collection that gets its first member sends it.
+        let delta = state.delta(&current(&[("a", "1"), ("xdstp://w/T/empty/x", "1")]));
+        assert_eq!(names(&delta), ["xdstp://w/T/empty/x"]);
+    }
+
     /// One step of a stream: Envoy changes its subscription, or the server's resources change.
     #[derive(Debug, Clone)]
     enum Step {
@@ -269,15 +398,31 @@ mod tests {
         Resources(BTreeMap<String, u8>),
     }
 
+    const GLOB: &str = "xdstp://w/T/c/*";
+
     fn name() -> impl Strategy<Value = String> {
-        prop_oneof![Just("a"), Just("b"), Just("c"), Just("d"), Just(WILDCARD)].prop_map(String::from)
+        prop_oneof![
+            Just("a"),
+            Just("b"),
+            Just("c"),
+            Just(WILDCARD),
+            Just("xdstp://w/T/c/d"),
+            Just("xdstp://w/T/c/e"),
+            Just(GLOB),
+        ]
+        .prop_map(String::from)
+    }
+
+    /// A name a resource can have: neither the wildcard nor a glob.
+    fn is_resource(name: &str) -> bool {
+        name != WILDCARD && name != GLOB
     }
 
     fn step() -> impl Strategy<Value = Step> {
         prop_oneof![
             (prop::collection::vec(name(), 0..3), prop::collection::vec(name(), 0..2))
                 .prop_map(|(subscribe, unsubscribe)| Step::Request { subscribe, unsubscribe }),
-            prop::collection::btree_map(name().prop_filter("a real name", |n| n != WILDCARD), 0..3u8, 0..4)
+            prop::collection::btree_map(name().prop_filter("a real name", |n| is_resource(n)), 0..3u8, 0..4)
                 .prop_map(Step::Resources),
         ]
     }
@@ -287,41 +432,49 @@ mod tests {
     }
 
     proptest! {
-        /// When only some resources changed (and none went away), the delta of the changes alone is
-        /// the delta of everything, and leaves the same record of what Envoy holds.
+        /// When only some resources changed and some went away, the delta of those alone is the
+        /// delta of everything, and leaves the same record of what Envoy holds.
         #[test]
         fn the_delta_of_the_changes_is_the_delta_of_everything(
             names in prop::collection::btree_set(name(), 1..8),
             before in prop::collection::vec(0..3u8, 8),
             after in prop::collection::vec(0..3u8, 8),
             changed in prop::collection::vec(any::<bool>(), 8),
+            gone in prop::collection::vec(any::<bool>(), 8),
             held_back in prop::collection::vec(any::<bool>(), 8),
+            later in prop::collection::vec(name(), 0..3),
         ) {
-            let names: Vec<String> = names.into_iter().filter(|name| name != WILDCARD).collect();
+            let names: Vec<String> = names.into_iter().filter(|name| is_resource(name)).collect();
             let version = |values: &[u8]| -> BTreeMap<String, u8> {
                 names.iter().zip(values).map(|(name, value)| (name.clone(), *value)).collect()
             };
             let old = version(&before);
-            // Only the changed names take their new value.
+            // Only the changed names take their new value; the gone ones are no more.
             let new: BTreeMap<String, u8> = names
                 .iter()
-                .zip(after.iter().zip(&changed))
-                .map(|(name, (value, changed))| (name.clone(), if *changed { *value } else { old[name] }))
+                .zip(after.iter().zip(changed.iter().zip(&gone)))
+                .filter(|(_, (_, (_, gone)))| !**gone)
+                .map(|(name, (value, (changed, _)))| (name.clone(), if *changed { *value } else { old[name] }))
                 .collect();
             let mut state = TypeState::new(false);
             let subscribed: Vec<String> =
                 names.iter().zip(&held_back).filter(|(_, back)| !**back).map(|(name, _)| name.clone()).collect();
             state.subscribe(&subscribed, &[], &HashMap::new());
             state.delta(&versioned(&old));
+            // Envoy may ask for more (names, a glob) before the next delta.
+            state.subscribe(&later, &[], &HashMap::new());
             let mut everything = state.clone();
             let whole = everything.delta(&versioned(&new));
+            // The changes, and every current resource of what was asked for since.
             let changes: BTreeMap<String, u8> = names
                 .iter()
                 .zip(&changed)
-                .filter(|(_, changed)| **changed)
+                .filter(|(name, changed)| new.contains_key(*name) && (**changed || state.is_asked(name)))
                 .map(|(name, _)| (name.clone(), new[name]))
                 .collect();
-            let partial = state.delta_of(&versioned(&changes));
+            let went: Vec<String> =
+                names.iter().zip(&gone).filter(|(_, gone)| **gone).map(|(name, _)| name.clone()).collect();
+            let partial = state.delta_of(&versioned(&changes), &went);
             prop_assert_eq!(partial, whole);
             prop_assert_eq!(state.held, everything.held);
         }
@@ -341,7 +494,7 @@ mod tests {
             let mut subscribed = BTreeSet::<String>::new();
             let mut view: BTreeMap<String, String> = versioned(&initial)
                 .into_iter()
-                .filter(|(name, _)| name != WILDCARD)
+                .filter(|(name, _)| is_resource(name))
                 .map(|(name, resource)| (name, resource.version))
                 .collect();
             let declared: HashMap<String, String> = view.clone().into_iter().collect();
@@ -362,6 +515,9 @@ mod tests {
                                 if !first {
                                     asked_again.insert(name.clone());
                                 }
+                                if !first && name == GLOB {
+                                    asked_again.extend(view.keys().filter(|held| held.starts_with("xdstp://")).cloned());
+                                }
                             }
                         }
                         for name in &unsubscribe {
@@ -376,7 +532,9 @@ mod tests {
                 if first {
                     continue;
                 }
-                let wants = |name: &str| wildcard || subscribed.contains(name);
+                let wants = |name: &str| {
+                    wildcard || subscribed.contains(name) || (name.starts_with("xdstp://") && subscribed.contains(GLOB))
+                };
                 view.retain(|name, _| wants(name));
                 let delta = state.delta(&current);
                 for (name, resource) in &delta.send {

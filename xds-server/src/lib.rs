@@ -139,6 +139,13 @@ pub struct Config {
     /// `whisk_containers` cluster.
     #[arg(long, env = "WHISK_CONTAINER_CLUSTERS", default_value_t = 1)]
     pub container_clusters: u32,
+    /// Delta xDS Envoys get every container as its own LEDS resource (`LbEndpoint`, named
+    /// `xdstp://whisk/envoy.config.endpoint.v3.LbEndpoint/<cluster>/<container id>`), and the
+    /// containers clusters' assignments only name those collections: a container change pushes
+    /// that one endpoint, whatever the pool's size (decision 0010). State-of-the-world Envoys keep
+    /// whole assignments.
+    #[arg(long, env = "WHISK_LEDS")]
+    pub leds: bool,
 }
 
 /// Runs the server with the configured cluster manager (see [`run_with`]).
@@ -190,6 +197,7 @@ pub async fn run_with<C: ClusterManager>(config: Config, cluster: C) -> anyhow::
             max_blocking_wait_ms: config.blocking_wait_ms,
             container_clusters: config.container_clusters.max(1),
         },
+        leds: config.leds,
     });
 
     let metrics = Arc::new(metrics::Metrics::default());

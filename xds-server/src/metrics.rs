@@ -10,7 +10,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use std::sync::atomic::AtomicU64;
 
-use crate::snapshot::{CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE};
+use crate::snapshot::{CLUSTER_TYPE, ENDPOINT_TYPE, LB_ENDPOINT_TYPE, LISTENER_TYPE};
 
 /// The xDS resource type of a push, as a short label.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -24,6 +24,7 @@ impl TypeLabel {
             LISTENER_TYPE => "listener",
             CLUSTER_TYPE => "cluster",
             ENDPOINT_TYPE => "endpoint",
+            LB_ENDPOINT_TYPE => "lb_endpoint",
             _ => "other",
         };
         Self { r#type }

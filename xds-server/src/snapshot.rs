@@ -11,7 +11,7 @@
 //! Clusters stay static for the life of the server; only endpoints churn (Envoy pauses EDS and
 //! warms clusters on every CDS change, so busy/free state never goes into xDS).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
@@ -24,7 +24,8 @@ use envoy_types::pb::envoy::config::core::v3::{
     TypedExtensionConfig, address, async_data_source, config_source, data_source, socket_address,
 };
 use envoy_types::pb::envoy::config::endpoint::v3::{
-    ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints, lb_endpoint,
+    ClusterLoadAssignment, Endpoint, LbEndpoint, LedsClusterLocalityConfig, LocalityLbEndpoints, lb_endpoint,
+    locality_lb_endpoints,
 };
 use envoy_types::pb::envoy::config::listener::v3::{Filter, FilterChain, Listener, filter};
 use envoy_types::pb::envoy::config::route::v3::{
@@ -54,6 +55,11 @@ pub const LISTENER_TYPE: &str = "type.googleapis.com/envoy.config.listener.v3.Li
 pub const CLUSTER_TYPE: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
 /// Endpoint resource type.
 pub const ENDPOINT_TYPE: &str = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
+/// LEDS resource type: one endpoint, one container.
+pub const LB_ENDPOINT_TYPE: &str = "type.googleapis.com/envoy.config.endpoint.v3.LbEndpoint";
+
+/// The start of every LEDS resource name: xDS transport names, authority `whisk`, then the type.
+const LEDS_PREFIX: &str = "xdstp://whisk/envoy.config.endpoint.v3.LbEndpoint";
 
 /// Envoy buffers whole invoke bodies (the filter rewrites them) and whole replies (it turns them
 /// into activation records): room for 1 MB payloads and results, with their JSON envelopes, and for
@@ -73,6 +79,9 @@ pub struct Topology {
     /// The compiled filter (`whisk_filter.wasm`), loaded by Envoy from this path.
     pub filter_wasm: PathBuf,
     pub filter_config: FilterConfig,
+    /// Delta Envoys get each container as its own LEDS resource, the containers clusters'
+    /// assignments only naming their collections: a container change then pushes one endpoint.
+    pub leds: bool,
 }
 
 #[cfg(test)]
@@ -101,6 +110,7 @@ impl Topology {
                 resolve_cache_max_age_ms: 1,
                 container_clusters: 1,
             },
+            leds: false,
         }
     }
 }
@@ -376,6 +386,48 @@ fn assignment(cluster_name: String, lb_endpoints: Vec<LbEndpoint>) -> ClusterLoa
     }
 }
 
+/// The LEDS glob collection that holds the containers of cluster `cluster`.
+pub fn leds_collection(cluster: &str) -> String {
+    format!("{LEDS_PREFIX}/{cluster}/*")
+}
+
+/// The LEDS name of container `id` in cluster `cluster`: a member of [`leds_collection`]. The id is
+/// percent-encoded, so whatever a cluster manager names its containers stays one path segment.
+fn leds_name(cluster: &str, id: &str) -> String {
+    let id = percent_encoding::utf8_percent_encode(id, percent_encoding::NON_ALPHANUMERIC);
+    format!("{LEDS_PREFIX}/{cluster}/{id}")
+}
+
+/// With LEDS, the assignments of the `count` containers clusters: each names its collection and
+/// holds no endpoint, so they never change; the containers come as LEDS resources.
+pub fn leds_assignments(count: u32) -> Vec<ClusterLoadAssignment> {
+    clusters::all_containers(count)
+        .into_iter()
+        .map(|cluster_name| {
+            let leds = LedsClusterLocalityConfig {
+                leds_config: Some(ads()),
+                leds_collection_name: leds_collection(&cluster_name),
+            };
+            ClusterLoadAssignment {
+                cluster_name,
+                endpoints: vec![LocalityLbEndpoints {
+                    lb_config: Some(locality_lb_endpoints::LbConfig::LedsClusterLocalityConfig(leds)),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }
+        })
+        .collect()
+}
+
+/// What one LEDS push carries: the containers that came or changed, by LEDS name, and the LEDS names
+/// of those that went.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct LedsChanges {
+    pub changed: Vec<(String, Any)>,
+    pub gone: Vec<String>,
+}
+
 /// One node's endpoints, carried from one table version to the next so that a new version costs
 /// what changed between the two, not the whole pool: the table is a persistent map whose versions
 /// share their unchanged parts, and the diff skips those. Only the assignments of clusters whose
@@ -391,10 +443,15 @@ pub struct NodeEndpoints {
     encoded: Vec<Option<Any>>,
     /// Per cluster, whether its members changed since resources were last taken.
     dirty: Vec<bool>,
+    /// With LEDS: the containers that entered or left a cluster since LEDS resources were last
+    /// taken, by cluster position and id.
+    touched: Option<BTreeSet<(usize, String)>>,
 }
 
 impl NodeEndpoints {
-    pub fn new(node: &str, count: u32) -> Self {
+    /// The endpoints of `node` over `count` clusters; `leds` keeps track of single containers'
+    /// changes for LEDS pushes.
+    pub fn new(node: &str, count: u32, leds: bool) -> Self {
         let clusters = clusters::all_containers(count).len();
         Self {
             node: node.to_owned(),
@@ -403,6 +460,7 @@ impl NodeEndpoints {
             members: vec![BTreeMap::new(); clusters],
             encoded: vec![None; clusters],
             dirty: vec![false; clusters],
+            touched: leds.then(BTreeSet::new),
         }
     }
 
@@ -427,10 +485,16 @@ impl NodeEndpoints {
                 members.remove(&id);
                 self.encoded[index] = None;
                 self.dirty[index] = true;
+                if let Some(touched) = &mut self.touched {
+                    touched.insert((index, id.clone()));
+                }
             }
             if let Some((index, socket)) = new
                 && let Some(members) = self.members.get_mut(index)
             {
+                if let Some(touched) = &mut self.touched {
+                    touched.insert((index, id.clone()));
+                }
                 members.insert(id, socket);
                 self.encoded[index] = None;
                 self.dirty[index] = true;
@@ -448,6 +512,39 @@ impl NodeEndpoints {
     /// this or [`NodeEndpoints::resources`]): what a push must carry when Envoy holds the rest.
     pub fn changed_resources(&mut self) -> Vec<(String, Any)> {
         self.take(|dirty| dirty)
+    }
+
+    /// With LEDS: the containers that came or changed since LEDS resources were last taken, with
+    /// every container of the `collections` (LEDS globs) named, by LEDS name; and the names of the
+    /// containers that went. What a push must carry when Envoy holds the rest and has just asked
+    /// for `collections`.
+    pub fn lb_endpoints_in(&mut self, collections: &BTreeSet<String>) -> LedsChanges {
+        let Some(touched) = self.touched.as_mut() else { return LedsChanges::default() };
+        let names = clusters::all_containers(self.count);
+        let mut changed = BTreeMap::new();
+        let mut gone = Vec::new();
+        for (index, id) in std::mem::take(touched) {
+            let (Some(cluster), Some(members)) = (names.get(index), self.members.get(index)) else {
+                continue;
+            };
+            let name = leds_name(cluster, &id);
+            match members.get(&id) {
+                Some(socket) => {
+                    changed.insert(name, any(&lb_endpoint_at(*socket)));
+                }
+                None => gone.push(name),
+            }
+        }
+        if !collections.is_empty() {
+            for (cluster, members) in names.iter().zip(&self.members) {
+                if collections.contains(&leds_collection(cluster)) {
+                    for (id, socket) in members {
+                        changed.insert(leds_name(cluster, id), any(&lb_endpoint_at(*socket)));
+                    }
+                }
+            }
+        }
+        LedsChanges { changed: changed.into_iter().collect(), gone }
     }
 
     /// The assignments of the clusters `pick` chooses by their dirty flag; clears every flag.
@@ -587,7 +684,7 @@ mod tests {
         ) {
             let nodes = ["envoy-1", "envoy-2"];
             let mut table = Table::default();
-            let mut kept = NodeEndpoints::new("envoy-1", count);
+            let mut kept = NodeEndpoints::new("envoy-1", count, false);
             for (step, n, node) in steps {
                 let id = format!("c{n}");
                 match step {
@@ -623,7 +720,7 @@ mod tests {
             take_every in 1usize..4,
         ) {
             let mut table = Table::default();
-            let mut kept = NodeEndpoints::new("envoy-1", count);
+            let mut kept = NodeEndpoints::new("envoy-1", count, false);
             let mut held: BTreeMap<String, Any> = kept.resources().into_iter().collect();
             for (index, (step, n)) in steps.into_iter().enumerate() {
                 let id = format!("c{n}");
@@ -652,5 +749,82 @@ mod tests {
                 }
             }
         }
+
+        /// With LEDS, what a changed-only push carries, laid over what the previous pushes left
+        /// (its gone names removed), is every container of the node as its own resource; the
+        /// assignments never change.
+        #[test]
+        fn changed_lb_endpoints_over_the_last_push_are_the_new_containers(
+            steps in proptest::collection::vec((0u8..4, 0u16..20, 0u16..3), 1..60),
+            count in 1u32..6,
+            take_every in 1usize..4,
+        ) {
+            let nodes = ["envoy-1", "envoy-2"];
+            let mut table = Table::default();
+            let every: BTreeSet<String> =
+                clusters::all_containers(count).iter().map(|cluster| leds_collection(cluster)).collect();
+            let mut kept = NodeEndpoints::new("envoy-1", count, true);
+            let mut held: BTreeMap<String, Any> = kept.lb_endpoints_in(&every).changed.into_iter().collect();
+            for (index, (step, n, shift)) in steps.into_iter().enumerate() {
+                let id = format!("c{n}");
+                match step {
+                    0 if table.get(&id).is_none() => {
+                        table.reserve(id, crate::table::action("a"), "nodejs:20".into(), nodes[usize::from(shift % 2)].into());
+                    }
+                    // A new address may move the container to another cluster.
+                    1 => {
+                        table.set_ready(&id, format!("127.0.0.1:{}", 4000 + n + 100 * shift));
+                    }
+                    2 => {
+                        table.remove(&id);
+                    }
+                    3 => {
+                        if let Some(container) = table.get_mut(&id) {
+                            container.node = nodes[usize::from(shift % 2)].into();
+                        }
+                    }
+                    _ => {}
+                }
+                kept.update(&table);
+                if index % take_every == 0 {
+                    let changes = kept.lb_endpoints_in(&BTreeSet::new());
+                    let mut fresh = NodeEndpoints::new("envoy-1", count, true);
+                    fresh.update(&table);
+                    let fresh: BTreeMap<String, Any> = fresh.lb_endpoints_in(&every).changed.into_iter().collect();
+                    // A container that came and went between two pushes is named gone too: the
+                    // delta drops the names Envoy never held.
+                    for gone in &changes.gone {
+                        proptest::prop_assert!(!fresh.contains_key(gone), "{gone} is not gone");
+                        held.remove(gone);
+                    }
+                    held.extend(changes.changed);
+                    proptest::prop_assert_eq!(held.len(), endpoints(&table, "envoy-1", count).iter().map(|a| a.endpoints[0].lb_endpoints.len()).sum::<usize>());
+                    proptest::prop_assert_eq!(&held, &fresh);
+                    proptest::prop_assert_eq!(kept.lb_endpoints_in(&BTreeSet::new()), LedsChanges::default(), "taken once");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn leds_assignments_name_one_collection_per_cluster() {
+        let assignments = leds_assignments(3);
+        assert_eq!(assignments.len(), 3);
+        for assignment in &assignments {
+            let [locality] = assignment.endpoints.as_slice() else { panic!("one locality") };
+            assert!(locality.lb_endpoints.is_empty());
+            let Some(locality_lb_endpoints::LbConfig::LedsClusterLocalityConfig(leds)) = &locality.lb_config
+            else {
+                panic!("no LEDS config")
+            };
+            assert_eq!(leds.leds_collection_name, format!("{LEDS_PREFIX}/{}/*", assignment.cluster_name));
+            assert_eq!(leds.leds_config, Some(ads()));
+        }
+        // Ids that are not plain stay one path segment of their collection.
+        let name = leds_name("whisk_containers", "pod/a b");
+        assert_eq!(
+            crate::delta::glob_of(&name).as_deref(),
+            Some(leds_collection("whisk_containers").as_str())
+        );
     }
 }
