@@ -13,7 +13,8 @@
 //!   absolute targets.
 //! - `scale`: 10,000 actions with 50,000 containers published to one Envoy (padding containers
 //!   reported by `whisk-xds-padded`'s cluster manager) against the same platform with 10 actions:
-//!   warm p50, Envoy's resident memory, bytes pushed for one container change (delta xDS).
+//!   warm p50, Envoy's resident memory, bytes pushed for one container change (delta xDS with
+//!   LEDS; beside it delta with whole assignments, one cluster, and state of the world).
 //! - `scale-grouping`: plain Envoy holding 50,000 endpoints as one cluster (override_host picks
 //!   the exact one) against 10,000 clusters of 5 (the route names the action's cluster): resident
 //!   memory, start-up, warm p50; the figures behind decision 0009.
@@ -77,9 +78,10 @@ struct Args {
     #[arg(long, default_value_t = 5)]
     scale_containers_per_action: usize,
     /// Containers clusters of the scale scenario's platform (`--container-clusters`); it also runs
-    /// the large pool with one, for comparison. 1,024 is the most that keeps Envoy within 300 MiB
-    /// at 50,000 containers (decision 0009).
-    #[arg(long, default_value_t = 1024)]
+    /// the large pool with one, for comparison. With LEDS a change's bytes do not depend on it;
+    /// 256 keeps each cluster Envoy rebuilds on a change near 200 hosts, and Envoy well within
+    /// 300 MiB at 50,000 containers (decisions 0009 and 0010).
+    #[arg(long, default_value_t = 256)]
     scale_container_clusters: u32,
     /// Activation records stored before the list is measured.
     #[arg(long, default_value_t = 1_000_000)]
@@ -711,22 +713,26 @@ impl Bench {
         &self,
         actions: usize,
         container_clusters: u32,
-        delta: bool,
+        delivery: Delivery,
     ) -> anyhow::Result<ScaleRun> {
-        let scaled = self.scaled(actions, container_clusters, delta).await?;
+        let scaled = self.scaled(actions, container_clusters, delivery).await?;
         let latency = sequential(self.args.requests, |n| scaled.invoke(&self.http, n)).await?;
         self.scale_run(scaled, latency).await
     }
 
     /// Starts a platform whose control server publishes `actions` actions' padding containers,
     /// waits until Envoy holds them, then cold-starts the measured action.
-    async fn scaled(&self, actions: usize, container_clusters: u32, delta: bool) -> anyhow::Result<Scaled> {
+    async fn scaled(
+        &self,
+        actions: usize,
+        container_clusters: u32,
+        delivery: Delivery,
+    ) -> anyhow::Result<Scaled> {
         let per_action = self.args.scale_containers_per_action;
-        let variant = if delta { "delta" } else { "sotw" };
-        let name = format!("scale-{actions}-{container_clusters}-{variant}");
+        let name = format!("scale-{actions}-{container_clusters}-{}", delivery.name());
         let mut options = bench_options(self.dir.path().join(&name), self.args.concurrency)?;
         options.node_id = format!("envoy-{name}");
-        options.delta_xds = delta;
+        options.delta_xds = delivery != Delivery::Sotw;
         let padding = actions * per_action;
         options.xds_args = [
             "--max-containers",
@@ -748,6 +754,9 @@ impl Bench {
         ]
         .map(str::to_owned)
         .to_vec();
+        if delivery == Delivery::Leds {
+            options.xds_args.push("--leds".into());
+        }
         let mut artifacts = self.artifacts.clone();
         artifacts.xds_server = artifacts.xds_server.with_file_name("whisk-xds-padded");
         let started = Instant::now();
@@ -779,17 +788,26 @@ impl Bench {
         let cold_ms = cold.elapsed().as_secs_f64() * 1000.0;
         let url =
             format!("{}/api/v1/namespaces/_/actions/bench?blocking=true&result=true", platform.api_host());
-        Ok(Scaled { platform, client, url, variant, cold_ms, published_s })
+        Ok(Scaled { platform, client, url, delivery, cold_ms, published_s })
     }
 
     /// The rest of a scale run, once its latency is measured: Envoy's memory and what one container
     /// change pushes.
     async fn scale_run(&self, scaled: Scaled, latency: Vec<f64>) -> anyhow::Result<ScaleRun> {
-        let Scaled { platform, client, variant, cold_ms, published_s, .. } = scaled;
+        let Scaled { platform, client, delivery, cold_ms, published_s, .. } = scaled;
         let envoy_rss_mib = platform.envoy_pid(0).map(resident_mib).transpose()?.unwrap_or(f64::NAN);
-        // One container change: a cold start of a second action adds one endpoint.
-        let label = format!("type=\"endpoint\",variant=\"{variant}\"");
-        let pushed = |page: &str| metric(page, "xds_whisk_xds_pushed_bytes_total", &label);
+        // One container change: a cold start of a second action adds one endpoint. Its bytes are
+        // those of every endpoint type (assignments and LEDS resources).
+        let variant = if delivery == Delivery::Sotw { "sotw" } else { "delta" };
+        let pushed = |page: &str| {
+            ["endpoint", "lb_endpoint"]
+                .iter()
+                .map(|kind| {
+                    let label = format!("type=\"{kind}\",variant=\"{variant}\"");
+                    metric(page, "xds_whisk_xds_pushed_bytes_total", &label)
+                })
+                .sum::<f64>()
+        };
         let before = pushed(&control_metrics(&platform).await?);
         client.create_action("second", "nodejs:20", TRIVIAL_JS).await?;
         let reply = client.invoke("second", &json!({}), true).await?;
@@ -807,8 +825,8 @@ impl Bench {
     async fn scale(&self) -> anyhow::Result<Vec<Figure>> {
         let clusters = self.args.scale_container_clusters;
         // The latency ratio is the target: both platforms run at once and are measured in turn.
-        let small = self.scaled(10, clusters, true).await?;
-        let large = self.scaled(self.args.scale_actions, clusters, true).await?;
+        let small = self.scaled(10, clusters, Delivery::Leds).await?;
+        let large = self.scaled(self.args.scale_actions, clusters, Delivery::Leds).await?;
         let small_request = |n| small.invoke(&self.http, n);
         let large_request = |n| large.invoke(&self.http, n);
         let mut latency = interleaved(self.args.requests, &[&small_request, &large_request]).await?;
@@ -816,13 +834,15 @@ impl Bench {
         let small_latency = latency.pop().unwrap_or_default();
         let small = self.scale_run(small, small_latency).await?;
         let large = self.scale_run(large, large_latency).await?;
-        let single = self.scale_on(self.args.scale_actions, 1, true).await?;
-        let sotw = self.scale_on(self.args.scale_actions, clusters, false).await?;
+        let single = self.scale_on(self.args.scale_actions, 1, Delivery::Leds).await?;
+        let assignments = self.scale_on(self.args.scale_actions, clusters, Delivery::Delta).await?;
+        let sotw = self.scale_on(self.args.scale_actions, clusters, Delivery::Sotw).await?;
         let containers = self.args.scale_actions * self.args.scale_containers_per_action;
         let extra = json!({
             "actions": self.args.scale_actions, "containers": containers, "container_clusters": clusters,
+            "delivery": "delta with LEDS",
             "small": small.json(), "large": large.json(), "large_with_one_cluster": single.json(),
-            "large_state_of_the_world": sotw.json(),
+            "large_delta_without_leds": assignments.json(), "large_state_of_the_world": sotw.json(),
             "note": "the 10-action and the large platform run at once; their latency requests alternate",
         });
         Ok(vec![
@@ -844,12 +864,13 @@ impl Bench {
                 lower_is_better: true,
                 extra: json!({"absolute_target_mib": 300, "rss_mib_with_10_actions": round(small.envoy_rss_mib),
                               "rss_mib_with_one_cluster": round(single.envoy_rss_mib),
+                              "rss_mib_without_leds": round(assignments.envoy_rss_mib),
                               "actions": self.args.scale_actions, "containers": containers,
                               "container_clusters": clusters}),
             },
             Figure {
                 scenario: "scale-change-bytes".into(),
-                unit: "bytes per container change (delta)",
+                unit: "bytes per container change (delta, LEDS)",
                 value: large.change_bytes,
                 baseline: small.change_bytes,
                 target: 1.1,
@@ -858,9 +879,11 @@ impl Bench {
                               "actions": self.args.scale_actions, "containers": containers,
                               "container_clusters": clusters,
                               "bytes_with_one_cluster": single.change_bytes,
+                              "bytes_delta_without_leds": assignments.change_bytes,
                               "bytes_state_of_the_world": sotw.change_bytes,
                               "cold_start_ms": round(large.cold_ms),
-                              "cold_start_ms_with_one_cluster": round(single.cold_ms)}),
+                              "cold_start_ms_with_one_cluster": round(single.cold_ms),
+                              "cold_start_ms_without_leds": round(assignments.cold_ms)}),
             },
         ])
     }
@@ -1205,12 +1228,33 @@ async fn wait_until_up(http: &reqwest::Client, url: &str) -> anyhow::Result<()> 
 }
 
 /// A scale scenario's platform, published and its measured action warm.
+/// How a scale platform's containers reach its Envoy.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Delivery {
+    /// State-of-the-world ADS: whole assignments of the clusters that changed.
+    Sotw,
+    /// Delta ADS, whole assignments of the clusters that changed.
+    Delta,
+    /// Delta ADS, each container its own LEDS resource (`--leds`).
+    Leds,
+}
+
+impl Delivery {
+    fn name(self) -> &'static str {
+        match self {
+            Delivery::Sotw => "sotw",
+            Delivery::Delta => "delta",
+            Delivery::Leds => "leds",
+        }
+    }
+}
+
 struct Scaled {
     platform: Platform,
     client: Client,
     /// The measured action's blocking invoke.
     url: String,
-    variant: &'static str,
+    delivery: Delivery,
     cold_ms: f64,
     published_s: f64,
 }
