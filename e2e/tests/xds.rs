@@ -3,7 +3,8 @@
 //! container table reaches Envoy's endpoints, and a resource Envoy rejects is NACKed, logged and counted
 //! once, not pushed again in a loop, while the server keeps serving the other resource types. Delta
 //! only: a container change pushes only the endpoints, a reconnecting Envoy is not sent again what it
-//! holds, and a SotW and a delta Envoy serve the same action side by side.
+//! holds, and a SotW and a delta Envoy serve the same action side by side. With LEDS (decision 0010),
+//! containers come and go as single resources, also across a server restart and beside a SotW Envoy.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -298,12 +299,16 @@ async fn leds_containers_come_and_go_and_survive_a_server_restart() {
     assert_everything_accepted(&platform).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_sotw_and_a_delta_envoy_serve_the_same_action() {
+/// A SotW and a delta Envoy in front of one control plane; with `leds`, the delta one gets its
+/// containers as LEDS resources while the SotW one keeps whole assignments.
+async fn a_sotw_and_a_delta_envoy_serve_the_same_action_with(leds: bool) {
     let dir = tempfile::tempdir().unwrap();
-    let mut options = options(dir.path(), "envoy-mixed", false);
+    let mut options = options(dir.path(), if leds { "envoy-mixed-leds" } else { "envoy-mixed" }, false);
     options.replicas = 2;
     options.delta_replicas = vec![false, true];
+    if leds {
+        options.xds_args = vec!["--leds".into()];
+    }
     let platform = Platform::start(options, Artifacts::from_workspace().unwrap()).unwrap();
     let clients =
         [Client::new(&platform.api_host_of(0), GUEST_KEY), Client::new(&platform.api_host_of(1), GUEST_KEY)];
@@ -320,10 +325,26 @@ async fn a_sotw_and_a_delta_envoy_serve_the_same_action() {
         containers(&platform).await.iter().map(|c| c["node"].as_str().unwrap().to_owned()).collect();
     assert_eq!(nodes, [platform.node_id_of(0), platform.node_id_of(1)].into_iter().collect());
     let page = control_metrics(&platform).await.unwrap();
-    for variant in ["sotw", "delta"] {
-        assert!(pushed_resources(&page, "endpoint", variant) >= 2.0, "{variant}: {page}");
+    assert!(pushed_resources(&page, "endpoint", "sotw") >= 2.0, "{page}");
+    if leds {
+        // The delta Envoy's assignment went once; its container came as a LEDS resource.
+        assert_eq!(pushed_resources(&page, "endpoint", "delta"), 1.0, "{page}");
+        assert_eq!(pushed_resources(&page, "lb_endpoint", "delta"), 1.0, "{page}");
+        assert_eq!(pushed_resources(&page, "lb_endpoint", "sotw"), 0.0, "{page}");
+    } else {
+        assert!(pushed_resources(&page, "endpoint", "delta") >= 2.0, "{page}");
     }
     assert_eq!(metric(&page, "xds_whisk_xds_nacks_total", ""), 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sotw_and_a_delta_envoy_serve_the_same_action() {
+    a_sotw_and_a_delta_envoy_serve_the_same_action_with(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sotw_and_a_leds_envoy_serve_the_same_action() {
+    a_sotw_and_a_delta_envoy_serve_the_same_action_with(true).await;
 }
 
 /// How the containers reach Envoy in the spread tests.
