@@ -296,6 +296,7 @@ async fn leds_containers_come_and_go_and_survive_a_server_restart() {
     let page = control_metrics(&platform).await.unwrap();
     assert_eq!(metric(&page, "xds_whisk_xds_nacks_total", ""), 0.0, "{page}");
     assert_eq!(pushed_resources(&page, "listener", "delta"), 0.0, "held across the restart: {page}");
+    eprintln!("LEDS resources pushed after the restart: {}", pushed_resources(&page, "lb_endpoint", "delta"));
     assert_everything_accepted(&platform).await;
 }
 
