@@ -176,10 +176,8 @@ impl Ads {
                     .map(|assignment| (assignment.cluster_name.clone(), snapshot::any(assignment)))
                     .collect(),
             )),
-            ENDPOINT_TYPE | LB_ENDPOINT_TYPE => {
-                if type_url == LB_ENDPOINT_TYPE && !leds {
-                    return None;
-                }
+            // LEDS resources exist only on a LEDS stream; otherwise the type falls to "not served".
+            ENDPOINT_TYPE | LB_ENDPOINT_TYPE if type_url == ENDPOINT_TYPE || leds => {
                 let published = self.published.borrow().clone();
                 let kept = match endpoints {
                     Some(kept) if kept.node() == peer.id => kept,
@@ -187,12 +185,12 @@ impl Ads {
                 };
                 kept.update(&published.table);
                 let (resources, gone) = match (type_url, only_changed) {
-                    (ENDPOINT_TYPE, true) => (kept.changed_resources(), Vec::new()),
-                    (ENDPOINT_TYPE, false) => (kept.resources(), Vec::new()),
-                    _ => {
+                    (LB_ENDPOINT_TYPE, _) => {
                         let changes = kept.lb_endpoints_in(asked);
                         (changes.changed, changes.gone)
                     }
+                    (_, true) => (kept.changed_resources(), Vec::new()),
+                    (_, false) => (kept.resources(), Vec::new()),
                 };
                 Some(TypeSnapshot {
                     version: published.version.to_string(),
