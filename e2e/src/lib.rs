@@ -119,6 +119,41 @@ fn ephemeral_range_start() -> u16 {
         .unwrap_or(32_768)
 }
 
+/// How a platform's containers reach its Envoys (decisions 0008 and 0010).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    /// State-of-the-world ADS: whole assignments of the clusters that changed.
+    Sotw,
+    /// Delta ADS, whole assignments of the clusters that changed.
+    Delta,
+    /// Delta ADS, each container its own LEDS resource (`--leds`).
+    Leds,
+}
+
+impl Delivery {
+    pub fn name(self) -> &'static str {
+        match self {
+            Delivery::Sotw => "sotw",
+            Delivery::Delta => "delta",
+            Delivery::Leds => "leds",
+        }
+    }
+
+    /// The `variant` label of the control server's push metrics.
+    pub fn variant(self) -> &'static str {
+        if self == Delivery::Sotw { "sotw" } else { "delta" }
+    }
+
+    /// Makes `options` deliver this way: the Envoys' ADS variant, and `--leds` added to the
+    /// control server's arguments (so set those first).
+    pub fn apply(self, options: &mut Options) {
+        options.delta_xds = self != Delivery::Sotw;
+        if self == Delivery::Leds {
+            options.xds_args.push("--leds".into());
+        }
+    }
+}
+
 /// What to start.
 #[derive(Debug, Clone)]
 pub struct Options {

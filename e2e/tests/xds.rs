@@ -13,7 +13,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use e2e::client::{Client, control_metrics, metric};
-use e2e::{Artifacts, GUEST_KEY, Options, Platform};
+use e2e::{Artifacts, Delivery, GUEST_KEY, Options, Platform};
 use serde_json::{Value, json};
 
 async fn admin(platform: &Platform, path: &str) -> Value {
@@ -348,31 +348,16 @@ async fn a_sotw_and_a_leds_envoy_serve_the_same_action() {
     a_sotw_and_a_delta_envoy_serve_the_same_action_with(true).await;
 }
 
-/// How the containers reach Envoy in the spread tests.
-#[derive(Clone, Copy, PartialEq)]
-enum Delivery {
-    Sotw,
-    Delta,
-    /// Delta, each container its own LEDS resource.
-    Leds,
-}
-
 /// Decision 0009: containers spread over several EDS clusters by a hash of their address. The
 /// filter stamps the cluster, Envoy routes by it, and a container change sends one cluster's
 /// endpoints; both ADS variants. With LEDS (decision 0010), it sends that one container.
 async fn spread_containers_are_routed_and_one_change_pushes_one_cluster(delivery: Delivery) {
     const CLUSTERS: u32 = 8;
     let dir = tempfile::tempdir().unwrap();
-    let node = match delivery {
-        Delivery::Sotw => "envoy-spread",
-        Delivery::Delta => "envoy-spread-delta",
-        Delivery::Leds => "envoy-spread-leds",
-    };
-    let mut options = options(dir.path(), node, delivery != Delivery::Sotw);
+    let node = format!("envoy-spread-{}", delivery.name());
+    let mut options = options(dir.path(), &node, false);
     options.xds_args = vec!["--container-clusters".into(), CLUSTERS.to_string()];
-    if delivery == Delivery::Leds {
-        options.xds_args.push("--leds".into());
-    }
+    delivery.apply(&mut options);
     let platform = Platform::start(options, Artifacts::from_workspace().unwrap()).unwrap();
     let client = Client::new(&platform.api_host(), GUEST_KEY);
     let names = ["one", "two", "three", "four"];
@@ -380,7 +365,7 @@ async fn spread_containers_are_routed_and_one_change_pushes_one_cluster(delivery
         let code = format!("function main(p) {{ return {{name: '{name}', n: p.n}}; }}");
         assert_eq!(client.create_action(name, "nodejs:20", &code).await.unwrap().status, 200);
     }
-    let variant = if delivery == Delivery::Sotw { "sotw" } else { "delta" };
+    let variant = delivery.variant();
     let kind = if delivery == Delivery::Leds { "lb_endpoint" } else { "endpoint" };
     for name in &names[..3] {
         assert_eq!(client.invoke(name, &json!({"n": 0}), true).await.unwrap().status, 200);

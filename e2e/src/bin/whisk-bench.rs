@@ -36,7 +36,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use clap::Parser;
 use e2e::client::{Client, control_metrics, metric};
-use e2e::{Artifacts, GUEST_KEY, Options, Platform, Ports, free_port, workspace_root};
+use e2e::{Artifacts, Delivery, GUEST_KEY, Options, Platform, Ports, free_port, workspace_root};
 use serde_json::{Value, json};
 use whisk_contract::{ActivationRecord, ActivationResponse, ActivationStatus, KeyValue};
 use xds_server::placement::naive::RoundRobin;
@@ -732,7 +732,6 @@ impl Bench {
         let name = format!("scale-{actions}-{container_clusters}-{}", delivery.name());
         let mut options = bench_options(self.dir.path().join(&name), self.args.concurrency)?;
         options.node_id = format!("envoy-{name}");
-        options.delta_xds = delivery != Delivery::Sotw;
         let padding = actions * per_action;
         options.xds_args = [
             "--max-containers",
@@ -754,9 +753,7 @@ impl Bench {
         ]
         .map(str::to_owned)
         .to_vec();
-        if delivery == Delivery::Leds {
-            options.xds_args.push("--leds".into());
-        }
+        delivery.apply(&mut options);
         let mut artifacts = self.artifacts.clone();
         artifacts.xds_server = artifacts.xds_server.with_file_name("whisk-xds-padded");
         let started = Instant::now();
@@ -798,7 +795,7 @@ impl Bench {
         let envoy_rss_mib = platform.envoy_pid(0).map(resident_mib).transpose()?.unwrap_or(f64::NAN);
         // One container change: a cold start of a second action adds one endpoint. Its bytes are
         // those of every endpoint type (assignments and LEDS resources).
-        let variant = if delivery == Delivery::Sotw { "sotw" } else { "delta" };
+        let variant = delivery.variant();
         let pushed = |page: &str| {
             ["endpoint", "lb_endpoint"]
                 .iter()
@@ -1228,27 +1225,6 @@ async fn wait_until_up(http: &reqwest::Client, url: &str) -> anyhow::Result<()> 
 }
 
 /// A scale scenario's platform, published and its measured action warm.
-/// How a scale platform's containers reach its Envoy.
-#[derive(Debug, Clone, Copy, PartialEq)]
-enum Delivery {
-    /// State-of-the-world ADS: whole assignments of the clusters that changed.
-    Sotw,
-    /// Delta ADS, whole assignments of the clusters that changed.
-    Delta,
-    /// Delta ADS, each container its own LEDS resource (`--leds`).
-    Leds,
-}
-
-impl Delivery {
-    fn name(self) -> &'static str {
-        match self {
-            Delivery::Sotw => "sotw",
-            Delivery::Delta => "delta",
-            Delivery::Leds => "leds",
-        }
-    }
-}
-
 struct Scaled {
     platform: Platform,
     client: Client,
