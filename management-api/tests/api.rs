@@ -103,6 +103,9 @@ async fn action_lifecycle_in_openwhisks_shape(backend: Backend) {
     assert_ne!(before["revision"], after["revision"], "every update gets a fresh revision");
     assert_eq!(after["version"], "0.0.2");
 
+    // `updated` is in epoch milliseconds and ties list by name ("hello" first): the next write
+    // must land in a later millisecond for the order to say which came last.
+    tokio::time::sleep(Duration::from_millis(2)).await;
     create(&h, "second").await;
     let (status, list) =
         send(&h.router, request(Method::GET, "/api/v1/namespaces/_/actions", Some(&h.guest), None)).await;
