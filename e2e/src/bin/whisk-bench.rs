@@ -4,7 +4,8 @@
 //! Scenarios (`--scenario NAME` runs one):
 //! - `warm-latency`: one client, a trivial action, through the whole platform; baselines: the same
 //!   `/run` sent straight to a container, and through a plain Envoy (router only) to that container.
-//! - `warm-throughput`: saturating clients for a fixed time; baseline: plain Envoy to a container.
+//! - `warm-throughput`: saturating clients for a fixed time, once the platform's pool for them has
+//!   stopped growing; baseline: plain Envoy round-robin over as many bare containers.
 //! - `cold-start`: Node.js and Python cold invokes; baseline: the bare runtime start plus `/init`.
 //! - `cold-start-prewarmed`: Node.js and Python cold invokes served by a prewarmed container (a second
 //!   platform with `--prewarm`); baseline: `/init` alone on an already started runtime, plus 10 ms.
@@ -39,6 +40,7 @@ use e2e::client::{Client, control_metrics, metric};
 use e2e::{Artifacts, Delivery, GUEST_KEY, Options, Platform, Ports, free_port, workspace_root};
 use serde_json::{Value, json};
 use whisk_contract::{ActivationRecord, ActivationResponse, ActivationStatus, KeyValue};
+use xds_server::cluster::local::{labels, owned_runtimes};
 use xds_server::placement::naive::RoundRobin;
 use xds_server::simulation::{Day, GC, NODE_CAPACITY_MB, NODES, Policy};
 
@@ -429,26 +431,50 @@ impl Saturation {
 /// A request builder shared by the windows of [`saturate_in_turns`].
 type SharedRequest = Arc<dyn Fn(usize) -> reqwest::RequestBuilder + Send + Sync>;
 
+/// One side of [`saturate_in_turns`]: its requests, and the processes whose CPU it is charged.
+struct Side {
+    request: SharedRequest,
+    counted: Vec<Counted>,
+}
+
+/// What one side of [`saturate_in_turns`] did: its requests, and the CPU microseconds per
+/// successful request of each of its counted processes over its own windows.
+struct SideFigures {
+    saturation: Saturation,
+    cpu_us_per_request: Vec<f64>,
+}
+
 /// Saturates two paths in alternating one-second windows, `windows` of them each, so that the
 /// machine's drift weighs on both alike. Each window starts after a pause, so that work a path
 /// defers (the platform stores its records in batches) is not done in the other's window.
 async fn saturate_in_turns(
     clients: usize,
     windows: u64,
-    first: SharedRequest,
-    second: SharedRequest,
-) -> (Saturation, Saturation) {
-    let window = async |path: &SharedRequest| {
+    first: &Side,
+    second: &Side,
+) -> (SideFigures, SideFigures) {
+    let window = async |side: &Side| {
         tokio::time::sleep(Duration::from_millis(250)).await;
-        let path = path.clone();
-        saturate(clients, 1, move |n| path(n)).await
+        let path = side.request.clone();
+        let before: Vec<f64> = side.counted.iter().map(Counted::cpu_us).collect();
+        let saturation = saturate(clients, 1, move |n| path(n)).await;
+        let spent: Vec<f64> =
+            side.counted.iter().zip(before).map(|(counted, before)| counted.cpu_us() - before).collect();
+        (saturation, spent)
     };
-    let (mut first_total, mut second_total) = (window(&first).await, window(&second).await);
+    let add = |(total, spent): (Saturation, Vec<f64>), (more, more_spent): (Saturation, Vec<f64>)| {
+        (total.and(more), spent.iter().zip(more_spent).map(|(a, b)| a + b).collect::<Vec<f64>>())
+    };
+    let (mut first_total, mut second_total) = (window(first).await, window(second).await);
     for _ in 1..windows.max(1) {
-        first_total = first_total.and(window(&first).await);
-        second_total = second_total.and(window(&second).await);
+        first_total = add(first_total, window(first).await);
+        second_total = add(second_total, window(second).await);
     }
-    (first_total, second_total)
+    let figures = |(saturation, spent): (Saturation, Vec<f64>)| {
+        let done = saturation.done.max(1) as f64;
+        SideFigures { cpu_us_per_request: spent.iter().map(|us| us / done).collect(), saturation }
+    };
+    (figures(first_total), figures(second_total))
 }
 
 struct Bench {
@@ -481,14 +507,19 @@ impl Bench {
         let sent = requests + requests / 10;
         // Each path is warmed alike first (V8 tiers up Envoy's Wasm and Node.js's code over the
         // first requests), then measured, with the CPU per request of each process behind it:
-        // Envoy, the management API, and the container (the control server's process tree, which
-        // holds its local containers).
+        // Envoy, the management API, the action's container and the control server.
         let invoke = self.platform_request("bench");
         sequential(requests, &invoke).await?;
-        let platform_pids =
-            [self.platform.envoy_pid(0), self.platform.management_pid(), self.platform.xds_pid()];
+        // The action's container is counted apart from the control server that started it, whose
+        // own timers and streams run whatever the load.
+        let platform_processes = [
+            Counted::tree(self.platform.envoy_pid(0)),
+            Counted::tree(self.platform.management_pid()),
+            self.containers_of("bench"),
+            Counted::alone(self.platform.xds_pid()),
+        ];
         let (platform, platform_cpu) =
-            cpu_per_request(&platform_pids, sent, sequential(requests, &invoke)).await;
+            cpu_per_request(&platform_processes, sent, sequential(requests, &invoke)).await;
         let platform = platform?;
         let (container, address, _) = bare_container(&self.artifacts, "nodejs:20", TRIVIAL_JS).await?;
         let http = self.http.clone();
@@ -506,9 +537,9 @@ impl Bench {
         wait_until_up(&http, &plain_url).await?;
         let plain_request = |n| http.post(&plain_url).json(&run_body(n));
         sequential(requests, plain_request).await?;
-        let plain_pids = [Some(envoy.0.id()), None, Some(container.0.id())];
+        let plain_processes = [Counted::tree(Some(envoy.0.id())), Counted::tree(Some(container.0.id()))];
         let (plain, plain_cpu) =
-            cpu_per_request(&plain_pids, sent, sequential(requests, plain_request)).await;
+            cpu_per_request(&plain_processes, sent, sequential(requests, plain_request)).await;
         let plain = plain?;
         // The figures: the three paths measured in turn, one request each, so that the machine's
         // drift weighs on all alike (the sequential windows above measure the CPU, and their p50s
@@ -537,8 +568,8 @@ impl Bench {
             "sequential_p50_ms": sequential_p50,
             "cpu_us_per_request": {
                 "envoy": round(platform_cpu[0]), "management_api": round(platform_cpu[1]),
-                "container": round(platform_cpu[2]),
-                "plain_envoy": round(plain_cpu[0]), "plain_container": round(plain_cpu[2]),
+                "container": round(platform_cpu[2]), "control_server": round(platform_cpu[3]),
+                "plain_envoy": round(plain_cpu[0]), "plain_container": round(plain_cpu[1]),
             },
         });
         Ok(vec![Figure {
@@ -552,21 +583,30 @@ impl Bench {
         }])
     }
 
+    /// At most this many one-second saturating rounds warm the throughput scenario's pool.
+    const WARMUP_ROUNDS: usize = 6;
+
     async fn warm_throughput(&self) -> anyhow::Result<Vec<Figure>> {
         // An action of its own: the baseline gets as many containers as this action has, not as
         // many as every earlier scenario left running.
         self.client.create_action("bench-throughput", "nodejs:20", TRIVIAL_JS).await?;
-        // Warm as many containers as there are clients, so both sides have the same pool.
-        let warmups: Vec<_> = (0..self.args.clients)
-            .map(|n| {
-                let client = self.client.clone();
-                tokio::spawn(async move { client.invoke("bench-throughput", &json!({"n": n}), true).await })
-            })
-            .collect();
-        for warmup in warmups {
-            warmup.await??;
+        // Both sides get the same pool. It grows while requests wait (a cold start per two waiters), so the platform is
+        // saturated until it stops growing; the baseline then gets as many containers as it holds.
+        // (Measuring at once gave the baseline the 3 to 7 containers a burst of 16 first invokes
+        // left, while ours grew to 16 during its own windows.)
+        let mut containers = 0;
+        for _ in 0..Self::WARMUP_ROUNDS {
+            let warmup = saturate(self.args.clients, 1, self.platform_request("bench-throughput")).await;
+            if warmup.errors > 0 {
+                bail!("the warm-up failed: {}", warmup.first_error.unwrap_or_default());
+            }
+            let now = self.ready_containers_of("guest/bench-throughput@").await?;
+            if now == containers {
+                break;
+            }
+            containers = now;
         }
-        let containers = self.ready_containers_of("guest/bench-throughput@").await? as f64;
+        let containers = containers as f64;
         // Baseline: plain Envoy round-robin over the same number of bare containers.
         let mut guards = Vec::new();
         let mut addresses = Vec::new();
@@ -575,18 +615,39 @@ impl Bench {
             guards.push(guard);
             addresses.push(address);
         }
-        let (_envoy, port) =
-            plain_envoy(&self.artifacts, self.dir.path(), &addresses, self.args.concurrency)?;
+        let (envoy, port) = plain_envoy(&self.artifacts, self.dir.path(), &addresses, self.args.concurrency)?;
         let plain_url = format!("http://127.0.0.1:{port}/run");
         wait_until_up(&self.http, &plain_url).await?;
         let http = self.http.clone();
-        let (platform, plain) = saturate_in_turns(
-            self.args.clients,
-            self.args.seconds,
-            Arc::new(self.platform_request("bench-throughput")),
-            Arc::new(move |n| http.post(&plain_url).json(&run_body(n))),
-        )
-        .await;
+        // Each side's CPU per request, to tell where a saturated machine's two cores went; the
+        // client (this process) is charged to both.
+        let client = Counted::alone(Some(std::process::id()));
+        let ours = Side {
+            request: Arc::new(self.platform_request("bench-throughput")),
+            counted: vec![
+                Counted::tree(self.platform.envoy_pid(0)),
+                Counted::tree(self.platform.management_pid()),
+                self.containers_of("bench-throughput"),
+                Counted::alone(self.platform.xds_pid()),
+                client.clone(),
+            ],
+        };
+        let bare_roots = guards.iter().map(|guard| guard.0.id()).collect();
+        let baseline = Side {
+            request: Arc::new(move |n| http.post(&plain_url).json(&run_body(n))),
+            counted: vec![
+                Counted::tree(Some(envoy.0.id())),
+                Counted { roots: bare_roots, descendants: true },
+                client,
+            ],
+        };
+        let (ours, baseline) =
+            saturate_in_turns(self.args.clients, self.args.seconds, &ours, &baseline).await;
+        let (platform, plain) = (ours.saturation, baseline.saturation);
+        // Waiters ask for cold starts: the pool may have grown under the load.
+        let containers_after = self.ready_containers_of("guest/bench-throughput@").await?;
+        let (our_cpu, plain_cpu) = (ours.cpu_us_per_request, baseline.cpu_us_per_request);
+        let cpu = |figures: &[f64], index: usize| round(figures.get(index).copied().unwrap_or_default());
         Ok(vec![Figure {
             scenario: "warm-throughput".into(),
             unit: "req/s",
@@ -596,10 +657,18 @@ impl Bench {
             lower_is_better: false,
             extra: json!({
                 "clients": self.args.clients, "seconds": self.args.seconds, "containers": containers,
+                "containers_after": containers_after,
                 "measured": "ours and plain Envoy in alternating one-second windows",
                 "errors": platform.errors, "first_error": platform.first_error,
                 "baseline_errors": plain.errors, "baseline_first_error": plain.first_error,
                 "note": "the plain Envoy baseline round-robins, so it may overlap activations in one container; ours never does",
+                "cpu_us_per_request": {
+                    "envoy": cpu(&our_cpu, 0), "management_api": cpu(&our_cpu, 1),
+                    "containers": cpu(&our_cpu, 2), "control_server": cpu(&our_cpu, 3),
+                    "client": cpu(&our_cpu, 4),
+                    "plain_envoy": cpu(&plain_cpu, 0), "plain_containers": cpu(&plain_cpu, 1),
+                    "plain_client": cpu(&plain_cpu, 2),
+                },
             }),
         }])
     }
@@ -987,6 +1056,16 @@ impl Bench {
     }
 
     /// Ready containers of the action revisions whose key starts with `action` (`namespace/name@`).
+    /// The runtime processes of this platform's containers of `action` (with their interpreters).
+    fn containers_of(&self, action: &str) -> Counted {
+        let roots = owned_runtimes(&self.platform.owner())
+            .into_iter()
+            .filter(|runtime| runtime.env.get(labels::ACTION).is_some_and(|name| name == action))
+            .filter_map(|runtime| u32::try_from(runtime.pid).ok())
+            .collect();
+        Counted { roots, descendants: true }
+    }
+
     async fn ready_containers_of(&self, action: &str) -> anyhow::Result<usize> {
         let url = format!("{}{}", self.platform.control_url(), whisk_contract::paths::COLD_START);
         let containers: Vec<Value> = self.http.get(url).send().await?.json().await?;
@@ -1264,50 +1343,68 @@ impl ScaleRun {
     }
 }
 
-/// CPU time that `root` and every process below it have used so far (user and system, children
-/// that already exited excluded), in microseconds.
-fn cpu_us(root: u32) -> f64 {
-    // /proc/PID/stat: after the parenthesised command (which may hold spaces), field 4 is the
-    // parent and fields 14 and 15 the user and system ticks.
-    let mut processes: Vec<(u32, u32, u64)> = Vec::new();
-    for entry in fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|name| name.parse::<u32>().ok()) else {
-            continue;
-        };
-        let Ok(stat) = fs::read_to_string(entry.path().join("stat")) else { continue };
-        let Some((_, rest)) = stat.rsplit_once(')') else { continue };
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        let number =
-            |index: usize| fields.get(index).and_then(|field| field.parse::<u64>().ok()).unwrap_or(0);
-        processes.push((pid, number(1) as u32, number(11) + number(12)));
-    }
-    let mut tree = vec![root];
-    let mut ticks = 0;
-    while let Some(pid) = tree.pop() {
-        for (child, parent, used) in &processes {
-            if *child == pid {
-                ticks += used;
-            } else if *parent == pid {
-                tree.push(*child);
-            }
-        }
-    }
-    // Linux reports ticks of USER_HZ, which is 100 on every architecture it runs on.
-    ticks as f64 * 1e4
+/// The processes one CPU figure counts.
+#[derive(Debug, Clone, Default)]
+struct Counted {
+    roots: Vec<u32>,
+    /// Whether each root's descendants count too (a runtime's interpreter, a launcher).
+    descendants: bool,
 }
 
-/// CPU microseconds per request that each of `pids` spent while `work` ran.
+impl Counted {
+    fn tree(pid: Option<u32>) -> Self {
+        Self { roots: pid.into_iter().collect(), descendants: true }
+    }
+
+    fn alone(pid: Option<u32>) -> Self {
+        Self { roots: pid.into_iter().collect(), descendants: false }
+    }
+
+    /// CPU microseconds these processes have used so far (processes that exited meanwhile are gone
+    /// from the sum, so a figure only holds over a window in which none of them exits).
+    fn cpu_us(&self) -> f64 {
+        // /proc/PID/stat: after the parenthesised command (which may hold spaces), field 4 is the
+        // parent and fields 14 and 15 the user and system ticks.
+        let mut processes: Vec<(u32, u32, u64)> = Vec::new();
+        for entry in fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Some(pid) = entry.file_name().to_str().and_then(|name| name.parse::<u32>().ok()) else {
+                continue;
+            };
+            let Ok(stat) = fs::read_to_string(entry.path().join("stat")) else { continue };
+            let Some((_, rest)) = stat.rsplit_once(')') else { continue };
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            let number =
+                |index: usize| fields.get(index).and_then(|field| field.parse::<u64>().ok()).unwrap_or(0);
+            processes.push((pid, number(1) as u32, number(11) + number(12)));
+        }
+        let mut pending = self.roots.clone();
+        let mut ticks = 0;
+        while let Some(pid) = pending.pop() {
+            for (child, parent, used) in &processes {
+                if *child == pid {
+                    ticks += used;
+                } else if *parent == pid && self.descendants {
+                    pending.push(*child);
+                }
+            }
+        }
+        // Linux reports ticks of USER_HZ, which is 100 on every architecture it runs on.
+        ticks as f64 * 1e4
+    }
+}
+
+/// CPU microseconds per request that each of `counted` spent while `work` ran.
 async fn cpu_per_request<T>(
-    pids: &[Option<u32>],
+    counted: &[Counted],
     requests: usize,
     work: impl std::future::Future<Output = T>,
 ) -> (T, Vec<f64>) {
-    let before: Vec<f64> = pids.iter().map(|pid| pid.map_or(0.0, cpu_us)).collect();
+    let before: Vec<f64> = counted.iter().map(Counted::cpu_us).collect();
     let output = work.await;
-    let spent = pids
+    let spent = counted
         .iter()
         .zip(before)
-        .map(|(pid, before)| pid.map_or(0.0, |pid| (cpu_us(pid) - before) / requests.max(1) as f64))
+        .map(|(counted, before)| (counted.cpu_us() - before) / requests.max(1) as f64)
         .collect();
     (output, spent)
 }
