@@ -123,3 +123,90 @@ async fn the_containers_of_an_envoy_that_went_away_are_stopped_after_the_orphan_
     assert!(reply.body["annotations"].to_string().find("initTime").is_none(), "warm: {}", reply.body);
     assert_eq!(owned_runtimes(&platform.owner()).len(), 1);
 }
+
+/// A counter of the containers cluster from Envoy's admin stats.
+async fn containers_stat(platform: &Platform, name: &str) -> u64 {
+    let url = format!("{}/stats?filter=^cluster\\.whisk_containers\\.{name}$", platform.admin_url());
+    let text = reqwest::get(url).await.unwrap().text().await.unwrap();
+    text.lines().find_map(|line| line.rsplit_once(": ")?.1.trim().parse().ok()).unwrap_or(0)
+}
+
+/// A `/run` stamped for a container Envoy's worker does not hold goes, by override_host's fallback,
+/// to another container. Our runtime refuses it with 421 before running anything, and the route
+/// retries 421 (decision 0001): that covers the moment a worker lags its node's ACK of a new
+/// container, which no test can time. Here the stamped container was removed by the operator
+/// while the filter still counts it free (its next usage report is a minute away), so every try
+/// lands on the other container: the retries are counted, the client's own `x-envoy-max-retries`
+/// changes nothing (Envoy drops it from a client it counts as external, the filter from any), the
+/// other container never ran the request, and the next invoke starts anew.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_misrouted_run_is_refused_retried_and_never_runs_elsewhere() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut options = Options::for_test(dir.path(), "envoy-misrouted").unwrap();
+    options.xds_args = ["--usage-report-period-ms", "60000"].map(str::to_owned).to_vec();
+    let platform = Platform::start(options, Artifacts::from_workspace().unwrap()).unwrap();
+    let client = Client::new(&platform.api_host(), GUEST_KEY);
+    let counting = "let runs = 0; function main() { return { runs: ++runs }; }";
+    assert_eq!(client.create_action("stays", "nodejs:20", counting).await.unwrap().status, 200);
+    assert_eq!(client.create_action("goes", "nodejs:20", counting).await.unwrap().status, 200);
+    for action in ["stays", "goes"] {
+        let reply = client.invoke(action, &json!({}), true).await.unwrap();
+        assert_eq!((reply.status, reply.body), (200, json!({"runs": 1})), "{action}");
+    }
+    let table: Vec<Value> = reqwest::get(format!("{}/v1/containers", platform.control_url()))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let goes = table
+        .iter()
+        .find(|c| c["action"].as_str().is_some_and(|a| a.contains("/goes@")))
+        .expect("the container of goes");
+    let removed = reqwest::Client::new()
+        .delete(format!("{}/v1/containers/{}", platform.control_url(), goes["id"].as_str().unwrap()))
+        .header("x-whisk-internal-token", &platform.internal_token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(removed.status(), 204);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while container_hosts(&platform).await.len() > 1 {
+        assert!(Instant::now() < deadline, "the removed container is still an endpoint");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Envoy counts a request's first answer under upstream_rq_<code>, its retries' under
+    // retry.upstream_rq_<code>.
+    let counters = async || {
+        [
+            containers_stat(&platform, "upstream_rq_421").await,
+            containers_stat(&platform, "retry\\.upstream_rq_421").await,
+            containers_stat(&platform, "upstream_rq_retry").await,
+        ]
+    };
+    let before = counters().await;
+
+    let (user, password) = GUEST_KEY.split_once(':').unwrap();
+    let misrouted = reqwest::Client::new()
+        .post(format!("{}/api/v1/namespaces/_/actions/goes?blocking=true", platform.api_host()))
+        .basic_auth(user, Some(password))
+        .header("x-envoy-max-retries", "0")
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    let status = misrouted.status().as_u16();
+    let record: Value = misrouted.json().await.unwrap();
+    assert_eq!(status, 500, "{record}");
+    assert_eq!(record["response"]["status"], "whisk internal error", "{record}");
+    let after = counters().await;
+    let refused: Vec<u64> = after.iter().zip(before).map(|(after, before)| after - before).collect();
+    assert_eq!(refused, [1, 3, 3], "the first try and three retries refused; the client's header ignored");
+
+    // None of the four tries ran in the container that refused them.
+    let reply = client.invoke("stays", &json!({}), true).await.unwrap();
+    assert_eq!((reply.status, reply.body), (200, json!({"runs": 2})));
+    // The claimed container was retired: a new one serves the next invoke.
+    let reply = client.invoke("goes", &json!({}), true).await.unwrap();
+    assert_eq!((reply.status, reply.body), (200, json!({"runs": 1})));
+}

@@ -133,6 +133,26 @@ pub fn rewrite_headers<'a>(
         .collect()
 }
 
+/// The headers of a container's `/run` request, from the client's: `set` replaces or adds, and
+/// neither the client's key nor any `x-envoy-*` header of the client's goes on. Envoy's router
+/// obeys those from clients it counts as internal (`x-envoy-retry-on`, `x-envoy-max-retries`,
+/// `x-envoy-upstream-rq-timeout-ms`…): passed on, they would let a client have an activation run
+/// twice or outlive its time limit. The filter's own ones are in `set`.
+pub fn run_request_headers<'a>(
+    client: &'a [(String, String)],
+    set: &[(&'a str, &'a str)],
+) -> Vec<(&'a str, &'a str)> {
+    rewrite_headers(client, set, &["authorization"])
+        .into_iter()
+        .filter(|(name, _)| {
+            !name.starts_with(ENVOY_HEADER_PREFIX) || set.iter().any(|(set_name, _)| set_name == name)
+        })
+        .collect()
+}
+
+/// The prefix of the headers Envoy's router reads its per-request settings from.
+const ENVOY_HEADER_PREFIX: &str = "x-envoy-";
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -237,6 +257,26 @@ mod tests {
                 (":path", "/run"),
                 ("content-length", "40"),
             ]
+        );
+    }
+
+    #[test]
+    fn a_client_cannot_set_the_routers_retries_or_timeout_of_a_run() {
+        let client: Vec<(String, String)> = [
+            ("x-envoy-retry-on", "5xx"),
+            ("x-envoy-max-retries", "5"),
+            ("x-envoy-upstream-rq-timeout-ms", "999999"),
+            ("authorization", "Basic eA=="),
+            ("x-request-id", "r1"),
+        ]
+        .iter()
+        .map(|(name, value)| ((*name).to_owned(), (*value).to_owned()))
+        .collect();
+        let headers =
+            run_request_headers(&client, &[(":path", "/run"), ("x-envoy-upstream-rq-timeout-ms", "61000")]);
+        assert_eq!(
+            headers,
+            vec![("x-request-id", "r1"), (":path", "/run"), ("x-envoy-upstream-rq-timeout-ms", "61000")]
         );
     }
 

@@ -853,7 +853,7 @@ fn forward(shared: &Shared, state: &mut State, claim: Claim, resume: bool) {
         set.push((headers::CONTAINER_CLUSTER, cluster.as_str()));
     }
     // The key travels in the envelope only when the action asked for it, never as a header.
-    let rewritten = envelope::rewrite_headers(&state.request_headers.0, &set, &["authorization"]);
+    let rewritten = envelope::run_request_headers(&state.request_headers.0, &set);
     if let Err(status) = hostcalls::set_map(MapType::HttpRequestHeaders, rewritten) {
         error!("could not rewrite the headers of activation {}: {status:?}", state.activation_id);
     }
@@ -1844,7 +1844,10 @@ impl Request {
         let mut timed_out = false;
         let container_status: u16 =
             state.response_headers.get(":status").and_then(|s| s.parse().ok()).unwrap_or(0);
-        let (response, next) = if via_upstream && container_status != 409 {
+        // Our runtime refuses a /run before running it: 409 while busy, 421 when it is not the
+        // container the request was stamped for (the route's retries did not find that one).
+        let refused = matches!(container_status, 409 | 421);
+        let (response, next) = if via_upstream && !refused {
             let response = activation::classify(container_status, body);
             if activation::is_runtime_timeout(&response) {
                 // The runtime ended the activation at its deadline and restarted the action process:
@@ -1855,7 +1858,14 @@ impl Request {
                 (response, SlotState::Free)
             }
         } else if via_upstream {
-            // Our runtime refused the activation (busy or mis-routed): never use it again.
+            // Refused (busy, or the claimed container is not where its address leads): never use
+            // the claimed one again.
+            warn!(
+                "container {} refused activation {}: {}",
+                state.claim.as_ref().map(|claim| claim.container_id.as_str()).unwrap_or_default(),
+                state.activation_id,
+                String::from_utf8_lossy(body)
+            );
             (
                 ActivationResponse::new(
                     ActivationStatus::WhiskError,

@@ -208,7 +208,7 @@ async fn health() -> Response {
 
 async fn init(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) -> Response {
     if let Some(message) = state.misrouted(&headers) {
-        return reply(StatusCode::CONFLICT, error(message), None);
+        return reply(StatusCode::MISDIRECTED_REQUEST, error(message), None);
     }
     if state.initialized.load(Ordering::Acquire) {
         return reply(StatusCode::FORBIDDEN, error(ALREADY_INITIALIZED), None);
@@ -247,8 +247,10 @@ async fn init(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Byte
 }
 
 async fn run(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) -> Response {
+    // 421, not busy's 409: a misrouted request is safe to send again (Envoy retries it; nothing
+    // ran), an overlap is a routing bug that must surface.
     if let Some(message) = state.misrouted(&headers) {
-        return reply(StatusCode::CONFLICT, error(message), Some(&[]));
+        return reply(StatusCode::MISDIRECTED_REQUEST, error(message), Some(&[]));
     }
     // Never queue: a second activation while one runs is the caller's bug, answered at once.
     let Ok(mut slot) = state.action.clone().try_lock_owned() else {

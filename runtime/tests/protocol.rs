@@ -564,10 +564,10 @@ async fn node_crash_is_reported_and_the_process_respawned() {
 async fn misrouted_requests_are_refused() {
     let rt = start("nodejs:20").await;
     let wrong = rt.post("/init", &json!({"value": {"code": NODE_IDENTITY}}), Some("other")).await;
-    assert_eq!(wrong.status, StatusCode::CONFLICT);
+    assert_eq!(wrong.status, StatusCode::MISDIRECTED_REQUEST);
     rt.init_ok("let runs = 0; function main() { return { runs: ++runs }; }").await;
     let wrong = rt.post("/run", &envelope(json!({}), "x", now_ms() + 30_000), Some("c-other")).await;
-    assert_eq!(wrong.status, StatusCode::CONFLICT);
+    assert_eq!(wrong.status, StatusCode::MISDIRECTED_REQUEST);
     assert_eq!(wrong.body, json!({"error": "misrouted: this is container c-test"}));
     // Nothing ran.
     assert_eq!(rt.run(json!({})).await.body, json!({"runs": 1}));

@@ -29,8 +29,8 @@ use envoy_types::pb::envoy::config::endpoint::v3::{
 };
 use envoy_types::pb::envoy::config::listener::v3::{Filter, FilterChain, Listener, filter};
 use envoy_types::pb::envoy::config::route::v3::{
-    HeaderMatcher, Route, RouteAction, RouteConfiguration, RouteMatch, VirtualHost, header_matcher, route,
-    route_action, route_match,
+    HeaderMatcher, RetryPolicy, Route, RouteAction, RouteConfiguration, RouteMatch, VirtualHost,
+    header_matcher, retry_policy, route, route_action, route_match,
 };
 use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
 use envoy_types::pb::envoy::extensions::filters::http::wasm::v3::Wasm;
@@ -175,12 +175,48 @@ fn wasm_filter(topology: &Topology, node_id: &str) -> HttpFilter {
     }
 }
 
-fn route_to(cluster: route_action::ClusterSpecifier, timeout_seconds: i64) -> route::Action {
+fn route_to(
+    cluster: route_action::ClusterSpecifier,
+    timeout_seconds: i64,
+    retry_policy: Option<RetryPolicy>,
+) -> route::Action {
     route::Action::Route(RouteAction {
         cluster_specifier: Some(cluster),
         timeout: Some(Duration { seconds: timeout_seconds, nanos: 0 }),
+        retry_policy,
         ..Default::default()
     })
+}
+
+/// Retries of a `/run` our runtime refused as misrouted (421, which it answers before running
+/// anything).
+///
+/// A node ACKs new endpoints once its main thread has applied them; its workers get them a moment
+/// later. A request a worker forwards in between to a container that just came up finds no such
+/// host, and override_host's fallback sends it to another container, which refuses it. Seen under
+/// a burst of cold starts: one invoke in about six runs of 16 clients saturating a new action was
+/// answered 500, and the new container was retired. A retry a few milliseconds later finds the
+/// host. Nothing else is retried: an activation runs at most once, and a busy container's 409 (an
+/// overlap, which routing must never cause) surfaces.
+const RUN_MISROUTED: u32 = 421;
+const RUN_RETRIES: u32 = 3;
+/// Envoy's back-off is fully jittered: the n-th retry waits up to (2^n - 1) × base, so up to
+/// 2, 6 and 14 ms here.
+const RUN_RETRY_BASE_MS: i32 = 2;
+const RUN_RETRY_MAX_MS: i32 = 20;
+
+fn run_retry_policy() -> RetryPolicy {
+    let millis = |ms: i32| Duration { seconds: 0, nanos: ms * 1_000_000 };
+    RetryPolicy {
+        retry_on: "retriable-status-codes".into(),
+        retriable_status_codes: vec![RUN_MISROUTED],
+        num_retries: Some(UInt32Value { value: RUN_RETRIES }),
+        retry_back_off: Some(retry_policy::RetryBackOff {
+            base_interval: Some(millis(RUN_RETRY_BASE_MS)),
+            max_interval: Some(millis(RUN_RETRY_MAX_MS)),
+        }),
+        ..Default::default()
+    }
 }
 
 /// With one containers cluster the container route names it; with more, it takes the cluster the
@@ -211,6 +247,7 @@ fn route_config(container_clusters: u32) -> RouteConfiguration {
                 route_action::ClusterSpecifier::ClusterHeader(headers::CONTAINER_CLUSTER.into())
             },
             CONTAINER_ROUTE_TIMEOUT_SECONDS,
+            Some(run_retry_policy()),
         )),
         ..Default::default()
     };
@@ -220,7 +257,11 @@ fn route_config(container_clusters: u32) -> RouteConfiguration {
             path_specifier: Some(route_match::PathSpecifier::Prefix("/".into())),
             ..Default::default()
         }),
-        action: Some(route_to(route_action::ClusterSpecifier::Cluster(clusters::MANAGEMENT_API.into()), 120)),
+        action: Some(route_to(
+            route_action::ClusterSpecifier::Cluster(clusters::MANAGEMENT_API.into()),
+            120,
+            None,
+        )),
         ..Default::default()
     };
     RouteConfiguration {
@@ -300,9 +341,9 @@ fn lb_endpoint_at(address: SocketAddr) -> LbEndpoint {
 
 /// The containers cluster: endpoints by EDS, the exact host chosen by the filter's header.
 fn containers_cluster(name: String) -> Cluster {
-    // The fallback only runs when the stamped host is not in this node's endpoint set, which the
-    // cold-start handshake (answer only after the node ACKed the endpoint) rules out for new
-    // containers; our runtime also refuses a /run stamped for another container id.
+    // The fallback only runs when the stamped host is not in the worker's endpoint set: a container
+    // that went away, or one so new that the worker has not applied the endpoint its node ACKed.
+    // Our runtime refuses a /run stamped for another container id (421), and the route retries it.
     let fallback = LoadBalancingPolicy {
         policies: vec![load_balancing_policy::Policy {
             typed_extension_config: Some(typed_extension(
@@ -663,6 +704,26 @@ mod tests {
         let text = StringValue::decode(configuration.value.as_slice()).unwrap().value;
         let parsed: FilterConfig = serde_json::from_str(&text).unwrap();
         assert_eq!(parsed, FilterConfig { node_id: "envoy-7".into(), ..topology().filter_config });
+    }
+
+    #[test]
+    fn only_misrouted_runs_are_retried() {
+        let routes = route_config(1);
+        let actions: Vec<_> = routes.virtual_hosts[0]
+            .routes
+            .iter()
+            .map(|route| match &route.action {
+                Some(route::Action::Route(action)) => action.clone(),
+                _ => panic!("no route action"),
+            })
+            .collect();
+        let retry = actions[0].retry_policy.clone().expect("the container route retries");
+        assert_eq!(retry.retry_on, "retriable-status-codes", "no retry on resets or 5xx");
+        assert_eq!(retry.retriable_status_codes, [421], "never 409: an overlap must surface");
+        assert_eq!(retry.num_retries, Some(UInt32Value { value: 3 }));
+        let back_off = retry.retry_back_off.expect("a short back-off, not Envoy's 25 ms");
+        assert_eq!(back_off.base_interval, Some(Duration { seconds: 0, nanos: 2_000_000 }));
+        assert_eq!(actions[1].retry_policy, None, "the management API's calls are not retried");
     }
 
     #[test]

@@ -598,7 +598,11 @@ impl Bench {
         for _ in 0..Self::WARMUP_ROUNDS {
             let warmup = saturate(self.args.clients, 1, self.platform_request("bench-throughput")).await;
             if warmup.errors > 0 {
-                bail!("the warm-up failed: {}", warmup.first_error.unwrap_or_default());
+                bail!(
+                    "the warm-up failed: {}\n{}",
+                    warmup.first_error.unwrap_or_default(),
+                    self.platform.logs(200)
+                );
             }
             let now = self.ready_containers_of("guest/bench-throughput@").await?;
             if now == containers {
@@ -646,6 +650,7 @@ impl Bench {
         let (platform, plain) = (ours.saturation, baseline.saturation);
         // Waiters ask for cold starts: the pool may have grown under the load.
         let containers_after = self.ready_containers_of("guest/bench-throughput@").await?;
+        let retried = self.misrouted_retries().await?;
         let (our_cpu, plain_cpu) = (ours.cpu_us_per_request, baseline.cpu_us_per_request);
         let cpu = |figures: &[f64], index: usize| round(figures.get(index).copied().unwrap_or_default());
         Ok(vec![Figure {
@@ -658,6 +663,7 @@ impl Bench {
             extra: json!({
                 "clients": self.args.clients, "seconds": self.args.seconds, "containers": containers,
                 "containers_after": containers_after,
+                "misrouted_runs_retried_since_start": retried,
                 "measured": "ours and plain Envoy in alternating one-second windows",
                 "errors": platform.errors, "first_error": platform.first_error,
                 "baseline_errors": plain.errors, "baseline_first_error": plain.first_error,
@@ -1056,6 +1062,18 @@ impl Bench {
     }
 
     /// Ready containers of the action revisions whose key starts with `action` (`namespace/name@`).
+    /// How many `/run`s the main platform's Envoy has retried (our runtime refused them as
+    /// misrouted: the worker had not applied a new container's endpoint yet), since it started.
+    async fn misrouted_retries(&self) -> anyhow::Result<u64> {
+        let url = format!("{}/stats?filter=upstream_rq_retry$", self.platform.admin_url());
+        let text = self.http.get(url).send().await?.text().await?;
+        Ok(text
+            .lines()
+            .filter(|line| line.starts_with("cluster.whisk_containers"))
+            .filter_map(|line| line.rsplit_once(": ")?.1.trim().parse::<u64>().ok())
+            .sum())
+    }
+
     /// The runtime processes of this platform's containers of `action` (with their interpreters).
     fn containers_of(&self, action: &str) -> Counted {
         let roots = owned_runtimes(&self.platform.owner())
