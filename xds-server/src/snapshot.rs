@@ -191,17 +191,24 @@ fn route_to(
 /// Retries of a `/run` our runtime refused as misrouted (421, which it answers before running
 /// anything).
 ///
-/// A node ACKs new endpoints once its main thread has applied them; its workers get them a moment
-/// later. A request a worker forwards in between to a container that just came up finds no such
-/// host, and override_host's fallback sends it to another container, which refuses it. Seen under
-/// a burst of cold starts: one invoke in about six runs of 16 clients saturating a new action was
-/// answered 500, and the new container was retired. A retry a few milliseconds later finds the
-/// host. Nothing else is retried: an activation runs at most once, and a busy container's 409 (an
-/// overlap, which routing must never cause) surfaces.
+/// A node ACKs new endpoints once its main thread has applied them; each worker applies them on
+/// its own event loop a moment later (0 to 9 ms apart in the bench's debug logs, and longer when
+/// the worker's thread is descheduled in the middle of a loop iteration). A worker that forwards a
+/// request to a container that just came up in that moment finds no such host, and
+/// override_host's fallback sends the `/run` to another container, which refuses it. Seen under a
+/// burst of cold starts: one invoke in about six runs of 16 clients saturating a new action was
+/// answered 500, and the new container was retired.
+///
+/// The retry cannot go back to the stamped container: override_host reads its list of hosts once
+/// per request and, when the first lookup misses, consumes the whole list, so every retry is the
+/// fallback's pick, which by then may be the right one (one chance in as many containers as the
+/// cluster holds). It rescues some misroutes, not all (decision 0001). Nothing else is retried:
+/// an activation runs at most once, and a busy container's 409 (an overlap, which routing must
+/// never cause) surfaces.
 const RUN_MISROUTED: u32 = 421;
-const RUN_RETRIES: u32 = 3;
-/// Envoy's back-off is fully jittered: the n-th retry waits up to (2^n - 1) × base, so up to
-/// 2, 6 and 14 ms here.
+const RUN_RETRIES: u32 = 4;
+/// Envoy's back-off is fully jittered: the n-th retry waits up to (2^n - 1) × base, at most max.
+/// Any wait lets the worker apply the pending update before the retry picks again.
 const RUN_RETRY_BASE_MS: i32 = 2;
 const RUN_RETRY_MAX_MS: i32 = 20;
 
@@ -720,7 +727,7 @@ mod tests {
         let retry = actions[0].retry_policy.clone().expect("the container route retries");
         assert_eq!(retry.retry_on, "retriable-status-codes", "no retry on resets or 5xx");
         assert_eq!(retry.retriable_status_codes, [421], "never 409: an overlap must surface");
-        assert_eq!(retry.num_retries, Some(UInt32Value { value: 3 }));
+        assert_eq!(retry.num_retries, Some(UInt32Value { value: 4 }));
         let back_off = retry.retry_back_off.expect("a short back-off, not Envoy's 25 ms");
         assert_eq!(back_off.base_interval, Some(Duration { seconds: 0, nanos: 2_000_000 }));
         assert_eq!(actions[1].retry_policy, None, "the management API's calls are not retried");

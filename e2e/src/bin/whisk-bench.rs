@@ -595,15 +595,14 @@ impl Bench {
         // (Measuring at once gave the baseline the 3 to 7 containers a burst of 16 first invokes
         // left, while ours grew to 16 during its own windows.)
         let mut containers = 0;
+        // A failed warm-up invoke is the platform's failure, not the bench's: reported, not fatal
+        // (a worker that has not yet applied a new container's endpoint misroutes one now and
+        // then, decision 0001).
+        let (mut warmup_errors, mut warmup_first_error) = (0, None);
         for _ in 0..Self::WARMUP_ROUNDS {
             let warmup = saturate(self.args.clients, 1, self.platform_request("bench-throughput")).await;
-            if warmup.errors > 0 {
-                bail!(
-                    "the warm-up failed: {}\n{}",
-                    warmup.first_error.unwrap_or_default(),
-                    self.platform.logs(200)
-                );
-            }
+            warmup_errors += warmup.errors;
+            warmup_first_error = warmup_first_error.or(warmup.first_error);
             let now = self.ready_containers_of("guest/bench-throughput@").await?;
             if now == containers {
                 break;
@@ -663,6 +662,7 @@ impl Bench {
             extra: json!({
                 "clients": self.args.clients, "seconds": self.args.seconds, "containers": containers,
                 "containers_after": containers_after,
+                "warmup_errors": warmup_errors, "warmup_first_error": warmup_first_error,
                 "misrouted_runs_retried_since_start": retried,
                 "measured": "ours and plain Envoy in alternating one-second windows",
                 "errors": platform.errors, "first_error": platform.first_error,
