@@ -127,6 +127,13 @@ pub async fn control_metrics(platform: &Platform) -> anyhow::Result<String> {
     Ok(reqwest::get(format!("{}/metrics", platform.control_url())).await?.text().await?)
 }
 
+/// The sum of Envoy's stats whose names match `filter` (a regular expression, as the admin's
+/// `/stats?filter=` takes it): counters and gauges, the filter's own included.
+pub async fn envoy_stat(platform: &Platform, filter: &str) -> anyhow::Result<f64> {
+    let page = reqwest::get(format!("{}/stats?filter={filter}", platform.admin_url())).await?.text().await?;
+    Ok(page.lines().filter_map(|line| line.rsplit_once(": ")?.1.trim().parse::<f64>().ok()).sum())
+}
+
 /// What one load client saw.
 #[derive(Debug, Default)]
 pub struct Echoes {

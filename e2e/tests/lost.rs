@@ -6,7 +6,7 @@
 
 use std::time::{Duration, Instant};
 
-use e2e::client::{Client, control_metrics, metric};
+use e2e::client::{Client, control_metrics, envoy_stat, metric};
 use e2e::{Artifacts, GUEST_KEY, Options, Platform};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
@@ -124,13 +124,6 @@ async fn the_containers_of_an_envoy_that_went_away_are_stopped_after_the_orphan_
     assert_eq!(owned_runtimes(&platform.owner()).len(), 1);
 }
 
-/// A counter of the containers cluster from Envoy's admin stats.
-async fn containers_stat(platform: &Platform, name: &str) -> u64 {
-    let url = format!("{}/stats?filter=^cluster\\.whisk_containers\\.{name}$", platform.admin_url());
-    let text = reqwest::get(url).await.unwrap().text().await.unwrap();
-    text.lines().find_map(|line| line.rsplit_once(": ")?.1.trim().parse().ok()).unwrap_or(0)
-}
-
 /// A `/run` stamped for a container Envoy's worker does not hold goes, by override_host's fallback,
 /// to another container. Our runtime refuses it with 421 before running anything, and the route
 /// retries 421 (decision 0001): that covers the moment a worker lags its node's ACK of a new
@@ -178,11 +171,12 @@ async fn a_misrouted_run_is_refused_retried_and_never_runs_elsewhere() {
     // Envoy counts a request's first answer under upstream_rq_<code>, its retries' under
     // retry.upstream_rq_<code>.
     let counters = async || {
-        [
-            containers_stat(&platform, "upstream_rq_421").await,
-            containers_stat(&platform, "retry\\.upstream_rq_421").await,
-            containers_stat(&platform, "upstream_rq_retry").await,
-        ]
+        let mut counted = Vec::new();
+        for name in ["upstream_rq_421", "retry\\.upstream_rq_421", "upstream_rq_retry"] {
+            let filter = format!("^cluster\\.whisk_containers\\.{name}$");
+            counted.push(envoy_stat(&platform, &filter).await.unwrap() as u64);
+        }
+        counted
     };
     let before = counters().await;
 
@@ -200,7 +194,7 @@ async fn a_misrouted_run_is_refused_retried_and_never_runs_elsewhere() {
     assert_eq!(status, 500, "{record}");
     assert_eq!(record["response"]["status"], "whisk internal error", "{record}");
     let after = counters().await;
-    let refused: Vec<u64> = after.iter().zip(before).map(|(after, before)| after - before).collect();
+    let refused: Vec<u64> = after.iter().zip(&before).map(|(after, before)| after - before).collect();
     assert_eq!(refused, [1, 4, 4], "every try refused, the client's header ignored");
 
     // None of the tries ran in the container that refused them.

@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use e2e::client::{Client, annotation, control_metrics, metric};
+use e2e::client::{Client, annotation, control_metrics, envoy_stat, metric};
 use e2e::{Artifacts, GUEST_KEY, Options, Platform};
 use serde_json::{Value, json};
 
@@ -23,17 +23,6 @@ fn start(dir: &tempfile::TempDir) -> Platform {
 
 async fn cold_starts(platform: &Platform) -> f64 {
     metric(&control_metrics(platform).await.unwrap(), "xds_whisk_cold_starts_total", "outcome=\"started\"")
-}
-
-/// A counter of Envoy's stats (the filter's own counters included), summed over matching lines.
-async fn envoy_stat(platform: &Platform, name: &str) -> f64 {
-    let page = reqwest::get(format!("{}/stats?filter={name}", platform.admin_url()))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    page.lines().filter_map(|line| line.rsplit(": ").next()?.trim().parse::<f64>().ok()).sum()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -101,7 +90,7 @@ async fn create_invoke_read_back_and_errors_through_envoy() {
     assert_eq!(cold_starts(&platform).await, before + 1.0, "warm invokes never cold start");
     // Warm invokes are answered from the filter's resolve cache: no call before the container.
     assert!(
-        envoy_stat(&platform, "whisk_resolve_cache_hits").await >= 1.0,
+        envoy_stat(&platform, "whisk_resolve_cache_hits").await.unwrap() >= 1.0,
         "warm invokes hit the resolve cache"
     );
 

@@ -36,7 +36,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::Parser;
-use e2e::client::{Client, control_metrics, metric};
+use e2e::client::{Client, control_metrics, envoy_stat, metric};
 use e2e::{Artifacts, Delivery, GUEST_KEY, Options, Platform, Ports, free_port, workspace_root};
 use serde_json::{Value, json};
 use whisk_contract::{ActivationRecord, ActivationResponse, ActivationStatus, KeyValue};
@@ -833,14 +833,8 @@ impl Bench {
         artifacts.xds_server = artifacts.xds_server.with_file_name("whisk-xds-padded");
         let started = Instant::now();
         let platform = Platform::start(options, artifacts)?;
-        let membership = format!("{}/stats?filter=membership_total", platform.admin_url());
         loop {
-            let page = self.http.get(&membership).send().await?.text().await?;
-            let held: f64 = page
-                .lines()
-                .filter(|line| line.starts_with("cluster.whisk_containers"))
-                .filter_map(|line| line.rsplit(' ').next()?.trim().parse::<f64>().ok())
-                .sum();
+            let held = envoy_stat(&platform, r"^cluster\.whisk_containers.*\.membership_total$").await?;
             if held >= padding as f64 {
                 break;
             }
@@ -1065,13 +1059,7 @@ impl Bench {
     /// How many `/run`s the main platform's Envoy has retried (our runtime refused them as
     /// misrouted: the worker had not applied a new container's endpoint yet), since it started.
     async fn misrouted_retries(&self) -> anyhow::Result<u64> {
-        let url = format!("{}/stats?filter=upstream_rq_retry$", self.platform.admin_url());
-        let text = self.http.get(url).send().await?.text().await?;
-        Ok(text
-            .lines()
-            .filter(|line| line.starts_with("cluster.whisk_containers"))
-            .filter_map(|line| line.rsplit_once(": ")?.1.trim().parse::<u64>().ok())
-            .sum())
+        Ok(envoy_stat(&self.platform, r"^cluster\.whisk_containers.*\.upstream_rq_retry$").await? as u64)
     }
 
     /// The runtime processes of this platform's containers of `action` (with their interpreters).
