@@ -120,13 +120,13 @@ pub(crate) fn action() -> ResolvedAction {
 /// into Envoy costs more than the work it does): the headers in `current` whose names neither
 /// `set` nor `remove` name, in their order, then `set`. Names are lower case, as Envoy gives them.
 pub fn rewrite_headers<'a>(
-    current: &'a [(String, String)],
+    current: impl IntoIterator<Item = &'a (String, String)>,
     set: &[(&'a str, &'a str)],
     remove: &[&str],
 ) -> Vec<(&'a str, &'a str)> {
     let replaced = |name: &str| set.iter().any(|(set_name, _)| *set_name == name) || remove.contains(&name);
     current
-        .iter()
+        .into_iter()
         .filter(|(name, _)| !replaced(name))
         .map(|(name, value)| (name.as_str(), value.as_str()))
         .chain(set.iter().copied())
@@ -142,12 +142,8 @@ pub fn run_request_headers<'a>(
     client: &'a [(String, String)],
     set: &[(&'a str, &'a str)],
 ) -> Vec<(&'a str, &'a str)> {
+    let client = client.iter().filter(|(name, _)| !name.starts_with(ENVOY_HEADER_PREFIX));
     rewrite_headers(client, set, &["authorization"])
-        .into_iter()
-        .filter(|(name, _)| {
-            !name.starts_with(ENVOY_HEADER_PREFIX) || set.iter().any(|(set_name, _)| set_name == name)
-        })
-        .collect()
 }
 
 /// The prefix of the headers Envoy's router reads its per-request settings from.
