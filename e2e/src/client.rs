@@ -127,6 +127,21 @@ pub async fn control_metrics(platform: &Platform) -> anyhow::Result<String> {
     Ok(reqwest::get(format!("{}/metrics", platform.control_url())).await?.text().await?)
 }
 
+/// The control plane's container table (`GET /v1/containers`).
+pub async fn control_containers(platform: &Platform) -> anyhow::Result<Vec<Value>> {
+    Ok(reqwest::get(format!("{}/v1/containers", platform.control_url())).await?.json().await?)
+}
+
+/// An operator's removal of container `id` (`DELETE /v1/containers/{id}`); its status.
+pub async fn remove_container(platform: &Platform, id: &str) -> anyhow::Result<u16> {
+    let response = reqwest::Client::new()
+        .delete(format!("{}/v1/containers/{id}", platform.control_url()))
+        .header(whisk_contract::headers::INTERNAL_TOKEN, &platform.internal_token)
+        .send()
+        .await?;
+    Ok(response.status().as_u16())
+}
+
 /// The sum of Envoy's stats whose names match `filter` (a regular expression, as the admin's
 /// `/stats?filter=` takes it): counters and gauges, the filter's own included.
 pub async fn envoy_stat(platform: &Platform, filter: &str) -> anyhow::Result<f64> {

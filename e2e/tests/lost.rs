@@ -6,7 +6,7 @@
 
 use std::time::{Duration, Instant};
 
-use e2e::client::{Client, control_metrics, envoy_stat, metric};
+use e2e::client::{Client, control_containers, control_metrics, envoy_stat, metric, remove_container};
 use e2e::{Artifacts, GUEST_KEY, Options, Platform};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
@@ -146,23 +146,12 @@ async fn a_misrouted_run_is_refused_retried_and_never_runs_elsewhere() {
         let reply = client.invoke(action, &json!({}), true).await.unwrap();
         assert_eq!((reply.status, reply.body), (200, json!({"runs": 1})), "{action}");
     }
-    let table: Vec<Value> = reqwest::get(format!("{}/v1/containers", platform.control_url()))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let table = control_containers(&platform).await.unwrap();
     let goes = table
         .iter()
         .find(|c| c["action"].as_str().is_some_and(|a| a.contains("/goes@")))
         .expect("the container of goes");
-    let removed = reqwest::Client::new()
-        .delete(format!("{}/v1/containers/{}", platform.control_url(), goes["id"].as_str().unwrap()))
-        .header("x-whisk-internal-token", &platform.internal_token)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(removed.status(), 204);
+    assert_eq!(remove_container(&platform, goes["id"].as_str().unwrap()).await.unwrap(), 204);
     let deadline = Instant::now() + Duration::from_secs(5);
     while container_hosts(&platform).await.len() > 1 {
         assert!(Instant::now() < deadline, "the removed container is still an endpoint");

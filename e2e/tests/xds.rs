@@ -12,7 +12,7 @@ use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use e2e::client::{Client, control_metrics, metric};
+use e2e::client::{Client, control_containers, control_metrics, metric, remove_container};
 use e2e::{Artifacts, Delivery, GUEST_KEY, Options, Platform};
 use serde_json::{Value, json};
 
@@ -69,7 +69,7 @@ fn pushed_bytes(page: &str, kind: &str, variant: &str) -> f64 {
 }
 
 async fn containers(platform: &Platform) -> Vec<Value> {
-    reqwest::get(format!("{}/v1/containers", platform.control_url())).await.unwrap().json().await.unwrap()
+    control_containers(platform).await.unwrap()
 }
 
 /// Envoy holds the four clusters, all active, and the listener, active without error.
@@ -113,13 +113,7 @@ async fn assert_table_changes_reach_envoy(platform: &Platform) {
     assert_eq!(hosts(platform, "whisk_containers").await, addresses);
 
     let id = table[0]["id"].as_str().unwrap();
-    let retired = reqwest::Client::new()
-        .delete(format!("{}/v1/containers/{id}", platform.control_url()))
-        .header("x-whisk-internal-token", &platform.internal_token)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(retired.status(), 204);
+    assert_eq!(remove_container(platform, id).await.unwrap(), 204);
     let deadline = Instant::now() + Duration::from_secs(5);
     while !hosts(platform, "whisk_containers").await.is_empty() {
         assert!(Instant::now() < deadline, "the retired container is still an endpoint");
