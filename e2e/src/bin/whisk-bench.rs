@@ -590,8 +590,9 @@ impl Bench {
         // An action of its own: the baseline gets as many containers as this action has, not as
         // many as every earlier scenario left running.
         self.client.create_action("bench-throughput", "nodejs:20", TRIVIAL_JS).await?;
-        // Both sides get the same pool. It grows while requests wait (a cold start per two waiters), so the platform is
-        // saturated until it stops growing; the baseline then gets as many containers as it holds.
+        // Both sides get the same pool. It grows while requests wait (a cold start per two
+        // waiters), so the platform is saturated until it stops growing; the baseline then gets
+        // as many containers as it holds.
         // (Measuring at once gave the baseline the 3 to 7 containers a burst of 16 first invokes
         // left, while ours grew to 16 during its own windows.)
         let mut containers = 0;
