@@ -446,6 +446,12 @@ pub struct FilterConfig {
     /// How many containers clusters the containers are spread over ([`clusters::containers_of`]).
     #[serde(default = "FilterConfig::default_container_clusters")]
     pub container_clusters: u32,
+    /// How long a container that just joined the pool is claimed only by the worker whose cold
+    /// start brought it: the other workers apply the endpoint update each on its own event loop,
+    /// after the node acknowledged it, and until then would route the container's requests to
+    /// another container.
+    #[serde(default = "FilterConfig::default_new_container_exclusive_ms")]
+    pub new_container_exclusive_ms: u64,
 }
 
 impl FilterConfig {
@@ -484,6 +490,9 @@ impl FilterConfig {
     }
     fn default_container_clusters() -> u32 {
         1
+    }
+    fn default_new_container_exclusive_ms() -> u64 {
+        50
     }
 }
 

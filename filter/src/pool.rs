@@ -13,6 +13,13 @@
 //!                                                            "X <id> <ip:port> <uses>"   retired, never reused
 //! ```
 //!
+//! A slot the cold start of this Envoy filled also ends in `j<ms>@<worker>`: when it joined the pool,
+//! and which worker's cold start brought it. Envoy's workers apply an endpoint update each on its
+//! own event loop, some milliseconds after the node acknowledged it; the worker that asked for the
+//! cold start read the answer after that acknowledgement, but another worker may not know the new
+//! endpoint yet, and its request would go to whatever container override_host's fallback picks. So
+//! for a short while only the worker that brought a container claims it ([`Claimant`]).
+//!
 //! Envoy's shared data has no atomic create (a write to a missing key ignores `cas`), so a key is
 //! only ever created by the one request that the control plane gave that slot to; everything else
 //! is a CAS on an existing key. Slots are handed out lowest-free, so a scan from slot 0 finds them;
@@ -94,6 +101,48 @@ pub struct Slot {
     pub uses: u64,
     /// `/init` milliseconds, only on a [`SlotState::New`] slot (and not on one handed over warm).
     pub init_ms: Option<u64>,
+    /// When the container joined this Envoy's pool, and through which worker.
+    pub joined: Option<Joined>,
+}
+
+/// When a container joined an Envoy's pool, and which worker's cold start brought it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Joined {
+    pub at_ms: u64,
+    pub worker: String,
+}
+
+/// Who claims, and when: a container that joined less than `exclusive_ms` ago is claimed only by
+/// the worker that brought it, since the others may not route to it yet (see the module's doc).
+#[derive(Debug, Clone, Copy)]
+pub struct Claimant<'a> {
+    pub worker: &'a str,
+    pub now_ms: u64,
+    pub exclusive_ms: u64,
+    /// Claim only a container this worker brought and still has to itself: another worker's
+    /// request has waited longer for any other container.
+    pub own_new_only: bool,
+}
+
+impl Claimant<'_> {
+    /// True when `slot`'s container is this worker's alone for now.
+    fn has_to_itself(&self, slot: &Slot) -> bool {
+        slot.joined.as_ref().is_some_and(|joined| {
+            joined.worker == self.worker && self.now_ms < joined.at_ms.saturating_add(self.exclusive_ms)
+        })
+    }
+
+    /// True when this claimant may take `slot`'s container (whatever its state).
+    fn may_take(&self, slot: &Slot) -> bool {
+        if self.has_to_itself(slot) {
+            return true;
+        }
+        !self.own_new_only
+            && slot
+                .joined
+                .as_ref()
+                .is_none_or(|joined| self.now_ms >= joined.at_ms.saturating_add(self.exclusive_ms))
+    }
 }
 
 impl Slot {
@@ -101,6 +150,9 @@ impl Slot {
         let mut text = format!("{} {} {} {}", self.state.tag(), self.container_id, self.address, self.uses);
         if let Some(init_ms) = self.init_ms {
             text.push_str(&format!(" {init_ms}"));
+        }
+        if let Some(joined) = &self.joined {
+            text.push_str(&format!(" j{}@{}", joined.at_ms, joined.worker));
         }
         text.into_bytes()
     }
@@ -112,13 +164,26 @@ impl Slot {
         let container_id = parts.next()?.to_owned();
         let address = parts.next()?.to_owned();
         let uses = parts.next()?.parse().ok()?;
-        let init_ms = match (state, parts.next()) {
-            (SlotState::New, Some(ms)) => Some(ms.parse().ok()?),
+        let mut next = parts.next();
+        let init_ms = match (state, next) {
+            (SlotState::New, Some(ms)) if !ms.starts_with('j') => {
+                next = parts.next();
+                Some(ms.parse().ok()?)
+            }
             // A new slot without `/init` time: a warm container handed over from another Envoy.
-            (_, None) => None,
-            (_, Some(_)) => return None,
+            _ => None,
         };
-        Some(Self { state, container_id, address, uses, init_ms })
+        let joined = match next {
+            Some(token) => {
+                let (at_ms, worker) = token.strip_prefix('j')?.split_once('@')?;
+                Some(Joined { at_ms: at_ms.parse().ok()?, worker: worker.to_owned() })
+            }
+            None => None,
+        };
+        if parts.next().is_some() {
+            return None;
+        }
+        Some(Self { state, container_id, address, uses, init_ms, joined })
     }
 }
 
@@ -183,6 +248,15 @@ pub fn adopt(store: &impl SharedData, claim: &Claim) -> bool {
         .is_some()
 }
 
+/// True when the slot under `key` holds `container_id` and `claimant` may take it now: a stream
+/// that adopted a claim another worker made checks that its worker routes to the container yet.
+pub fn may_take(store: &impl SharedData, key: &str, container_id: &str, claimant: &Claimant) -> bool {
+    store
+        .get(key)
+        .and_then(|(bytes, _)| Slot::decode(&bytes))
+        .is_some_and(|slot| slot.container_id == container_id && claimant.may_take(&slot))
+}
+
 /// Takes back a claim handed over that nobody adopted (`H → F`): the run never reached its
 /// container. False when it was adopted (or is gone).
 pub fn take_back(store: &impl SharedData, claim: &Claim) -> bool {
@@ -200,10 +274,11 @@ pub fn slot_key(prefix: &str, slot: u32) -> String {
     format!("{prefix}/{slot}")
 }
 
-/// Claims the lowest free unmarked container of the action revision, or else the lowest marked
-/// one (reviving it beats a cold start; the collector sees the use and unmarks it). Preferring low
-/// slots keeps traffic on few containers, so the others go idle and can be collected.
-pub fn claim(store: &impl SharedData, prefix: &str) -> Option<Claim> {
+/// Claims the lowest free unmarked container of the action revision that `claimant` may take, or
+/// else the lowest marked one (reviving it beats a cold start; the collector sees the use and
+/// unmarks it). Preferring low slots keeps traffic on few containers, so the others go idle and can
+/// be collected.
+pub fn claim(store: &impl SharedData, prefix: &str, claimant: &Claimant) -> Option<Claim> {
     let mut marked: Vec<String> = Vec::new();
     let mut missing_run = 0;
     for slot in 0..MAX_SLOTS {
@@ -217,6 +292,9 @@ pub fn claim(store: &impl SharedData, prefix: &str) -> Option<Claim> {
         };
         missing_run = 0;
         let Some(current) = Slot::decode(&bytes) else { continue };
+        if !claimant.may_take(&current) {
+            continue;
+        }
         match current.state {
             SlotState::New | SlotState::Free => {
                 if let Some(claim) = try_claim(store, key, current, cas) {
@@ -230,17 +308,18 @@ pub fn claim(store: &impl SharedData, prefix: &str) -> Option<Claim> {
     marked.into_iter().find_map(|key| {
         let (bytes, cas) = store.get(&key)?;
         let current = Slot::decode(&bytes)?;
-        if current.state.is_free() { try_claim(store, key, current, cas) } else { None }
+        let free = current.state.is_free() && claimant.may_take(&current);
+        if free { try_claim(store, key, current, cas) } else { None }
     })
 }
 
 /// Claims the slot under `key` if it is free and unmarked: the shortcut to a slot the caller has
 /// just freed, which spares a scan from slot 0 (one shared-data read per slot) when most of the
 /// pool is busy. Marked slots are left to [`claim`], which takes them only when nothing else is free.
-pub fn claim_at(store: &impl SharedData, key: &str) -> Option<Claim> {
+pub fn claim_at(store: &impl SharedData, key: &str, claimant: &Claimant) -> Option<Claim> {
     let (bytes, cas) = store.get(key)?;
     let current = Slot::decode(&bytes)?;
-    if !matches!(current.state, SlotState::New | SlotState::Free) {
+    if !matches!(current.state, SlotState::New | SlotState::Free) || !claimant.may_take(&current) {
         return None;
     }
     try_claim(store, key.to_owned(), current, cas)
@@ -253,7 +332,8 @@ fn try_claim(store: &impl SharedData, key: String, current: Slot, cas: u32) -> O
     Some(Claim { key, container_id: busy.container_id, address: busy.address, init_ms })
 }
 
-/// Writes a freshly cold-started container into the slot the control plane gave it.
+/// Writes a freshly cold-started container into the slot the control plane gave it; `joined` says
+/// when, and which worker's cold start brought it.
 pub fn insert_new(
     store: &impl SharedData,
     prefix: &str,
@@ -261,6 +341,7 @@ pub fn insert_new(
     container_id: &str,
     address: &str,
     init_ms: Option<u64>,
+    joined: Joined,
 ) {
     let new = Slot {
         state: SlotState::New,
@@ -268,6 +349,7 @@ pub fn insert_new(
         address: address.to_owned(),
         uses: 0,
         init_ms,
+        joined: Some(joined),
     };
     let _ = store.set(&slot_key(prefix, slot), &new.encode(), None);
 }
@@ -287,6 +369,7 @@ pub fn insert_claimed(
         address: address.to_owned(),
         uses: 1,
         init_ms: None,
+        joined: None,
     };
     let _ = store.set(&key, &busy.encode(), None);
     Claim { key, container_id: busy.container_id, address: busy.address, init_ms: None }
@@ -414,26 +497,35 @@ mod tests {
 
     const PREFIX: &str = "whisk/pool/guest/hello@r1";
 
+    /// A worker claiming long after every container joined.
+    const ANYONE: Claimant<'static> =
+        Claimant { worker: "w0", now_ms: 1_000_000, exclusive_ms: 50, own_new_only: false };
+
+    /// Joined long before [`ANYONE`] claims.
+    fn joined() -> Joined {
+        Joined { at_ms: 1, worker: "w9".into() }
+    }
+
     #[test]
     fn a_cold_started_container_is_busy_then_free_then_claimable() {
         let store = MemoryData::default();
         let claim = insert_claimed(&store, PREFIX, 0, "c0", "127.0.0.1:4000");
-        assert_eq!(super::claim(&store, PREFIX), None, "busy containers are not claimable");
+        assert_eq!(super::claim(&store, PREFIX, &ANYONE), None, "busy containers are not claimable");
         assert!(release(&store, &claim, SlotState::Free));
-        let again = super::claim(&store, PREFIX).unwrap();
+        let again = super::claim(&store, PREFIX, &ANYONE).unwrap();
         assert_eq!((again.container_id.as_str(), again.address.as_str()), ("c0", "127.0.0.1:4000"));
     }
 
     #[test]
     fn a_new_container_hands_its_init_time_to_its_first_claim_only() {
         let store = MemoryData::default();
-        insert_new(&store, PREFIX, 0, "c0", "127.0.0.1:4000", Some(120));
-        let first = super::claim(&store, PREFIX).unwrap();
+        insert_new(&store, PREFIX, 0, "c0", "127.0.0.1:4000", Some(120), joined());
+        let first = super::claim(&store, PREFIX, &ANYONE).unwrap();
         assert_eq!(first.init_ms, Some(120));
         assert!(release(&store, &first, SlotState::Free));
-        assert_eq!(super::claim(&store, PREFIX).unwrap().init_ms, None);
+        assert_eq!(super::claim(&store, PREFIX, &ANYONE).unwrap().init_ms, None);
         // A warm container handed over from another Envoy is new here, with no init time.
-        insert_new(&store, PREFIX, 1, "c1", "127.0.0.1:4001", None);
+        insert_new(&store, PREFIX, 1, "c1", "127.0.0.1:4001", None, joined());
         let moved = Slot::decode(b"N c1 127.0.0.1:4001 0").unwrap();
         assert_eq!((moved.state, moved.init_ms), (SlotState::New, None));
         assert_eq!(Slot::decode(b"F c0 127.0.0.1:1 0 5"), None);
@@ -441,15 +533,91 @@ mod tests {
     }
 
     #[test]
+    fn a_new_container_is_claimed_only_by_the_worker_that_brought_it_for_a_while() {
+        let store = MemoryData::default();
+        let at = |worker: &'static str, now_ms: u64, own_new_only: bool| Claimant {
+            worker,
+            now_ms,
+            exclusive_ms: 50,
+            own_new_only,
+        };
+        insert_new(
+            &store,
+            PREFIX,
+            0,
+            "c0",
+            "127.0.0.1:1",
+            Some(9),
+            Joined { at_ms: 1_000, worker: "a".into() },
+        );
+        let key = slot_key(PREFIX, 0);
+        assert_eq!(claim(&store, PREFIX, &at("b", 1_010, false)), None, "b may not route to it yet");
+        assert_eq!(claim_at(&store, &key, &at("b", 1_049, false)), None);
+        let first = claim(&store, PREFIX, &at("a", 1_010, true)).unwrap();
+        assert_eq!((first.container_id.as_str(), first.init_ms), ("c0", Some(9)));
+        assert!(release(&store, &first, SlotState::Free));
+        let by_b = claim_at(&store, &key, &at("b", 1_050, false)).unwrap();
+        assert_eq!(by_b.container_id, "c0", "the while is over: anyone's");
+        assert!(release(&store, &by_b, SlotState::Free));
+        assert_eq!(claim(&store, PREFIX, &at("a", 1_051, true)), None, "no longer a's alone");
+        assert!(claim(&store, PREFIX, &at("a", 1_051, false)).is_some());
+        // A container older than anyone's cold start is never a worker's own.
+        let old = insert_claimed(&store, PREFIX, 1, "c1", "127.0.0.1:2");
+        assert!(release(&store, &old, SlotState::Free));
+        assert_eq!(claim(&store, PREFIX, &at("a", 1_010, true)), None);
+    }
+
+    #[test]
+    fn a_claim_handed_to_another_worker_is_its_to_use_only_once_that_worker_may_route_to_it() {
+        let store = MemoryData::default();
+        insert_new(&store, PREFIX, 0, "c0", "127.0.0.1:1", None, Joined { at_ms: 1_000, worker: "a".into() });
+        let at = |worker: &'static str, now_ms: u64| Claimant {
+            worker,
+            now_ms,
+            exclusive_ms: 50,
+            own_new_only: false,
+        };
+        let claim = claim(&store, PREFIX, &at("a", 1_001)).unwrap();
+        assert!(hand_over(&store, &claim) && adopt(&store, &claim));
+        assert!(may_take(&store, &claim.key, "c0", &at("a", 1_002)));
+        assert!(!may_take(&store, &claim.key, "c0", &at("b", 1_002)));
+        assert!(may_take(&store, &claim.key, "c0", &at("b", 1_050)));
+        assert!(!may_take(&store, &claim.key, "c1", &at("a", 1_002)), "another container");
+        assert!(!may_take(&store, &slot_key(PREFIX, 1), "c0", &at("a", 1_002)), "missing");
+    }
+
+    #[test]
+    fn when_and_by_whom_a_container_joined_survives_every_transition() {
+        let joined = Joined { at_ms: 1_000, worker: "a".into() };
+        for text in
+            ["N c0 127.0.0.1:1 0 120 j1000@a", "N c0 127.0.0.1:1 0 j1000@a", "F c0 127.0.0.1:1 3 j1000@a"]
+        {
+            let slot = Slot::decode(text.as_bytes()).unwrap();
+            assert_eq!(slot.joined.as_ref(), Some(&joined), "{text}");
+            assert_eq!(slot.encode(), text.as_bytes());
+        }
+        for damaged in ["F c0 127.0.0.1:1 3 j1000", "F c0 127.0.0.1:1 3 jx@a", "F c0 127.0.0.1:1 3 j1@a 5"] {
+            assert_eq!(Slot::decode(damaged.as_bytes()), None, "{damaged}");
+        }
+        let store = MemoryData::default();
+        insert_new(&store, PREFIX, 0, "c0", "127.0.0.1:1", Some(5), joined.clone());
+        let key = slot_key(PREFIX, 0);
+        let claim = claim(&store, PREFIX, &ANYONE).unwrap();
+        assert!(release(&store, &claim, SlotState::Free) && mark(&store, &key, "c0"));
+        let slot = Slot::decode(&store.get(&key).unwrap().0).unwrap();
+        assert_eq!((slot.state, slot.init_ms, slot.joined), (SlotState::Marked, None, Some(joined)));
+    }
+
+    #[test]
     fn retired_containers_are_never_claimed_and_their_slot_can_be_reused() {
         let store = MemoryData::default();
         let claim = insert_claimed(&store, PREFIX, 0, "c0", "127.0.0.1:4000");
         assert!(release(&store, &claim, SlotState::Retired));
-        assert_eq!(super::claim(&store, PREFIX), None);
+        assert_eq!(super::claim(&store, PREFIX, &ANYONE), None);
         let successor = insert_claimed(&store, PREFIX, 0, "c1", "127.0.0.1:4001");
         assert!(!release(&store, &claim, SlotState::Free), "a stale claim cannot free the successor");
         assert!(release(&store, &successor, SlotState::Free));
-        assert_eq!(super::claim(&store, PREFIX).unwrap().container_id, "c1");
+        assert_eq!(super::claim(&store, PREFIX, &ANYONE).unwrap().container_id, "c1");
     }
 
     #[test]
@@ -459,9 +627,9 @@ mod tests {
             let claim = insert_claimed(&store, PREFIX, slot, id, "127.0.0.1:1");
             release(&store, &claim, SlotState::Free);
         }
-        assert_eq!(super::claim(&store, PREFIX).unwrap().container_id, "a");
-        assert_eq!(super::claim(&store, PREFIX).unwrap().container_id, "d");
-        assert_eq!(super::claim(&store, PREFIX), None);
+        assert_eq!(super::claim(&store, PREFIX, &ANYONE).unwrap().container_id, "a");
+        assert_eq!(super::claim(&store, PREFIX, &ANYONE).unwrap().container_id, "d");
+        assert_eq!(super::claim(&store, PREFIX, &ANYONE), None);
     }
 
     #[test]
@@ -469,13 +637,17 @@ mod tests {
         let store = MemoryData::default();
         let claim = insert_claimed(&store, PREFIX, 2, "c2", "127.0.0.1:4002");
         let key = slot_key(PREFIX, 2);
-        assert_eq!(claim_at(&store, &key), None, "busy");
+        assert_eq!(claim_at(&store, &key, &ANYONE), None, "busy");
         assert!(release(&store, &claim, SlotState::Free));
         assert!(mark(&store, &key, "c2"));
-        assert_eq!(claim_at(&store, &key), None, "marked: only a scan that finds nothing else takes it");
+        assert_eq!(
+            claim_at(&store, &key, &ANYONE),
+            None,
+            "marked: only a scan that finds nothing else takes it"
+        );
         assert!(unmark(&store, &key, "c2"));
-        assert_eq!(claim_at(&store, &key).map(|claim| claim.container_id), Some("c2".into()));
-        assert_eq!(claim_at(&store, &slot_key(PREFIX, 3)), None, "missing");
+        assert_eq!(claim_at(&store, &key, &ANYONE).map(|claim| claim.container_id), Some("c2".into()));
+        assert_eq!(claim_at(&store, &slot_key(PREFIX, 3), &ANYONE), None, "missing");
     }
 
     #[test]
@@ -485,7 +657,7 @@ mod tests {
         release(&store, &claim, SlotState::Free);
         let (bytes, cas) = store.get(&claim.key).unwrap();
         // Someone else claims between our read and our write.
-        assert!(super::claim(&store, PREFIX).is_some());
+        assert!(super::claim(&store, PREFIX, &ANYONE).is_some());
         assert_eq!(store.set(&claim.key, &bytes, Some(cas)), Err(CasMismatch));
     }
 
@@ -493,7 +665,7 @@ mod tests {
     fn garbage_values_are_skipped_not_trusted() {
         let store = MemoryData::default();
         store.set(&format!("{PREFIX}/0"), b"nonsense", None).unwrap();
-        assert_eq!(super::claim(&store, PREFIX), None);
+        assert_eq!(super::claim(&store, PREFIX, &ANYONE), None);
         assert_eq!(Slot::decode(b"F id"), None);
     }
 
@@ -508,9 +680,9 @@ mod tests {
         assert!(mark(&store, &a_key, "a"));
         assert!(!mark(&store, &a_key, "b"), "a mark names its container");
         assert_eq!(inspect(&store, &a_key, "a"), Some((SlotState::Marked, 1)));
-        let first = claim(&store, PREFIX).unwrap();
+        let first = claim(&store, PREFIX, &ANYONE).unwrap();
         assert_eq!(first.container_id, "b", "the unmarked container is preferred");
-        let revived = claim(&store, PREFIX).unwrap();
+        let revived = claim(&store, PREFIX, &ANYONE).unwrap();
         assert_eq!(revived.container_id, "a", "a marked container beats a cold start");
         assert_eq!(inspect(&store, &a_key, "a"), Some((SlotState::Busy, 2)), "its use is counted");
         assert!(!retire_free(&store, &a_key, "a", true), "a sweep never takes a busy container");
@@ -523,21 +695,21 @@ mod tests {
     fn a_handed_over_claim_reads_back_from_its_header_and_names_its_revision() {
         let store = MemoryData::default();
         let prefix = "whisk/pool/guest/my pkg/say hi@r2";
-        insert_new(&store, prefix, 3, "c3", "127.0.0.1:4003", Some(87));
-        let claim = super::claim(&store, prefix).unwrap();
+        insert_new(&store, prefix, 3, "c3", "127.0.0.1:4003", Some(87), joined());
+        let claim = super::claim(&store, prefix, &ANYONE).unwrap();
         assert_eq!(Claim::from_header(&claim.to_header()), Some(claim.clone()), "spaces in the key survive");
         assert!(claim.belongs_to(prefix));
         assert!(!claim.belongs_to("whisk/pool/guest/my pkg/say hi@r"), "another revision");
         assert!(!claim.belongs_to("whisk/pool/guest/my pkg/say hi@r2/3"));
         assert!(!adopt(&store, &claim) && !take_back(&store, &claim), "not handed yet");
         assert!(hand_over(&store, &claim));
-        assert_eq!(super::claim(&store, prefix), None, "handed: nobody else gets it");
+        assert_eq!(super::claim(&store, prefix, &ANYONE), None, "handed: nobody else gets it");
         assert!(!release(&store, &claim, SlotState::Free), "the hand-over gave it up");
         assert!(adopt(&store, &claim));
         assert!(!take_back(&store, &claim), "adopted: not taken back");
         assert!(hand_over(&store, &claim) && take_back(&store, &claim), "a run that never came");
         assert!(!adopt(&store, &claim), "taken back: too late to adopt");
-        assert_eq!(super::claim(&store, prefix).map(|claim| claim.container_id), Some("c3".into()));
+        assert_eq!(super::claim(&store, prefix, &ANYONE).map(|claim| claim.container_id), Some("c3".into()));
         let warm = Claim { init_ms: None, ..claim };
         assert_eq!(Claim::from_header(&warm.to_header()), Some(warm));
         for damaged in ["", "c3", "c3 127.0.0.1:1", "c3 127.0.0.1:1 x whisk/pool/a@r/0", "c3 127.0.0.1:1 -"] {
@@ -561,7 +733,7 @@ mod tests {
     #[test]
     fn a_sweep_takes_only_a_still_marked_container_and_unmark_restores_it() {
         let store = MemoryData::default();
-        insert_new(&store, PREFIX, 0, "c0", "127.0.0.1:1", Some(50));
+        insert_new(&store, PREFIX, 0, "c0", "127.0.0.1:1", Some(50), joined());
         let key = slot_key(PREFIX, 0);
         assert!(mark(&store, &key, "c0"), "a never-used container can be marked");
         assert!(unmark(&store, &key, "c0"));
@@ -569,7 +741,7 @@ mod tests {
         assert!(mark(&store, &key, "c0"));
         assert!(retire_free(&store, &key, "c0", true));
         assert_eq!(inspect(&store, &key, "c0"), Some((SlotState::Retired, 0)));
-        assert_eq!(claim(&store, PREFIX), None);
+        assert_eq!(claim(&store, PREFIX, &ANYONE), None);
         assert!(!unmark(&store, &key, "c0"), "retired is final");
     }
 
@@ -625,9 +797,9 @@ mod tests {
             let mut starts = 0;
             for step in steps {
                 match step {
-                    Step::Claim(worker) if held[worker].is_none() => held[worker] = claim(&store, PREFIX),
+                    Step::Claim(worker) if held[worker].is_none() => held[worker] = claim(&store, PREFIX, &ANYONE),
                     Step::ClaimAt(worker, slot) if held[worker].is_none() => {
-                        held[worker] = claim_at(&store, &slot_key(PREFIX, slot));
+                        held[worker] = claim_at(&store, &slot_key(PREFIX, slot), &ANYONE);
                     }
                     Step::Release(worker) => {
                         if let Some(claim) = held[worker].take() {
@@ -674,7 +846,7 @@ mod tests {
                         let state = store.get(&key).and_then(|(bytes, _)| Slot::decode(&bytes)).map(|s| s.state);
                         if matches!(state, None | Some(SlotState::Retired)) {
                             starts += 1;
-                            insert_new(&store, PREFIX, slot, &format!("n{starts}"), "127.0.0.1:2", Some(1));
+                            insert_new(&store, PREFIX, slot, &format!("n{starts}"), "127.0.0.1:2", Some(1), joined());
                         }
                     }
                     Step::Gc(slot, op) => {

@@ -354,21 +354,35 @@ struct Shared {
     /// Per action revision, the slots this worker freed last (most recent last): tried before a
     /// scan of the pool, which reads every slot below the first free one.
     freed: RefCell<HashMap<String, Vec<String>>>,
+    /// Per action revision, until when a container this worker's cold start brought is its alone
+    /// (epoch ms): only then is a scan for such a container worth its reads.
+    brought_until: RefCell<HashMap<String, u64>>,
 }
 
 impl Shared {
     /// Claims a container of `prefix`: the slot this worker freed last if it is still free (most
     /// recently used first, which also leaves the others idle for the collector), else the lowest.
     fn claim(&self, prefix: &str) -> Option<Claim> {
+        let claimant = self.claimant(false);
         loop {
             let hint = self.freed.borrow_mut().get_mut(prefix).and_then(Vec::pop);
             let Some(key) = hint else { break };
-            if let Some(claim) = pool::claim_at(&EnvoySharedData, &key) {
+            if let Some(claim) = pool::claim_at(&EnvoySharedData, &key, &claimant) {
                 return Some(claim);
             }
         }
         self.freed.borrow_mut().remove(prefix);
-        pool::claim(&EnvoySharedData, prefix)
+        pool::claim(&EnvoySharedData, prefix, &claimant)
+    }
+
+    /// This worker as a claimant now; `own_new_only` when another worker's waiter waited longer.
+    fn claimant(&self, own_new_only: bool) -> pool::Claimant<'_> {
+        pool::Claimant {
+            worker: &self.worker_id,
+            now_ms: now_ms(),
+            exclusive_ms: self.config.new_container_exclusive_ms,
+            own_new_only,
+        }
     }
 
     /// Remembers a slot this worker just freed (a few per revision, for a bounded number of them).
@@ -422,10 +436,19 @@ impl Shared {
     fn serve_waiters_quietly(&self, prefix: &str, current: u32) -> bool {
         let mut served = false;
         loop {
-            if !self.waiting.borrow_mut().has_waiter(prefix) || !self.first_in_line(prefix) {
+            if !self.waiting.borrow_mut().has_waiter(prefix) {
                 break;
             }
-            let Some(claim) = self.claim(prefix) else { break };
+            // Behind another worker's waiter, this one still takes a container only it may route
+            // to yet (its own cold start's): the other worker could not use it for a while.
+            let claim = if self.first_in_line(prefix) {
+                self.claim(prefix)
+            } else if self.brought_until.borrow().get(prefix).is_some_and(|until| now_ms() < *until) {
+                pool::claim(&EnvoySharedData, prefix, &self.claimant(true))
+            } else {
+                None
+            };
+            let Some(claim) = claim else { break };
             let waiter = self.waiting.borrow_mut().next(prefix);
             let Some(waiter) = waiter else {
                 pool::release(&EnvoySharedData, &claim, SlotState::Free);
@@ -799,6 +822,14 @@ fn answer_accepted(state: &mut State) {
 
 fn answer_error(state: &mut State, status: u32, message: &str) {
     answer(state, status, vec![], &error_body(message));
+}
+
+/// True when the response came from the upstream (Envoy produced none of it: no timeout, no reset).
+fn answered_by_upstream() -> bool {
+    hostcalls::get_property(vec!["response", "code_details"])
+        .ok()
+        .flatten()
+        .is_some_and(|details| details == b"via_upstream")
 }
 
 /// Answers with a record for an activation that never reached a container (init failure).
@@ -1259,6 +1290,13 @@ impl Root {
             200 => match serde_json::from_slice::<ColdStartResponse>(&body) {
                 Ok(started) => {
                     self.started.insert(started.container_id.clone(), pool::slot_key(prefix, started.slot));
+                    let now = now_ms();
+                    let until = now + shared.config.new_container_exclusive_ms;
+                    let mut brought = shared.brought_until.borrow_mut();
+                    brought.retain(|_, until| now < *until);
+                    brought.insert(prefix.to_owned(), until);
+                    drop(brought);
+                    let joined = pool::Joined { at_ms: now, worker: shared.worker_id.clone() };
                     pool::insert_new(
                         &EnvoySharedData,
                         prefix,
@@ -1266,6 +1304,7 @@ impl Root {
                         &started.container_id,
                         &started.address,
                         started.init_ms,
+                        joined,
                     );
                     shared.serve_waiters(prefix, self.context_id);
                 }
@@ -1389,6 +1428,7 @@ impl RootContext for Root {
             published_heads: RefCell::new(BTreeSet::new()),
             resolved: RefCell::new(cache::Local::default()),
             freed: RefCell::new(HashMap::new()),
+            brought_until: RefCell::new(HashMap::new()),
         }));
         true
     }
@@ -1722,10 +1762,14 @@ impl Request {
         state.prefix = pool::action_prefix(&action.namespace, &action.action_path(), &action.revision);
         state.action = Some(action);
         let handed = state.handed.take().and_then(|claim| {
-            if claim.belongs_to(&state.prefix) {
+            let claimant = self.shared.claimant(false);
+            if claim.belongs_to(&state.prefix)
+                && pool::may_take(&EnvoySharedData, &claim.key, &claim.container_id, &claimant)
+            {
                 return Some(claim);
             }
-            // The action changed since the client's stream claimed it: that container runs the old code.
+            // The action changed since the client's stream claimed it (that container runs the old
+            // code), or the run landed on a worker that may not route to the new container yet.
             pool::release(&EnvoySharedData, &claim, SlotState::Free);
             None
         });
@@ -1837,10 +1881,7 @@ impl Request {
         state.timing.end = now_ms();
         // Only an answer that came from the container proves the container is done with it;
         // anything Envoy produced itself (timeout, reset) leaves the container possibly busy.
-        let via_upstream = hostcalls::get_property(vec!["response", "code_details"])
-            .ok()
-            .flatten()
-            .is_some_and(|details| details == b"via_upstream");
+        let via_upstream = answered_by_upstream();
         let mut timed_out = false;
         let container_status: u16 =
             state.response_headers.get(":status").and_then(|s| s.parse().ok()).unwrap_or(0);

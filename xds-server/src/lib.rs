@@ -123,6 +123,12 @@ pub struct Config {
     /// the records it carries.
     #[arg(long, env = "WHISK_RECORD_BATCH_MS", default_value_t = 50)]
     pub record_batch_ms: u64,
+    /// How long a container that just joined an Envoy's pool is claimed only by the filter worker
+    /// whose cold start brought it (the filter's configuration): Envoy's other workers apply the new
+    /// endpoint each on its own event loop, a few milliseconds after the node acknowledged it, and
+    /// until then would send the container's requests to another one.
+    #[arg(long, env = "WHISK_NEW_CONTAINER_EXCLUSIVE_MS", default_value_t = 50)]
+    pub new_container_exclusive_ms: u64,
     /// Longest a client waits on a blocking invoke, in milliseconds (OpenWhisk: 60 s); an action
     /// with a longer time limit answers 202 with its activation id when it runs past it.
     #[arg(long, env = "WHISK_BLOCKING_WAIT_MS", default_value_t = 60_000)]
@@ -196,6 +202,7 @@ pub async fn run_with<C: ClusterManager>(config: Config, cluster: C) -> anyhow::
             usage_report_period_ms: config.usage_report_period_ms,
             max_blocking_wait_ms: config.blocking_wait_ms,
             container_clusters: config.container_clusters.max(1),
+            new_container_exclusive_ms: config.new_container_exclusive_ms,
         },
         leds: config.leds,
     });

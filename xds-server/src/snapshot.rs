@@ -109,6 +109,7 @@ impl Topology {
                 max_blocking_wait_ms: 60_000,
                 resolve_cache_max_age_ms: 1,
                 container_clusters: 1,
+                new_container_exclusive_ms: 1,
             },
             leds: false,
         }
