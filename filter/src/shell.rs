@@ -277,6 +277,7 @@ struct Counters {
     cold_start_requests: Option<u32>,
     retired: Option<u32>,
     records_dropped: Option<u32>,
+    misrouted_reruns: Option<u32>,
 }
 
 impl Counters {
@@ -289,6 +290,7 @@ impl Counters {
             cold_start_requests: counter("whisk_cold_start_requests"),
             retired: counter("whisk_retired"),
             records_dropped: counter("whisk_records_dropped"),
+            misrouted_reruns: counter("whisk_misrouted_reruns"),
         }
     }
 
@@ -1874,6 +1876,33 @@ impl Request {
         answer(state, u32::from(status), vec![(headers::ACTIVATION_ID, &activation_id)], &body);
     }
 
+    /// A client's blocking invoke refused with 421 runs again, detached under the same activation id
+    /// (it claims anew, and the client waits for its answer), instead of failing: the route's
+    /// retries went to other containers, each of which refused it before running anything (its
+    /// container was new and this worker did not route to it yet, or it was removed behind the
+    /// filter's back). The claimed container is retired. Runs of other streams (non-blocking,
+    /// detached, web, sequence components) are not run again: their clients wait on them under the
+    /// same activation id. True when it runs again.
+    fn rerun_misrouted(&self, state: &mut State) -> bool {
+        let from_client = state.internal_activation_id.is_none() && state.web.is_none();
+        if !from_client || state.response_headers.get(":status") != Some("421") || !answered_by_upstream() {
+            return false;
+        }
+        let Some(action) = state.action.clone() else { return false };
+        if let Some(claim) = state.claim.take() {
+            warn!("activation {} misrouted with container {claim}: runs again", state.activation_id);
+            pool::release(&EnvoySharedData, &claim, SlotState::Retired);
+            self.shared.outbox.borrow_mut().push_back(Outgoing::Retire {
+                container_id: claim.container_id,
+                grace_ms: 0,
+                swept: false,
+            });
+        }
+        Counters::bump(self.shared.counters.misrouted_reruns);
+        self.shared.detach(&self.state, state, &action, None, state.context_id);
+        true
+    }
+
     /// The container's answer is complete: record, release, reply. Returns the prefix whose waiters
     /// may now be served.
     fn finish(&self, state: &mut State, body: &[u8], has_body: bool) -> Option<String> {
@@ -2124,6 +2153,9 @@ impl HttpContext for Request {
         if !end_of_stream {
             return Action::Pause;
         }
+        if self.rerun_misrouted(&mut state) {
+            return Action::Pause;
+        }
         let freed = self.finish(&mut state, &[], false);
         let context_id = state.context_id;
         drop(state);
@@ -2140,6 +2172,9 @@ impl HttpContext for Request {
             return Action::Continue;
         }
         if !end_of_stream {
+            return Action::Pause;
+        }
+        if self.rerun_misrouted(&mut state) {
             return Action::Pause;
         }
         let body = self.get_http_response_body(0, body_size).unwrap_or_default();
