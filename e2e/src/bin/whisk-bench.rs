@@ -597,8 +597,8 @@ impl Bench {
         // left, while ours grew to 16 during its own windows.)
         let mut containers = 0;
         // A failed warm-up invoke is the platform's failure, not the bench's: reported, not fatal
-        // (a worker that has not yet applied a new container's endpoint misroutes one now and
-        // then, decision 0001).
+        // (decision 0001 lists how a new container's first requests could be misrouted, and what
+        // keeps that from failing an invoke).
         let (mut warmup_errors, mut warmup_first_error) = (0, None);
         for _ in 0..Self::WARMUP_ROUNDS {
             let warmup = saturate(self.args.clients, 1, self.platform_request("bench-throughput")).await;
@@ -650,7 +650,7 @@ impl Bench {
         let (platform, plain) = (ours.saturation, baseline.saturation);
         // Waiters ask for cold starts: the pool may have grown under the load.
         let containers_after = self.ready_containers_of("guest/bench-throughput@").await?;
-        let retried = self.misrouted_retries().await?;
+        let (retried, rerun) = self.misrouted().await?;
         let (our_cpu, plain_cpu) = (ours.cpu_us_per_request, baseline.cpu_us_per_request);
         let cpu = |figures: &[f64], index: usize| round(figures.get(index).copied().unwrap_or_default());
         Ok(vec![Figure {
@@ -664,7 +664,7 @@ impl Bench {
                 "clients": self.args.clients, "seconds": self.args.seconds, "containers": containers,
                 "containers_after": containers_after,
                 "warmup_errors": warmup_errors, "warmup_first_error": warmup_first_error,
-                "misrouted_runs_retried_since_start": retried,
+                "misrouted_runs_retried_since_start": retried, "misrouted_invokes_rerun_since_start": rerun,
                 "measured": "ours and plain Envoy in alternating one-second windows",
                 "errors": platform.errors, "first_error": platform.first_error,
                 "baseline_errors": plain.errors, "baseline_first_error": plain.first_error,
@@ -1056,11 +1056,13 @@ impl Bench {
         Ok(figures)
     }
 
-    /// Ready containers of the action revisions whose key starts with `action` (`namespace/name@`).
     /// How many `/run`s the main platform's Envoy has retried (our runtime refused them as
-    /// misrouted: the worker had not applied a new container's endpoint yet), since it started.
-    async fn misrouted_retries(&self) -> anyhow::Result<u64> {
-        Ok(envoy_stat(&self.platform, r"^cluster\.whisk_containers.*\.upstream_rq_retry$").await? as u64)
+    /// misrouted: the worker had not applied a new container's endpoint yet), and how many client
+    /// invokes the filter ran again after the retries, since it started.
+    async fn misrouted(&self) -> anyhow::Result<(u64, u64)> {
+        let retried = envoy_stat(&self.platform, r"^cluster\.whisk_containers.*\.upstream_rq_retry$").await?;
+        let rerun = envoy_stat(&self.platform, r"^.*whisk_misrouted_reruns$").await?;
+        Ok((retried as u64, rerun as u64))
     }
 
     /// The runtime processes of this platform's containers of `action` (with their interpreters).
@@ -1073,6 +1075,7 @@ impl Bench {
         Counted { roots, descendants: true }
     }
 
+    /// Ready containers of the action revisions whose key starts with `action` (`namespace/name@`).
     async fn ready_containers_of(&self, action: &str) -> anyhow::Result<usize> {
         let url = format!("{}{}", self.platform.control_url(), whisk_contract::paths::COLD_START);
         let containers: Vec<Value> = self.http.get(url).send().await?.json().await?;
