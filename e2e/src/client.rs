@@ -142,6 +142,25 @@ pub async fn remove_container(platform: &Platform, id: &str) -> anyhow::Result<u
     Ok(response.status().as_u16())
 }
 
+/// The hosts Envoy routes to in cluster `name`, as sorted `ip:port`s.
+pub async fn envoy_cluster_hosts(platform: &Platform, name: &str) -> anyhow::Result<Vec<String>> {
+    let url = format!("{}/clusters?format=json", platform.admin_url());
+    let clusters: Value = reqwest::get(url).await?.json().await?;
+    let mut hosts: Vec<String> = clusters["cluster_statuses"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|cluster| cluster["name"] == name)
+        .flat_map(|cluster| cluster["host_statuses"].as_array().cloned().unwrap_or_default())
+        .map(|host| {
+            let socket = &host["address"]["socket_address"];
+            format!("{}:{}", socket["address"].as_str().unwrap_or_default(), socket["port_value"])
+        })
+        .collect();
+    hosts.sort();
+    Ok(hosts)
+}
+
 /// The sum of Envoy's stats whose names match `filter` (a regular expression, as the admin's
 /// `/stats?filter=` takes it): counters and gauges, the filter's own included.
 pub async fn envoy_stat(platform: &Platform, filter: &str) -> anyhow::Result<f64> {

@@ -8,7 +8,7 @@
 
 use std::time::{Duration, Instant};
 
-use e2e::client::{Client, annotation, control_metrics, metric};
+use e2e::client::{Client, annotation, control_containers, control_metrics, metric};
 use e2e::{Artifacts, GUEST_KEY, Options, Platform};
 use serde_json::{Value, json};
 
@@ -26,8 +26,7 @@ fn start(node: &str, xds_args: &[&str]) -> (tempfile::TempDir, Platform, Client)
 }
 
 async fn containers(platform: &Platform) -> Vec<Value> {
-    let url = format!("{}/v1/containers", platform.control_url());
-    reqwest::get(url).await.unwrap().json::<Vec<Value>>().await.unwrap()
+    control_containers(platform).await.unwrap()
 }
 
 /// The containers of action `name` (any revision).

@@ -17,7 +17,7 @@
 
 use std::time::{Duration, Instant};
 
-use e2e::client::{Client, annotation};
+use e2e::client::{Client, annotation, control_containers};
 use e2e::{Artifacts, GUEST_KEY, Options, Platform};
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
@@ -50,8 +50,7 @@ async fn pods(api: &Api<Pod>, selector: &str) -> Vec<(String, String, String)> {
 }
 
 async fn containers(platform: &Platform) -> Vec<Value> {
-    let url = format!("{}/v1/containers", platform.control_url());
-    reqwest::get(url).await.unwrap().json::<Vec<Value>>().await.unwrap()
+    control_containers(platform).await.unwrap()
 }
 
 async fn invoke(client: &Client, n: u64) -> Value {

@@ -6,7 +6,9 @@
 
 use std::time::{Duration, Instant};
 
-use e2e::client::{Client, control_containers, control_metrics, envoy_stat, metric, remove_container};
+use e2e::client::{
+    Client, control_containers, control_metrics, envoy_cluster_hosts, envoy_stat, metric, remove_container,
+};
 use e2e::{Artifacts, GUEST_KEY, Options, Platform};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
@@ -15,16 +17,7 @@ use xds_server::cluster::local::owned_runtimes;
 
 /// The hosts Envoy routes to in the containers cluster.
 async fn container_hosts(platform: &Platform) -> Vec<String> {
-    let url = format!("{}/clusters?format=json", platform.admin_url());
-    let clusters: Value = reqwest::get(url).await.unwrap().json().await.unwrap();
-    clusters["cluster_statuses"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|cluster| cluster["name"] == "whisk_containers")
-        .flat_map(|cluster| cluster["host_statuses"].as_array().cloned().unwrap_or_default())
-        .map(|host| host["address"]["socket_address"]["port_value"].to_string())
-        .collect()
+    envoy_cluster_hosts(platform, "whisk_containers").await.unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -67,8 +60,7 @@ async fn a_container_that_dies_leaves_xds_at_once_and_is_replaced() {
 
 /// The control plane's container table, by node.
 async fn nodes_of_containers(platform: &Platform) -> Vec<String> {
-    let url = format!("{}/v1/containers", platform.control_url());
-    let table: Vec<Value> = reqwest::get(url).await.unwrap().json().await.unwrap();
+    let table = control_containers(platform).await.unwrap();
     table.iter().map(|c| c["node"].as_str().unwrap().to_owned()).collect()
 }
 

@@ -7,7 +7,7 @@
 
 use std::time::{Duration, Instant};
 
-use e2e::client::{Client, annotation, control_metrics, metric};
+use e2e::client::{Client, annotation, control_containers, control_metrics, metric};
 use e2e::{Artifacts, GUEST_KEY, Options, Platform};
 use serde_json::{Value, json};
 
@@ -24,7 +24,7 @@ async fn wait_metric(platform: &Platform, name: &str, at_least: f64) {
 }
 
 async fn table(platform: &Platform) -> Vec<Value> {
-    reqwest::get(format!("{}/v1/containers", platform.control_url())).await.unwrap().json().await.unwrap()
+    control_containers(platform).await.unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

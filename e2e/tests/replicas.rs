@@ -8,7 +8,7 @@
 use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
 
-use e2e::client::{Client, control_metrics, echo_until, metric, quantile};
+use e2e::client::{Client, control_containers, control_metrics, echo_until, metric, quantile};
 use e2e::{Artifacts, GUEST_KEY, Options, Platform};
 
 const SLOW_ECHO_JS: &str = "function main(p) { return new Promise(r => setTimeout(() => r({n: p.n}), 3)); }";
@@ -59,13 +59,7 @@ async fn two_replicas_never_overlap_in_one_container() {
     assert!(first > 0 && second > 0, "both replicas served: {first} and {second}");
 
     // Each container belongs to one node: the per-node endpoint sets are disjoint.
-    let table: serde_json::Value = reqwest::get(format!("{}/v1/containers", platform.control_url()))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let containers = table.as_array().unwrap();
+    let containers = control_containers(&platform).await.unwrap();
     assert!(
         containers.len() <= 2 * CAP_PER_NODE,
         "{} containers, cap {}",

@@ -9,9 +9,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use e2e::client::{Client, annotation, control_metrics, metric};
+use e2e::client::{Client, annotation, control_containers, control_metrics, metric};
 use e2e::{Artifacts, GUEST_KEY, Options, Platform};
-use serde_json::{Value, json};
+use serde_json::json;
 
 const ECHO_JS: &str = "function main(p) { return p; }";
 const SLOW_ECHO_JS: &str =
@@ -21,8 +21,7 @@ const SLOW_ECHO_JS: &str =
 const CLIENTS: usize = 2;
 
 async fn table(platform: &Platform) -> Vec<(String, String)> {
-    let url = format!("{}/v1/containers", platform.control_url());
-    let containers: Vec<Value> = reqwest::get(url).await.unwrap().json().await.unwrap();
+    let containers = control_containers(platform).await.unwrap();
     let mut ids: Vec<(String, String)> = containers
         .iter()
         .map(|c| (c["id"].as_str().unwrap().to_owned(), c["address"].as_str().unwrap_or("").to_owned()))

@@ -12,7 +12,9 @@ use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use e2e::client::{Client, control_containers, control_metrics, metric, remove_container};
+use e2e::client::{
+    Client, control_containers, control_metrics, envoy_cluster_hosts, metric, remove_container,
+};
 use e2e::{Artifacts, Delivery, GUEST_KEY, Options, Platform};
 use serde_json::{Value, json};
 
@@ -32,20 +34,7 @@ fn dump_of<'a>(dump: &'a Value, kind: &str) -> &'a Value {
 
 /// The addresses Envoy routes to in cluster `name`.
 async fn hosts(platform: &Platform, name: &str) -> Vec<String> {
-    let clusters = admin(platform, "/clusters?format=json").await;
-    let mut hosts: Vec<String> = clusters["cluster_statuses"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|cluster| cluster["name"] == name)
-        .flat_map(|cluster| cluster["host_statuses"].as_array().cloned().unwrap_or_default())
-        .map(|host| {
-            let socket = &host["address"]["socket_address"];
-            format!("{}:{}", socket["address"].as_str().unwrap(), socket["port_value"])
-        })
-        .collect();
-    hosts.sort();
-    hosts
+    envoy_cluster_hosts(platform, name).await.unwrap()
 }
 
 fn variant(delta: bool) -> &'static str {
