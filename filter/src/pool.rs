@@ -765,7 +765,96 @@ mod tests {
         ColdStart(u32),
     }
 
+    /// A step of the new-container rule's property: workers claim (all of the pool or only what
+    /// they brought), release and bring containers while the clock moves on.
+    #[derive(Debug, Clone)]
+    enum Joining {
+        Claim(usize, bool),
+        ClaimAt(usize, u32),
+        Release(usize),
+        Bring(usize, u32),
+        Mark(u32),
+        Wait(u64),
+    }
+
     proptest! {
+        /// Whatever the interleaving, a container that joined less than the while ago is claimed by
+        /// the worker that brought it or by nobody, a claim of only one's own new containers gets
+        /// nothing else, and no container is held twice.
+        #[test]
+        fn nobody_claims_another_worker_s_new_container_within_the_while(steps in proptest::collection::vec(
+            prop_oneof![
+                (0usize..3, any::<bool>()).prop_map(|(w, own)| Joining::Claim(w, own)),
+                (0usize..3, 0u32..4).prop_map(|(w, s)| Joining::ClaimAt(w, s)),
+                (0usize..3).prop_map(Joining::Release),
+                (0usize..3, 0u32..4).prop_map(|(w, s)| Joining::Bring(w, s)),
+                (0u32..4).prop_map(Joining::Mark),
+                (0u64..40).prop_map(Joining::Wait),
+            ],
+            1..200,
+        )) {
+            const WHILE: u64 = 50;
+            let workers = ["a", "b", "c"];
+            let store = MemoryData::default();
+            let mut now = 1_000;
+            let mut held: Vec<Option<Claim>> = vec![None; 3];
+            let mut joined: std::collections::HashMap<String, (usize, u64)> = Default::default();
+            let mut brought = 0;
+            for step in steps {
+                let claimant = |worker: usize, own_new_only: bool| Claimant {
+                    worker: workers[worker],
+                    now_ms: now,
+                    exclusive_ms: WHILE,
+                    own_new_only,
+                };
+                let (claimer, own_only, got) = match step {
+                    Joining::Claim(worker, own) if held[worker].is_none() => {
+                        (worker, own, claim(&store, PREFIX, &claimant(worker, own)))
+                    }
+                    Joining::ClaimAt(worker, slot) if held[worker].is_none() => {
+                        (worker, false, claim_at(&store, &slot_key(PREFIX, slot), &claimant(worker, false)))
+                    }
+                    Joining::Release(worker) => {
+                        if let Some(claim) = held[worker].take() {
+                            prop_assert!(release(&store, &claim, SlotState::Free));
+                        }
+                        continue;
+                    }
+                    Joining::Bring(worker, slot) => {
+                        let key = slot_key(PREFIX, slot);
+                        let state = store.get(&key).and_then(|(bytes, _)| Slot::decode(&bytes)).map(|s| s.state);
+                        if matches!(state, None | Some(SlotState::Retired)) {
+                            brought += 1;
+                            let id = format!("n{brought}");
+                            let by = Joined { at_ms: now, worker: workers[worker].to_owned() };
+                            insert_new(&store, PREFIX, slot, &id, "127.0.0.1:1", Some(1), by);
+                            joined.insert(id, (worker, now));
+                        }
+                        continue;
+                    }
+                    Joining::Mark(slot) => {
+                        let key = slot_key(PREFIX, slot);
+                        if let Some(slot) = store.get(&key).and_then(|(bytes, _)| Slot::decode(&bytes)) {
+                            mark(&store, &key, &slot.container_id);
+                        }
+                        continue;
+                    }
+                    Joining::Wait(ms) => {
+                        now += ms;
+                        continue;
+                    }
+                    _ => continue,
+                };
+                let Some(got) = got else { continue };
+                let (by, at) = joined[&got.container_id];
+                let still_new = now < at + WHILE;
+                prop_assert!(!still_new || by == claimer, "{} took {}'s new container", workers[claimer], workers[by]);
+                prop_assert!(!own_only || (still_new && by == claimer), "own-only got another container");
+                prop_assert!(held.iter().flatten().all(|other| other.container_id != got.container_id));
+                held[claimer] = Some(got);
+            }
+        }
+
         /// Workers whose reads and writes interleave arbitrarily (as Envoy worker threads do) never
         /// hold one container at the same time: a write based on a stale read fails its CAS; and
         /// the collector's marks and sweeps, interleaved with them, never sweep a held container;
