@@ -58,6 +58,9 @@ pub mod headers {
     /// With [`INTERNAL_CLAIM`]: epoch milliseconds the client's request arrived at, so the record's
     /// `waitTime` counts the time it queued before handing over.
     pub const INTERNAL_ARRIVED: &str = "x-whisk-arrived";
+    /// On an internal invoke: a run again of an activation whose first run was refused as misrouted
+    /// (nothing ran); it is not run again a second time.
+    pub const INTERNAL_RERUN: &str = "x-whisk-rerun";
     /// On an internal invoke of a web sequence's component: the namespace it runs as, the
     /// sequence's owner (a web request has no key to invoke the components with).
     pub const INTERNAL_SUBJECT: &str = "x-whisk-subject";

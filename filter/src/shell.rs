@@ -162,6 +162,8 @@ enum Phase {
     Forwarded,
     /// Running a sequence: one component's internal invoke in flight at a time.
     Sequencing,
+    /// An internal run refused as misrouted: its run again is in flight, its answer relayed.
+    Rerunning,
     /// A blocking invoke or web request whose run went out as a callout of the worker's root context
     /// (it may outlast the client's wait): answered with the run's answer, or 202 once the wait is over.
     Detached,
@@ -200,6 +202,8 @@ struct State {
     web_secret: Option<String>,
     /// The namespace a web sequence's component runs as, without a key (the sequence's owner).
     run_as: Option<String>,
+    /// This activation already went out again after a misrouted run: it does not a second time.
+    rerun: bool,
     body: Vec<u8>,
     /// This request's key in the resolve cache.
     cache_key: String,
@@ -233,6 +237,8 @@ enum Callout {
     Resolve,
     /// A sequence's component, invoked blocking through the ingress.
     Component,
+    /// The run again of an internal run refused as misrouted, whose answer this stream relays.
+    Rerun,
 }
 
 /// A web action request in flight.
@@ -255,6 +261,8 @@ struct Internal {
     run_as: Option<String>,
     /// The container the client's stream claimed and handed over with the run.
     claim: Option<Claim>,
+    /// A run again after a misrouted one.
+    rerun: bool,
 }
 
 /// A request parked until a container of its action is free.
@@ -316,6 +324,8 @@ struct Run {
     /// How long the run may take in all ([`run_bound`]).
     bound: Duration,
     body: Vec<u8>,
+    /// The activation's run again after a misrouted one.
+    rerun: bool,
 }
 
 /// What the run of a web request carries beyond an invoke's.
@@ -558,6 +568,7 @@ impl Shared {
             web: None,
             bound: run_bound(&self.config, Some(action)),
             body,
+            rerun: state.rerun,
         };
         self.launch(run, state.context_id, current)
     }
@@ -583,6 +594,9 @@ impl Shared {
         let mut extra = vec![(headers::INTERNAL_ARRIVED, arrived.as_str())];
         if let Some(handed) = &handed {
             extra.push((headers::INTERNAL_CLAIM, handed));
+        }
+        if run.rerun {
+            extra.push((headers::INTERNAL_RERUN, "1"));
         }
         if let Some(web) = &run.web {
             extra.push((headers::INTERNAL_WEB, "1"));
@@ -1486,6 +1500,7 @@ impl Request {
             web_resolve: false,
             web_secret: None,
             run_as: None,
+            rerun: false,
             body: Vec::new(),
             cache_key: String::new(),
             entity_write: false,
@@ -1532,6 +1547,7 @@ impl Request {
             web: sent.get(headers::INTERNAL_WEB).is_some(),
             arrived: sent.get(headers::INTERNAL_ARRIVED).and_then(|arrived| arrived.parse().ok()),
             claim: sent.get(headers::INTERNAL_CLAIM).and_then(Claim::from_header),
+            rerun: sent.get(headers::INTERNAL_RERUN).is_some(),
             run_as: present(headers::INTERNAL_SUBJECT),
         })
     }
@@ -1710,6 +1726,7 @@ impl Request {
             web: Some(WebRun { secret: state.web_secret.clone() }),
             bound: run_bound(&self.shared.config, Some(&action)),
             body: serde_json::Value::Object(parameters).to_string().into_bytes(),
+            rerun: false,
         };
         if self.shared.launch(run, state.context_id, state.context_id) {
             self.shared.wait_detached(&self.state, state);
@@ -1876,30 +1893,78 @@ impl Request {
         answer(state, u32::from(status), vec![(headers::ACTIVATION_ID, &activation_id)], &body);
     }
 
-    /// A client's blocking invoke refused with 421 runs again, detached under the same activation id
-    /// (it claims anew, and the client waits for its answer), instead of failing: the route's
-    /// retries went to other containers, each of which refused it before running anything (its
-    /// container was new and this worker did not route to it yet, or it was removed behind the
-    /// filter's back). The claimed container is retired. Runs of other streams (non-blocking,
-    /// detached, web, sequence components) are not run again: their clients wait on them under the
-    /// same activation id. True when it runs again.
+    /// An activation refused with 421 runs again, once, under the same activation id, instead of
+    /// failing: the route's retries went to other containers, each of which refused it before
+    /// running anything (its container was new and this worker did not route to it yet, or it was
+    /// removed behind the filter's back). The claimed container is retired, and the run again
+    /// claims anew. A client's blocking invoke waits for it detached (it may answer 202 at the end
+    /// of the client's wait); an internal run (non-blocking, detached, web, a sequence's
+    /// component) sends it from this stream and relays its answer to whoever waits on this one.
+    /// True when it runs again.
     fn rerun_misrouted(&self, state: &mut State) -> bool {
-        let from_client = state.internal_activation_id.is_none() && state.web.is_none();
-        if !from_client || state.response_headers.get(":status") != Some("421") || !answered_by_upstream() {
+        if state.rerun
+            || state.web.is_some()
+            || state.response_headers.get(":status") != Some("421")
+            || !answered_by_upstream()
+        {
             return false;
         }
         let Some(action) = state.action.clone() else { return false };
-        if let Some(claim) = state.claim.take() {
-            warn!("activation {} misrouted with container {claim}: runs again", state.activation_id);
-            pool::release(&EnvoySharedData, &claim, SlotState::Retired);
-            self.shared.outbox.borrow_mut().push_back(Outgoing::Retire {
-                container_id: claim.container_id,
-                grace_ms: 0,
-                swept: false,
-            });
-        }
+        let Some(claim) = state.claim.take() else { return false };
+        warn!("activation {} misrouted with container {claim}: runs again", state.activation_id);
+        pool::release(&EnvoySharedData, &claim, SlotState::Retired);
+        self.shared.outbox.borrow_mut().push_back(Outgoing::Retire {
+            container_id: claim.container_id,
+            grace_ms: 0,
+            swept: false,
+        });
         Counters::bump(self.shared.counters.misrouted_reruns);
-        self.shared.detach(&self.state, state, &action, None, state.context_id);
+        state.rerun = true;
+        if state.internal_activation_id.is_none() {
+            self.shared.detach(&self.state, state, &action, None, state.context_id);
+            return true;
+        }
+        // The run again counts in flight on its own stream, not twice.
+        if let Some(namespace) = state.in_flight.take() {
+            limits::leave(&EnvoySharedData, &namespace);
+        }
+        let (arrived, depth) = (state.timing.arrived.to_string(), state.sequence_depth.to_string());
+        let mut extra = vec![
+            (headers::INTERNAL_RERUN, "1"),
+            (headers::INTERNAL_ARRIVED, arrived.as_str()),
+            (headers::SEQUENCE_DEPTH, depth.as_str()),
+        ];
+        if let Some(cause) = &state.cause {
+            extra.push((headers::INTERNAL_CAUSE, cause));
+        }
+        if let Some(owner) = &state.run_as {
+            extra.push((headers::INTERNAL_SUBJECT, owner));
+        }
+        if state.web_resolve {
+            extra.push((headers::INTERNAL_WEB, "1"));
+            if let Some(secret) = &state.web_secret {
+                extra.push((headers::REQUIRE_WHISK_AUTH, secret));
+            }
+        }
+        let call = invoke_internally(
+            &self.shared,
+            &state.original_path,
+            &state.authorization,
+            &state.activation_id,
+            &extra,
+            &state.body,
+            run_bound(&self.shared.config, Some(&action)),
+        );
+        match call {
+            Ok(token) => {
+                state.callout = Some((token, Callout::Rerun));
+                state.phase = Phase::Rerunning;
+            }
+            Err(status) => {
+                error!("activation {}: its run again failed to start: {status:?}", state.activation_id);
+                answer_error(state, 503, messages::INTERNAL_ERROR);
+            }
+        }
         true
     }
 
@@ -2015,14 +2080,24 @@ impl Context for Request {
         let state = self.state.clone();
         let mut state = state.borrow_mut();
         let Some((expected, kind)) = state.callout.take() else { return };
-        let phase = if kind == Callout::Component { Phase::Sequencing } else { Phase::Receiving };
+        let phase = match kind {
+            Callout::Resolve => Phase::Receiving,
+            Callout::Component => Phase::Sequencing,
+            Callout::Rerun => Phase::Rerunning,
+        };
         if expected != token || state.phase != phase {
             warn!("unexpected callout answer {token}");
             return;
         }
-        if kind == Callout::Component {
-            self.on_component(&mut state, status, &body);
-            return;
+        match kind {
+            Callout::Component => return self.on_component(&mut state, status, &body),
+            // The run again's answer (its record, or an error) is this run's.
+            Callout::Rerun => {
+                let activation_id = state.activation_id.clone();
+                let status = if status == 0 { 503 } else { u32::from(status) };
+                return answer(&mut state, status, vec![(headers::ACTIVATION_ID, &activation_id)], &body);
+            }
+            Callout::Resolve => {}
         }
         let generation = self.get_http_call_response_header(headers::GENERATION);
         self.on_resolved(&mut state, status, body, generation);
@@ -2078,6 +2153,7 @@ impl HttpContext for Request {
                     state.cause = internal.cause;
                     state.run_as = internal.run_as;
                     state.sequence_depth = internal.sequence_depth;
+                    state.rerun = internal.rerun;
                     state.web_resolve = internal.web;
                     if internal.web {
                         state.web_secret = sent.get(headers::REQUIRE_WHISK_AUTH).map(str::to_owned);
