@@ -5,9 +5,14 @@
 //! written outside the API (the admin command) keeps working.
 //!
 //! ```text
-//!  whisk/resolve/{sha256(authorization, namespace, action)} = "<generation>\n<fetched ms>\n<ResolvedAction JSON>"
-//!  whisk/generation                                         = "<generation>"
+//!  whisk/resolve/{bucket} = "<digest>\n<generation>\n<fetched ms>\n<ResolvedAction JSON>"
+//!  whisk/generation       = "<generation>"
 //! ```
+//!
+//! The digest is sha256(authorization, namespace, action), and the bucket a number it names below
+//! [`SHARED_BUCKETS`]: Envoy's shared data cannot delete a key, so a key per digest would grow with
+//! every user and action ever seen, while buckets bound the cache. Two entries that share a bucket
+//! take turns (a lookup checks the digest), which costs a resolve call, never a wrong answer.
 //!
 //! Each worker also keeps its own copy of the entries it used ([`Local`]), under the same rules: a
 //! warm invoke then reads only the generation from shared data, and parses and hashes nothing.
@@ -21,6 +26,16 @@ use crate::pool::SharedData;
 
 /// Where each worker's root context publishes the current entity generation.
 pub const GENERATION_KEY: &str = "whisk/generation";
+
+/// How many entries the shared cache holds at most.
+pub const SHARED_BUCKETS: u32 = 8_192;
+
+/// Where an entry lives in shared data, and the digest that says it is this one.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Key {
+    bucket: String,
+    digest: String,
+}
 
 /// On whose behalf an action was resolved: each is a cache entry of its own.
 #[derive(Debug, Clone, Copy)]
@@ -36,15 +51,17 @@ pub enum Resolver<'a> {
 /// The cache key: a digest, so that no key material sits in shared data in the clear and keys of
 /// different users never share an entry. The kind of resolver is a part of its own: no header a
 /// client sends can be mistaken for a web resolution or an owner's.
-pub fn key(resolver: Resolver<'_>, namespace: &str, action_path: &str) -> String {
+pub fn key(resolver: Resolver<'_>, namespace: &str, action_path: &str) -> Key {
     let mut digest = Sha256::new();
     for part in parts(resolver, namespace, action_path) {
         digest.update(part.as_bytes());
         // A separator that cannot occur in a header value keeps ("ab","c") apart from ("a","bc").
         digest.update([0u8]);
     }
-    let hex: String = digest.finalize().iter().map(|b| format!("{b:02x}")).collect();
-    format!("whisk/resolve/{hex}")
+    let bytes = digest.finalize();
+    let bucket = u32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]) % SHARED_BUCKETS;
+    let digest = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    Key { bucket: format!("whisk/resolve/{bucket}"), digest }
 }
 
 /// The generation the root context last saw, if any.
@@ -61,18 +78,23 @@ pub struct Cached {
     pub fetched_ms: u64,
 }
 
-/// The shared entry under `key`, if it was read at `generation` and is not older than `max_age_ms`.
+/// The shared entry of `key`, if its bucket holds it, it was read at `generation` and it is not
+/// older than `max_age_ms`.
 pub fn lookup(
     store: &impl SharedData,
-    key: &str,
+    key: &Key,
     generation: &str,
     now_ms: u64,
     max_age_ms: u64,
 ) -> Option<Cached> {
-    let (bytes, _) = store.get(key)?;
+    let (bytes, _) = store.get(&key.bucket)?;
     let text = std::str::from_utf8(&bytes).ok()?;
-    let mut parts = text.splitn(3, '\n');
-    let (entry_generation, fetched, json) = (parts.next()?, parts.next()?, parts.next()?);
+    let mut parts = text.splitn(4, '\n');
+    let (digest, entry_generation, fetched, json) =
+        (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    if digest != key.digest {
+        return None;
+    }
     let fetched_ms: u64 = fetched.parse().ok()?;
     if !valid(entry_generation, fetched_ms, generation, now_ms, max_age_ms) {
         return None;
@@ -153,14 +175,15 @@ fn parts<'a>(resolver: Resolver<'a>, namespace: &'a str, action_path: &'a str) -
     }
 }
 
-/// Remembers a resolution read at `generation`.
-pub fn remember(store: &impl SharedData, key: &str, generation: &str, now_ms: u64, action: &ResolvedAction) {
+/// Remembers a resolution read at `generation`, in place of whatever its bucket held.
+pub fn remember(store: &impl SharedData, key: &Key, generation: &str, now_ms: u64, action: &ResolvedAction) {
     if generation.is_empty() || generation.contains('\n') {
         return;
     }
     let Ok(json) = serde_json::to_string(action) else { return };
-    // Last writer wins: every writer holds a valid resolution of the same key.
-    let _ = store.set(key, format!("{generation}\n{now_ms}\n{json}").as_bytes(), None);
+    // Last writer wins: every writer holds a valid resolution of its own key.
+    let entry = format!("{}\n{generation}\n{now_ms}\n{json}", key.digest);
+    let _ = store.set(&key.bucket, entry.as_bytes(), None);
 }
 
 #[cfg(test)]
@@ -223,7 +246,8 @@ mod tests {
         assert_ne!(by_key("Basic a"), by_key("Basic b"));
         assert_ne!(key(Resolver::Key("ab"), "c", "x"), key(Resolver::Key("a"), "bc", "x"));
         assert_eq!(by_key("Basic a"), by_key("Basic a"));
-        assert!(!by_key("Basic secret").contains("secret"));
+        let secret = by_key("Basic secret");
+        assert!(!secret.digest.contains("secret") && !secret.bucket.contains("secret"));
         // A client's header cannot pass for another kind of resolver.
         assert_ne!(by_key("guest"), key(Resolver::Owner("guest"), "_", "x"));
         assert_ne!(by_key("owner"), key(Resolver::Owner(""), "_", "x"));
@@ -235,9 +259,45 @@ mod tests {
     #[test]
     fn damaged_entries_are_misses() {
         let store = MemoryData::default();
-        store.set("k", b"g1\nnot a number\n{}", None).unwrap();
-        assert_eq!(lookup(&store, "k", "g1", 0, 10), None);
-        store.set("k", b"g1\n0\n{broken", None).unwrap();
-        assert_eq!(lookup(&store, "k", "g1", 0, 10), None);
+        let key = key(Resolver::Key("Basic abc"), "_", "hello");
+        let write = |tail: &str| store.set(&key.bucket, format!("{}\n{tail}", key.digest).as_bytes(), None);
+        write("g1\nnot a number\n{}").unwrap();
+        assert_eq!(lookup(&store, &key, "g1", 0, 10), None);
+        write("g1\n0\n{broken").unwrap();
+        assert_eq!(lookup(&store, &key, "g1", 0, 10), None);
+        write("g1\n0").unwrap();
+        assert_eq!(lookup(&store, &key, "g1", 0, 10), None);
+    }
+
+    #[test]
+    fn the_shared_cache_is_bounded_and_an_entry_found_is_always_its_own() {
+        let store = MemoryData::default();
+        let named = |name: &str| ResolvedAction { name: name.to_owned(), ..action() };
+        let users = 3 * SHARED_BUCKETS as usize;
+        for user in 0..users {
+            let key = key(Resolver::Key(&format!("Basic {user}")), "_", "hello");
+            remember(&store, &key, "g1", 0, &named(&user.to_string()));
+        }
+        assert!(store.key_count() <= SHARED_BUCKETS as usize, "{} keys", store.key_count());
+        let mut hits = 0;
+        for user in 0..users {
+            let key = key(Resolver::Key(&format!("Basic {user}")), "_", "hello");
+            if let Some(found) = lookup(&store, &key, "g1", 0, 10) {
+                assert_eq!(found.action.name, user.to_string(), "another user's entry");
+                hits += 1;
+            }
+        }
+        // Each bucket holds its last writer's entry.
+        assert_eq!(hits, store.key_count());
+        // Two keys of one bucket take turns.
+        let first = key(Resolver::Key("Basic 0"), "_", "hello");
+        let second = (1..)
+            .map(|n| key(Resolver::Key(&format!("Basic x{n}")), "_", "hello"))
+            .find(|other| other.bucket == first.bucket)
+            .unwrap();
+        remember(&store, &first, "g1", 0, &named("first"));
+        remember(&store, &second, "g1", 0, &named("second"));
+        assert_eq!(lookup(&store, &first, "g1", 0, 10), None);
+        assert_eq!(lookup(&store, &second, "g1", 0, 10).map(|c| c.action.name), Some("second".into()));
     }
 }

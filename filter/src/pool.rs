@@ -467,6 +467,13 @@ pub(crate) mod memory {
         next_cas: RefCell<u32>,
     }
 
+    impl MemoryData {
+        /// How many keys were ever written (Envoy's shared data never deletes one).
+        pub fn key_count(&self) -> usize {
+            self.entries.borrow().len()
+        }
+    }
+
     impl SharedData for MemoryData {
         fn get(&self, key: &str) -> Option<(Vec<u8>, u32)> {
             self.entries.borrow().get(key).cloned()

@@ -206,7 +206,7 @@ struct State {
     rerun: bool,
     body: Vec<u8>,
     /// This request's key in the resolve cache.
-    cache_key: String,
+    cache_key: cache::Key,
     /// A write to the API's entities passing through to the management API.
     entity_write: bool,
     callout: Option<(u32, Callout)>,
@@ -1502,7 +1502,7 @@ impl Request {
             run_as: None,
             rerun: false,
             body: Vec::new(),
-            cache_key: String::new(),
+            cache_key: cache::Key::default(),
             entity_write: false,
             callout: None,
             action: None,
