@@ -381,6 +381,27 @@ pub fn release(store: &impl SharedData, claim: &Claim, next: SlotState) -> bool 
     transition(store, &claim.key, &claim.container_id, |state| state == SlotState::Busy, next).is_some()
 }
 
+/// Free containers of the action revision that `claimant` may not take yet but will within the
+/// while (other workers' new ones): a waiter gets one sooner than a cold start would bring one.
+pub fn free_soon(store: &impl SharedData, prefix: &str, claimant: &Claimant) -> usize {
+    let mut count = 0;
+    let mut missing_run = 0;
+    for slot in 0..MAX_SLOTS {
+        let Some((bytes, _)) = store.get(&slot_key(prefix, slot)) else {
+            missing_run += 1;
+            if missing_run >= GAP_TOLERANCE {
+                break;
+            }
+            continue;
+        };
+        missing_run = 0;
+        if Slot::decode(&bytes).is_some_and(|found| found.state.is_free() && !claimant.may_take(&found)) {
+            count += 1;
+        }
+    }
+    count
+}
+
 /// True when the action revision has a container that is not retired: a waiter will get it when
 /// it frees up, even if no new container can be started now.
 pub fn holds_live(store: &impl SharedData, prefix: &str) -> bool {
@@ -559,9 +580,13 @@ mod tests {
         );
         let key = slot_key(PREFIX, 0);
         assert_eq!(claim(&store, PREFIX, &at("b", 1_010, false)), None, "b may not route to it yet");
+        assert_eq!(free_soon(&store, PREFIX, &at("b", 1_010, false)), 1, "but b's waiter gets it soon");
+        assert_eq!(free_soon(&store, PREFIX, &at("a", 1_010, false)), 0, "a may take it now");
+        assert_eq!(free_soon(&store, PREFIX, &at("b", 1_050, false)), 0, "so may b, later");
         assert_eq!(claim_at(&store, &key, &at("b", 1_049, false)), None);
         let first = claim(&store, PREFIX, &at("a", 1_010, true)).unwrap();
         assert_eq!((first.container_id.as_str(), first.init_ms), ("c0", Some(9)));
+        assert_eq!(free_soon(&store, PREFIX, &at("b", 1_010, false)), 0, "busy: not free soon");
         assert!(release(&store, &first, SlotState::Free));
         let by_b = claim_at(&store, &key, &at("b", 1_050, false)).unwrap();
         assert_eq!(by_b.container_id, "c0", "the while is over: anyone's");

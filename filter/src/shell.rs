@@ -1273,7 +1273,14 @@ impl Root {
         };
         let Some(action) = first else { return };
         let starting = shared.starting.borrow().get(prefix).copied().unwrap_or(0);
-        if starting >= queue::starts_wanted(live, shared.config.waiters_per_cold_start) {
+        let wanted = queue::starts_wanted(live, shared.config.waiters_per_cold_start);
+        if starting >= wanted {
+            return;
+        }
+        // Another worker's new container that is free serves a waiter here once its while is over,
+        // far sooner than a cold start: it counts as a start in flight.
+        let free_soon = pool::free_soon(&EnvoySharedData, prefix, &shared.claimant(false));
+        if starting + free_soon >= wanted {
             return;
         }
         let request = ColdStartRequest {
