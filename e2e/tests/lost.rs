@@ -131,13 +131,14 @@ async fn the_containers_of_an_envoy_that_went_away_are_stopped_after_the_orphan_
 }
 
 /// A `/run` stamped for a container Envoy's worker does not hold goes, by override_host's fallback,
-/// to another container. Our runtime refuses it with 421 before running anything, and the route
-/// retries 421 (decision 0001): that covers the moment a worker lags its node's ACK of a new
-/// container, which no test can time. Here the stamped container was removed by the operator
-/// while the filter still counts it free (its next usage report is a minute away), so every try
-/// lands on the other container: the retries are counted, the client's own `x-envoy-max-retries`
-/// changes nothing (Envoy drops it from a client it counts as external, the filter from any), the
-/// other container never ran the request, and the next invoke starts anew.
+/// to another container. Our runtime refuses it with 421 before running anything, the route
+/// retries 421, and the filter then runs the activation again, once, claiming anew (decision
+/// 0001). Here the stamped container was removed by the operator while the filter still counts it
+/// free (its next usage report is a minute away), so every try lands on the other container: the
+/// retries are counted, the client's own `x-envoy-max-retries` changes nothing (Envoy drops it from
+/// a client it counts as external, the filter from any), the other container never ran the
+/// request, and the activation runs once, in a new container: for a blocking invoke, and for a
+/// non-blocking one's run.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_misrouted_run_is_refused_retried_and_run_again_in_a_container_of_its_own() {
     let dir = tempfile::tempdir().unwrap();
