@@ -397,6 +397,17 @@ impl Shared {
         }
     }
 
+    /// Retires a claimed container for good and asks the control plane to remove it, stopping it
+    /// after `grace_ms` (time for an activation that may still run in it to reach its deadline).
+    fn retire(&self, claim: Claim, grace_ms: u64) {
+        pool::release(&EnvoySharedData, &claim, SlotState::Retired);
+        self.outbox.borrow_mut().push_back(Outgoing::Retire {
+            container_id: claim.container_id,
+            grace_ms,
+            swept: false,
+        });
+    }
+
     /// Remembers a slot this worker just freed (a few per revision, for a bounded number of them).
     fn remember_freed(&self, prefix: &str, key: String) {
         let mut freed = self.freed.borrow_mut();
@@ -1919,12 +1930,7 @@ impl Request {
         let Some(action) = state.action.clone() else { return false };
         let Some(claim) = state.claim.take() else { return false };
         warn!("activation {} misrouted with container {claim}: runs again", state.activation_id);
-        pool::release(&EnvoySharedData, &claim, SlotState::Retired);
-        self.shared.outbox.borrow_mut().push_back(Outgoing::Retire {
-            container_id: claim.container_id,
-            grace_ms: 0,
-            swept: false,
-        });
+        self.shared.retire(claim, 0);
         Counters::bump(self.shared.counters.misrouted_reruns);
         state.rerun = true;
         if state.internal_activation_id.is_none() {
@@ -2028,18 +2034,20 @@ impl Request {
                 SlotState::Retired,
             )
         };
-        let claim = state.claim.take();
-        let released = claim.as_ref().map(|claim| pool::release(&EnvoySharedData, claim, next));
-        if let (Some(claim), SlotState::Retired) = (&claim, next) {
-            self.shared.outbox.borrow_mut().push_back(Outgoing::Retire {
-                container_id: claim.container_id.clone(),
-                grace_ms: 0,
-                swept: false,
-            });
-        }
-        if let (Some(claim), Some(true), SlotState::Free) = (claim, released, next) {
-            self.shared.remember_freed(&state.prefix, claim.key);
-        }
+        let freed = match state.claim.take() {
+            Some(claim) if next == SlotState::Retired => {
+                self.shared.retire(claim, 0);
+                false
+            }
+            Some(claim) => {
+                let freed = pool::release(&EnvoySharedData, &claim, next);
+                if freed {
+                    self.shared.remember_freed(&state.prefix, claim.key);
+                }
+                freed
+            }
+            None => false,
+        };
         let logs = activation::decode_logs(state.response_headers.get(headers::RUNTIME_LOGS));
         let mut record = activation::record(&action, &state.activation_id, response, logs, state.timing);
         if timed_out {
@@ -2070,7 +2078,7 @@ impl Request {
             // A bodyless answer has no buffer to rewrite: reply locally (headers not sent yet).
             answer(state, u32::from(status), vec![(headers::ACTIVATION_ID, &activation_id)], &reply);
         }
-        (released == Some(true) && next == SlotState::Free).then(|| state.prefix.clone())
+        freed.then(|| state.prefix.clone())
     }
 }
 
@@ -2285,14 +2293,8 @@ impl HttpContext for Request {
         // still be running the activation, so it is retired, never handed out again.
         if let Some(claim) = state.claim.take() {
             warn!("activation {} ended without an answer; retiring container {claim}", state.activation_id);
-            pool::release(&EnvoySharedData, &claim, SlotState::Retired);
             // The activation may still be running: let it reach its deadline before the stop.
-            let grace_ms = state.deadline_ms.saturating_sub(now_ms());
-            self.shared.outbox.borrow_mut().push_back(Outgoing::Retire {
-                container_id: claim.container_id,
-                grace_ms,
-                swept: false,
-            });
+            self.shared.retire(claim, state.deadline_ms.saturating_sub(now_ms()));
         }
     }
 }
