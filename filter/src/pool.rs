@@ -280,17 +280,7 @@ pub fn slot_key(prefix: &str, slot: u32) -> String {
 /// be collected.
 pub fn claim(store: &impl SharedData, prefix: &str, claimant: &Claimant) -> Option<Claim> {
     let mut marked: Vec<String> = Vec::new();
-    let mut missing_run = 0;
-    for slot in 0..MAX_SLOTS {
-        let key = slot_key(prefix, slot);
-        let Some((bytes, cas)) = store.get(&key) else {
-            missing_run += 1;
-            if missing_run >= GAP_TOLERANCE {
-                break;
-            }
-            continue;
-        };
-        missing_run = 0;
+    for (key, bytes, cas) in scan(store, prefix) {
         let Some(current) = Slot::decode(&bytes) else { continue };
         if !claimant.may_take(&current) {
             continue;
@@ -384,41 +374,46 @@ pub fn release(store: &impl SharedData, claim: &Claim, next: SlotState) -> bool 
 /// Free containers of the action revision that `claimant` may not take yet but will within the
 /// while (other workers' new ones): a waiter gets one sooner than a cold start would bring one.
 pub fn free_soon(store: &impl SharedData, prefix: &str, claimant: &Claimant) -> usize {
-    let mut count = 0;
-    let mut missing_run = 0;
-    for slot in 0..MAX_SLOTS {
-        let Some((bytes, _)) = store.get(&slot_key(prefix, slot)) else {
-            missing_run += 1;
-            if missing_run >= GAP_TOLERANCE {
-                break;
-            }
-            continue;
-        };
-        missing_run = 0;
-        if Slot::decode(&bytes).is_some_and(|found| found.state.is_free() && !claimant.may_take(&found)) {
-            count += 1;
-        }
-    }
-    count
+    scan(store, prefix)
+        .filter_map(|(_, bytes, _)| Slot::decode(&bytes))
+        .filter(|found| found.state.is_free() && !claimant.may_take(found))
+        .count()
 }
 
 /// True when the action revision has a container that is not retired: a waiter will get it when
 /// it frees up, even if no new container can be started now.
 pub fn holds_live(store: &impl SharedData, prefix: &str) -> bool {
+    scan(store, prefix)
+        .filter_map(|(_, bytes, _)| Slot::decode(&bytes))
+        .any(|found| found.state != SlotState::Retired)
+}
+
+/// The slots of an action revision that hold a value, lowest first, as `(key, value, cas)`: the
+/// scan crosses short gaps (cold starts finishing out of order) and stops after
+/// [`GAP_TOLERANCE`] missing slots in a row, or at [`MAX_SLOTS`].
+fn scan<'a, S: SharedData>(
+    store: &'a S,
+    prefix: &'a str,
+) -> impl Iterator<Item = (String, Vec<u8>, u32)> + 'a {
     let mut missing_run = 0;
-    for slot in 0..MAX_SLOTS {
-        match store.get(&slot_key(prefix, slot)).and_then(|(bytes, _)| Slot::decode(&bytes)) {
-            Some(found) if found.state != SlotState::Retired => return true,
-            Some(_) => missing_run = 0,
-            None => {
-                missing_run += 1;
-                if missing_run >= GAP_TOLERANCE {
-                    return false;
+    (0..MAX_SLOTS)
+        .map_while(move |slot| {
+            if missing_run >= GAP_TOLERANCE {
+                return None;
+            }
+            let key = slot_key(prefix, slot);
+            match store.get(&key) {
+                Some((bytes, cas)) => {
+                    missing_run = 0;
+                    Some(Some((key, bytes, cas)))
+                }
+                None => {
+                    missing_run += 1;
+                    Some(None)
                 }
             }
-        }
-    }
-    false
+        })
+        .flatten()
 }
 
 /// What a slot holds now, when it still holds `container_id`: its state and use count.
