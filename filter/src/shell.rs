@@ -145,24 +145,21 @@ fn now_ms() -> u64 {
     })
 }
 
-fn host_now_ms() -> u64 {
+/// The host's clock since the epoch (zero if the host cannot tell).
+fn host_time() -> Duration {
     hostcalls::get_current_time()
         .ok()
         .and_then(|time| time.duration_since(UNIX_EPOCH).ok())
-        .map(|elapsed| elapsed.as_millis() as u64)
-        .unwrap_or(0)
+        .unwrap_or_default()
+}
+
+fn host_now_ms() -> u64 {
+    host_time().as_millis() as u64
 }
 
 fn seeded_generator() -> StdRng {
-    StdRng::try_from_os_rng().unwrap_or_else(|_| {
-        // No entropy from the host: seed from the time, unique enough per worker and start.
-        let nanos = hostcalls::get_current_time()
-            .ok()
-            .and_then(|time| time.duration_since(UNIX_EPOCH).ok())
-            .map(|elapsed| elapsed.as_nanos() as u64)
-            .unwrap_or(0);
-        StdRng::seed_from_u64(nanos)
-    })
+    // No entropy from the host: seed from the time, unique enough per worker and start.
+    StdRng::try_from_os_rng().unwrap_or_else(|_| StdRng::seed_from_u64(host_time().as_nanos() as u64))
 }
 
 /// 32 hex characters, OpenWhisk's activation id format.
