@@ -48,6 +48,7 @@ lint: deps
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	$(CARGO) clippy -p whisk-filter --target wasm32-wasip1 -- -D warnings
+	$(CARGO) clippy -p whisk-filter --target wasm32-wasip1 --features callback-profile -- -D warnings
 
 fmt:
 	$(CARGO) fmt --all

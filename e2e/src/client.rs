@@ -1,6 +1,7 @@
 //! A thin HTTP client speaking the OpenWhisk REST API the way `wsk` does (Basic auth with the
 //! namespace key, JSON bodies), for the tests and benchmarks.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -166,6 +167,18 @@ pub async fn envoy_cluster_hosts(platform: &Platform, name: &str) -> anyhow::Res
 pub async fn envoy_stat(platform: &Platform, filter: &str) -> anyhow::Result<f64> {
     let page = reqwest::get(format!("{}/stats?filter={filter}", platform.admin_url())).await?.text().await?;
     Ok(page.lines().filter_map(|line| line.rsplit_once(": ")?.1.trim().parse::<f64>().ok()).sum())
+}
+
+/// Every Envoy stat whose name matches the regular expression `filter`, by name.
+pub async fn envoy_stats(platform: &Platform, filter: &str) -> anyhow::Result<BTreeMap<String, f64>> {
+    let page = reqwest::get(format!("{}/stats?filter={filter}", platform.admin_url())).await?.text().await?;
+    Ok(page
+        .lines()
+        .filter_map(|line| {
+            let (name, value) = line.rsplit_once(": ")?;
+            Some((name.to_owned(), value.trim().parse::<f64>().ok()?))
+        })
+        .collect())
 }
 
 /// What one load client saw.

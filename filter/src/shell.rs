@@ -109,15 +109,110 @@ thread_local! {
 /// host's clock once: every read is a crossing out of the VM (about 4 µs on the bench machine, as
 /// much as a shared-data read), a warm invoke's body callback asked five times, and a callback lasts
 /// microseconds. Outside any (a callback not marked) every `now_ms` reads the host.
-struct Callback;
+///
+/// Built with the `callback-profile` feature, it also counts the time spent in the VM per kind of
+/// call as Envoy stats (`whisk_profile_*`; `scripts/profile-filter-callbacks.sh`).
+struct Callback {
+    #[cfg(feature = "callback-profile")]
+    _timed: profile::Timed,
+}
+
+/// The calls from Envoy into the filter, as the callback profile names them.
+#[derive(Debug, Clone, Copy)]
+#[cfg_attr(not(feature = "callback-profile"), allow(dead_code))]
+enum Entry {
+    RootCallout,
+    WakeUp,
+    Tick,
+    RequestCallout,
+    RequestHeaders,
+    RequestBody,
+    ResponseHeaders,
+    ResponseBody,
+    Log,
+}
 
 impl Callback {
-    fn enter() -> Self {
+    fn enter(entry: Entry) -> Self {
         CALLBACK_CLOCK.with(|clock| {
             let (depth, now) = clock.get();
             clock.set((depth + 1, now));
         });
-        Self
+        #[cfg(not(feature = "callback-profile"))]
+        let _ = entry;
+        Self {
+            #[cfg(feature = "callback-profile")]
+            _timed: profile::Timed::start(entry),
+        }
+    }
+}
+
+#[cfg(feature = "callback-profile")]
+mod profile {
+    //! Time spent in the VM per kind of call from Envoy, as two counters each
+    //! (`whisk_profile_<entry>_ns` and `_calls`): a profiling build only, since reading the clock
+    //! and bumping the counters are three more calls out of the VM per callback.
+    use std::cell::RefCell;
+    use std::collections::HashMap;
+
+    use proxy_wasm::hostcalls;
+    use proxy_wasm::types::MetricType;
+
+    use super::{Entry, host_time};
+
+    /// An entry's two counters (nanoseconds, calls), defined on its first call.
+    type Counters = (Option<u32>, Option<u32>);
+
+    thread_local! {
+        static COUNTERS: RefCell<HashMap<&'static str, Counters>> = RefCell::new(HashMap::new());
+    }
+
+    fn name(entry: Entry) -> &'static str {
+        match entry {
+            Entry::RootCallout => "root_callout",
+            Entry::WakeUp => "wake_up",
+            Entry::Tick => "tick",
+            Entry::RequestCallout => "request_callout",
+            Entry::RequestHeaders => "request_headers",
+            Entry::RequestBody => "request_body",
+            Entry::ResponseHeaders => "response_headers",
+            Entry::ResponseBody => "response_body",
+            Entry::Log => "log",
+        }
+    }
+
+    pub struct Timed {
+        entry: Entry,
+        started_ns: u128,
+    }
+
+    impl Timed {
+        pub fn start(entry: Entry) -> Self {
+            Self { entry, started_ns: host_time().as_nanos() }
+        }
+    }
+
+    impl Drop for Timed {
+        fn drop(&mut self) {
+            let spent_ns = host_time().as_nanos().saturating_sub(self.started_ns);
+            let name = name(self.entry);
+            let (ns, calls) = COUNTERS.with(|counters| {
+                *counters.borrow_mut().entry(name).or_insert_with(|| {
+                    let define = |suffix: &str| {
+                        hostcalls::define_metric(
+                            MetricType::Counter,
+                            &format!("whisk_profile_{name}_{suffix}"),
+                        )
+                        .ok()
+                    };
+                    (define("ns"), define("calls"))
+                })
+            });
+            if let (Some(ns), Some(calls)) = (ns, calls) {
+                let _ = hostcalls::increment_metric(ns, i64::try_from(spent_ns).unwrap_or(i64::MAX));
+                let _ = hostcalls::increment_metric(calls, 1);
+            }
+        }
     }
 }
 
@@ -1463,7 +1558,7 @@ impl Root {
 
 impl Context for Root {
     fn on_http_call_response(&mut self, token: u32, _headers: usize, body_size: usize, _trailers: usize) {
-        let _callback = Callback::enter();
+        let _callback = Callback::enter(Entry::RootCallout);
         let status: u16 =
             self.get_http_call_response_header(":status").and_then(|s| s.parse().ok()).unwrap_or(0);
         if self.generation_poll == Some(token) {
@@ -1551,7 +1646,7 @@ impl RootContext for Root {
     }
 
     fn on_queue_ready(&mut self, queue_id: u32) {
-        let _callback = Callback::enter();
+        let _callback = Callback::enter(Entry::WakeUp);
         while let Ok(Some(_)) = hostcalls::dequeue_shared_queue(queue_id) {}
         let Some(shared) = self.shared.clone() else { return };
         shared.wake_pending.set(false);
@@ -1560,7 +1655,7 @@ impl RootContext for Root {
     }
 
     fn on_tick(&mut self) {
-        let _callback = Callback::enter();
+        let _callback = Callback::enter(Entry::Tick);
         let Some(shared) = self.shared.clone() else { return };
         shared.counters.flush();
         self.tend_waiters(&shared);
@@ -2172,7 +2267,7 @@ impl Request {
 
 impl Context for Request {
     fn on_http_call_response(&mut self, token: u32, _headers: usize, body_size: usize, _trailers: usize) {
-        let _callback = Callback::enter();
+        let _callback = Callback::enter(Entry::RequestCallout);
         let status: u16 =
             self.get_http_call_response_header(":status").and_then(|s| s.parse().ok()).unwrap_or(0);
         let body = self.get_http_call_response_body(0, body_size).unwrap_or_default();
@@ -2210,7 +2305,7 @@ impl Context for Request {
 
 impl HttpContext for Request {
     fn on_http_request_headers(&mut self, _headers: usize, end_of_stream: bool) -> Action {
-        let _callback = Callback::enter();
+        let _callback = Callback::enter(Entry::RequestHeaders);
         let sent = HeaderList(self.get_http_request_headers());
         let internal = self.take_internal_headers(&sent);
         let method = sent.get(":method").unwrap_or_default().to_owned();
@@ -2288,7 +2383,7 @@ impl HttpContext for Request {
     }
 
     fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
-        let _callback = Callback::enter();
+        let _callback = Callback::enter(Entry::RequestBody);
         let state = self.state.clone();
         let mut state = state.borrow_mut();
         if (state.invocation.is_none() && state.web.is_none()) || state.phase != Phase::Receiving {
@@ -2311,7 +2406,7 @@ impl HttpContext for Request {
     }
 
     fn on_http_response_headers(&mut self, _headers: usize, end_of_stream: bool) -> Action {
-        let _callback = Callback::enter();
+        let _callback = Callback::enter(Entry::ResponseHeaders);
         let state = self.state.clone();
         let mut state = state.borrow_mut();
         if state.entity_write {
@@ -2349,7 +2444,7 @@ impl HttpContext for Request {
     }
 
     fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
-        let _callback = Callback::enter();
+        let _callback = Callback::enter(Entry::ResponseBody);
         let state = self.state.clone();
         let mut state = state.borrow_mut();
         if state.phase != Phase::Forwarded {
@@ -2373,7 +2468,7 @@ impl HttpContext for Request {
     }
 
     fn on_log(&mut self) {
-        let _callback = Callback::enter();
+        let _callback = Callback::enter(Entry::Log);
         let Ok(mut state) = self.state.try_borrow_mut() else { return };
         state.phase = Phase::Ended;
         if let Some(namespace) = state.in_flight.take() {

@@ -26,6 +26,7 @@
 //!   filtered by name and time) and action GET throughput; absolute targets. SQLite, and PostgreSQL
 //!   too when `WHISK_TEST_POSTGRES_URL` names a server (`make bench` provides a throwaway one).
 
+use std::collections::BTreeMap;
 use std::fs::{self, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -36,7 +37,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::Parser;
-use e2e::client::{Client, control_metrics, envoy_stat, metric};
+use e2e::client::{Client, control_metrics, envoy_stat, envoy_stats, metric};
 use e2e::{Artifacts, Delivery, GUEST_KEY, Options, Platform, Ports, free_port, workspace_root};
 use serde_json::{Value, json};
 use whisk_contract::{ActivationRecord, ActivationResponse, ActivationStatus, KeyValue};
@@ -518,9 +519,13 @@ impl Bench {
             self.containers_of("bench"),
             Counted::alone(self.platform.xds_pid()),
         ];
+        // A filter built with `callback-profile` counts its time in the VM per kind of call.
+        let profile_before = envoy_stats(&self.platform, PROFILE_STATS).await?;
         let (platform, platform_cpu) =
             cpu_per_request(&platform_processes, sent, sequential(requests, &invoke)).await;
         let platform = platform?;
+        let filter_profile =
+            callback_profile(&profile_before, &envoy_stats(&self.platform, PROFILE_STATS).await?, sent);
         let (container, address, _) = bare_container(&self.artifacts, "nodejs:20", TRIVIAL_JS).await?;
         let http = self.http.clone();
         let direct_url = format!("http://{address}/run");
@@ -571,6 +576,7 @@ impl Bench {
                 "container": round(platform_cpu[2]), "control_server": round(platform_cpu[3]),
                 "plain_envoy": round(plain_cpu[0]), "plain_container": round(plain_cpu[1]),
             },
+            "filter_profile_per_request": filter_profile,
         });
         Ok(vec![Figure {
             scenario: "warm-latency".into(),
@@ -1415,6 +1421,34 @@ impl Counted {
 }
 
 /// CPU microseconds per request that each of `counted` spent while `work` ran.
+/// The stats a `callback-profile` build of the filter keeps (`whisk_profile_<entry>_ns` and
+/// `_calls`).
+const PROFILE_STATS: &str = "whisk_profile_";
+
+/// Per request between two readings of the profile stats: each kind of call's microseconds in the
+/// VM and calls, and their total; `null` when the filter keeps no profile (a normal build).
+fn callback_profile(before: &BTreeMap<String, f64>, after: &BTreeMap<String, f64>, requests: usize) -> Value {
+    let per_request = |name: &str| {
+        (after.get(name).copied().unwrap_or_default() - before.get(name).copied().unwrap_or_default())
+            / requests.max(1) as f64
+    };
+    let mut entries = serde_json::Map::new();
+    let mut total_us = 0.0;
+    for name in after.keys() {
+        let Some(stem) = name.strip_suffix("_ns") else { continue };
+        let Some((_, entry)) = stem.split_once(PROFILE_STATS) else { continue };
+        let us = per_request(name) / 1000.0;
+        let calls = per_request(&format!("{stem}_calls"));
+        total_us += us;
+        entries.insert(entry.to_owned(), json!({"us": round(us), "calls": round(calls)}));
+    }
+    if entries.is_empty() {
+        return Value::Null;
+    }
+    entries.insert("total_us".into(), json!(round(total_us)));
+    Value::Object(entries)
+}
+
 async fn cpu_per_request<T>(
     counted: &[Counted],
     requests: usize,
