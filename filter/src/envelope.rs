@@ -1,6 +1,7 @@
 //! The invoke → `/run` rewrite: parameters parsed and merged with the action's defaults, wrapped in
 //! the runtime protocol's envelope with the activation context.
 
+use serde::Serialize;
 use serde_json::{Map, Value, json};
 use whisk_contract::{KeyValue, ResolvedAction, messages};
 
@@ -79,22 +80,35 @@ pub fn run_body(
     parameters: Map<String, Value>,
     context: &RunContext<'_>,
 ) -> Vec<u8> {
-    let envelope = json!({
-        "value": parameters,
-        "namespace": action.subject,
-        "action_name": action.fully_qualified_name(),
-        "action_version": action.version,
-        "activation_id": context.activation_id,
-        "transaction_id": context.transaction_id,
-        "api_host": context.api_host,
-        // The protocol carries the deadline as a string of epoch milliseconds.
-        "deadline": context.deadline_ms.to_string(),
-    });
-    let mut envelope = envelope;
-    if let (Some(api_key), Some(fields)) = (context.api_key, envelope.as_object_mut()) {
-        fields.insert("api_key".into(), json!(api_key));
-    }
+    let envelope = RunEnvelope {
+        action_name: action.fully_qualified_name(),
+        action_version: &action.version,
+        activation_id: context.activation_id,
+        api_host: context.api_host,
+        api_key: context.api_key,
+        deadline: context.deadline_ms.to_string(),
+        namespace: &action.subject,
+        transaction_id: context.transaction_id,
+        value: parameters,
+    };
     serde_json::to_vec(&envelope).unwrap_or_default()
+}
+
+/// The `/run` body, written straight from borrowed fields (no JSON tree built per invoke), in the
+/// order a JSON object of these keys always had here.
+#[derive(Serialize)]
+struct RunEnvelope<'a> {
+    action_name: String,
+    action_version: &'a str,
+    activation_id: &'a str,
+    api_host: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    api_key: Option<&'a str>,
+    /// The protocol carries the deadline as a string of epoch milliseconds.
+    deadline: String,
+    namespace: &'a str,
+    transaction_id: &'a str,
+    value: Map<String, Value>,
 }
 
 #[cfg(test)]

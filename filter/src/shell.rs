@@ -260,7 +260,7 @@ fn seeded_generator() -> StdRng {
 /// 32 hex characters, OpenWhisk's activation id format.
 fn new_id() -> String {
     let bytes: [u8; 16] = ID_GENERATOR.with(|generator| generator.borrow_mut().random());
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    hex::encode(bytes)
 }
 
 fn error_body(message: &str) -> Vec<u8> {
@@ -2165,7 +2165,8 @@ impl Request {
     /// The container's answer is complete: record, release, reply. Returns the prefix whose waiters
     /// may now be served.
     fn finish(&self, state: &mut State, body: &[u8], has_body: bool) -> Option<String> {
-        let action = state.action.clone()?;
+        // Taken for the record and put back (no copy of the action per invoke).
+        let action = state.action.take()?;
         state.timing.end = now_ms();
         // Only an answer that came from the container proves the container is done with it;
         // anything Envoy produced itself (timeout, reset) leaves the container possibly busy.
@@ -2233,6 +2234,7 @@ impl Request {
         };
         let logs = activation::decode_logs(state.response_headers.get(headers::RUNTIME_LOGS));
         let mut record = activation::record(&action, &state.activation_id, response, logs, state.timing);
+        state.action = Some(action);
         if timed_out {
             activation::mark_timed_out(&mut record);
         }
