@@ -2,7 +2,7 @@
 # Where a warm invoke's time inside the Wasm VM goes: builds the filter with `callback-profile`
 # (it counts the nanoseconds spent in each kind of call from Envoy as Envoy stats), runs the bench's
 # warm-latency scenario, prints the split per request from the scenario's JSON, and builds the
-# normal filter again, also on failure. The profile build itself adds three calls out of the VM per
+# normal filter again, also on failure. The profile build itself adds four calls out of the VM per
 # callback (two clock reads and two counter bumps, one read inside the timed span), about 4 µs each
 # on the bench machine, so compare its entries with one another, not its latency with a normal run.
 #

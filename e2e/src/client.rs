@@ -165,8 +165,7 @@ pub async fn envoy_cluster_hosts(platform: &Platform, name: &str) -> anyhow::Res
 /// The sum of Envoy's stats whose names match `filter` (a regular expression, as the admin's
 /// `/stats?filter=` takes it): counters and gauges, the filter's own included.
 pub async fn envoy_stat(platform: &Platform, filter: &str) -> anyhow::Result<f64> {
-    let page = reqwest::get(format!("{}/stats?filter={filter}", platform.admin_url())).await?.text().await?;
-    Ok(page.lines().filter_map(|line| line.rsplit_once(": ")?.1.trim().parse::<f64>().ok()).sum())
+    Ok(envoy_stats(platform, filter).await?.values().sum())
 }
 
 /// Every Envoy stat whose name matches the regular expression `filter`, by name.

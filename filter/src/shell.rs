@@ -151,7 +151,7 @@ impl Callback {
 mod profile {
     //! Time spent in the VM per kind of call from Envoy, as two counters each
     //! (`whisk_profile_<entry>_ns` and `_calls`): a profiling build only, since reading the clock
-    //! and bumping the counters are three more calls out of the VM per callback.
+    //! and bumping the counters are four more calls out of the VM per callback.
     use std::cell::RefCell;
     use std::collections::HashMap;
 

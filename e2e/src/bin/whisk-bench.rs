@@ -1420,7 +1420,6 @@ impl Counted {
     }
 }
 
-/// CPU microseconds per request that each of `counted` spent while `work` ran.
 /// The stats a `callback-profile` build of the filter keeps (`whisk_profile_<entry>_ns` and
 /// `_calls`).
 const PROFILE_STATS: &str = "whisk_profile_";
@@ -1449,6 +1448,7 @@ fn callback_profile(before: &BTreeMap<String, f64>, after: &BTreeMap<String, f64
     Value::Object(entries)
 }
 
+/// CPU microseconds per request that each of `counted` spent while `work` ran.
 async fn cpu_per_request<T>(
     counted: &[Counted],
     requests: usize,
