@@ -2168,14 +2168,14 @@ impl Request {
         // Taken for the record and put back (no copy of the action per invoke).
         let action = state.action.take()?;
         state.timing.end = now_ms();
+        let container_status: u16 =
+            state.response_headers.get(":status").and_then(|s| s.parse().ok()).unwrap_or(0);
         // Only an answer that came from the container proves the container is done with it;
         // anything Envoy produced itself (timeout, reset) leaves the container possibly busy.
         // Envoy's own answers (timeouts, resets, no host) are never 200, and a 200 reaches this
         // callback only whole: a 200 is the container's, without asking Envoy (a call out of the VM).
-        let via_upstream = state.response_headers.get(":status") == Some("200") || answered_by_upstream();
+        let via_upstream = container_status == 200 || answered_by_upstream();
         let mut timed_out = false;
-        let container_status: u16 =
-            state.response_headers.get(":status").and_then(|s| s.parse().ok()).unwrap_or(0);
         // Our runtime refuses a /run before running it: 409 while busy, 421 when it is not the
         // container the request was stamped for (the route's retries did not find that one).
         let refused = matches!(container_status, 409 | 421);
