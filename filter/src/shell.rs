@@ -105,10 +105,21 @@ thread_local! {
     static ID_GENERATOR: RefCell<StdRng> = RefCell::new(seeded_generator());
 }
 
+/// Times the rest of the enclosing block as a part of a callback (`whisk_profile_span_<name>_ns`
+/// and `_calls`), in a `callback-profile` build; nothing otherwise.
+macro_rules! span {
+    ($name:literal) => {
+        #[cfg(feature = "callback-profile")]
+        let _span = profile::Timed::named(concat!("span_", $name));
+    };
+}
+
 /// One call from Envoy into the filter, for as long as it lasts. Within it [`now_ms`] reads the
-/// host's clock once: every read is a crossing out of the VM (about 4 µs on the bench machine, as
-/// much as a shared-data read), a warm invoke's body callback asked five times, and a callback lasts
-/// microseconds. Outside any (a callback not marked) every `now_ms` reads the host.
+/// host's clock once (a warm invoke's body callback asked five times): a callback's work is one
+/// moment. On the bench machine a clock read costs about 0.1 µs, so this is about consistency more
+/// than speed; the crossings that cost are those that return data (a shared-data read, 3.5 µs on a
+/// request's path, where Envoy has to call back into the VM to allocate the answer). Outside any
+/// callback (one not marked) every `now_ms` reads the host.
 ///
 /// Built with the `callback-profile` feature, it also counts the time spent in the VM per kind of
 /// call as Envoy stats (`whisk_profile_*`; `scripts/profile-filter-callbacks.sh`).
@@ -182,20 +193,25 @@ mod profile {
     }
 
     pub struct Timed {
-        entry: Entry,
+        name: &'static str,
         started_ns: u128,
     }
 
     impl Timed {
         pub fn start(entry: Entry) -> Self {
-            Self { entry, started_ns: host_time().as_nanos() }
+            Self::named(name(entry))
+        }
+
+        /// A part of a callback (`span!`), counted under its own name.
+        pub fn named(name: &'static str) -> Self {
+            Self { name, started_ns: host_time().as_nanos() }
         }
     }
 
     impl Drop for Timed {
         fn drop(&mut self) {
             let spent_ns = host_time().as_nanos().saturating_sub(self.started_ns);
-            let name = name(self.entry);
+            let name = self.name;
             let (ns, calls) = COUNTERS.with(|counters| {
                 *counters.borrow_mut().entry(name).or_insert_with(|| {
                     let define = |suffix: &str| {
@@ -1052,6 +1068,7 @@ fn answer_without_container(shared: &Shared, state: &mut State, response: Activa
 
 /// Pins the request to the claimed container, rewrites it into `/run` and lets it go.
 fn forward(shared: &Shared, state: &mut State, claim: Claim, resume: bool) {
+    span!("forward");
     let Some(action) = &state.action else { return };
     let now = now_ms();
     // Only an action that asks for it gets the invoking key; a web request's run has none of its
@@ -1089,10 +1106,18 @@ fn forward(shared: &Shared, state: &mut State, claim: Claim, resume: bool) {
     }
     // The key travels in the envelope only when the action asked for it, never as a header.
     let rewritten = envelope::run_request_headers(&state.request_headers.0, &set);
-    if let Err(status) = hostcalls::set_map(MapType::HttpRequestHeaders, rewritten) {
+    let set_map = {
+        span!("forward_headers_write");
+        hostcalls::set_map(MapType::HttpRequestHeaders, rewritten)
+    };
+    if let Err(status) = set_map {
         error!("could not rewrite the headers of activation {}: {status:?}", state.activation_id);
     }
-    if let Err(status) = hostcalls::set_buffer(BufferType::HttpRequestBody, 0, usize::MAX / 2, &run) {
+    let set_buffer = {
+        span!("forward_body_write");
+        hostcalls::set_buffer(BufferType::HttpRequestBody, 0, usize::MAX / 2, &run)
+    };
+    if let Err(status) = set_buffer {
         error!("could not rewrite the body of activation {}: {status:?}", state.activation_id);
     }
     debug!("activation {} -> container {claim}", state.activation_id);
@@ -1786,8 +1811,10 @@ impl Request {
         let max_age = self.shared.config.resolve_cache_max_age_ms;
         let (generation, now) = (cache::current_generation(&EnvoySharedData).unwrap_or_default(), now_ms());
         // Warm and known: no call at all; the request goes on from this very callback.
-        let copy =
-            self.shared.resolved.borrow().lookup(resolver, namespace, action_path, &generation, now, max_age);
+        let copy = {
+            span!("resolve_cached");
+            self.shared.resolved.borrow().lookup(resolver, namespace, action_path, &generation, now, max_age)
+        };
         if let Some(action) = copy {
             self.shared.counters.resolve_cache_hits.bump();
             return self.resolved(state, action, false);
@@ -1956,7 +1983,11 @@ impl Request {
             return Action::Pause;
         }
         // A run this stream hands to another (internal) stream counts in flight there, not twice.
-        if let Err(refusal) = admit(state, &action, blocking && !detached) {
+        let admitted = {
+            span!("admit");
+            admit(state, &action, blocking && !detached)
+        };
+        if let Err(refusal) = admitted {
             answer_error(state, 429, &refusal.message());
             return Action::Pause;
         }
@@ -1991,7 +2022,11 @@ impl Request {
             pool::release(&EnvoySharedData, &claim, SlotState::Free);
             None
         });
-        match handed.or_else(|| self.shared.claim(&state.prefix)) {
+        let claimed = {
+            span!("claim");
+            handed.or_else(|| self.shared.claim(&state.prefix))
+        };
+        match claimed {
             Some(claim) => {
                 let on_this_stream =
                     self.shared.run_claimed(&self.state, state, claim, in_callout, state.context_id);
@@ -2166,6 +2201,7 @@ impl Request {
     /// may now be served.
     fn finish(&self, state: &mut State, body: &[u8], has_body: bool) -> Option<String> {
         // Taken for the record and put back (no copy of the action per invoke).
+        span!("finish");
         let action = state.action.take()?;
         state.timing.end = now_ms();
         let container_status: u16 =
@@ -2218,19 +2254,22 @@ impl Request {
                 SlotState::Retired,
             )
         };
-        let freed = match state.claim.take() {
-            Some(claim) if next == SlotState::Retired => {
-                self.shared.retire(claim, 0);
-                false
-            }
-            Some(claim) => {
-                let freed = pool::release(&EnvoySharedData, &claim, next);
-                if freed {
-                    self.shared.remember_freed(&state.prefix, claim.key);
+        let freed = {
+            span!("release");
+            match state.claim.take() {
+                Some(claim) if next == SlotState::Retired => {
+                    self.shared.retire(claim, 0);
+                    false
                 }
-                freed
+                Some(claim) => {
+                    let freed = pool::release(&EnvoySharedData, &claim, next);
+                    if freed {
+                        self.shared.remember_freed(&state.prefix, claim.key);
+                    }
+                    freed
+                }
+                None => false,
             }
-            None => false,
         };
         let logs = activation::decode_logs(state.response_headers.get(headers::RUNTIME_LOGS));
         let mut record = activation::record(&action, &state.activation_id, response, logs, state.timing);
@@ -2252,6 +2291,7 @@ impl Request {
                 ("content-length", content_length.as_str()),
                 (headers::ACTIVATION_ID, activation_id.as_str()),
             ];
+            span!("finish_response_write");
             let answered = std::mem::take(&mut state.response_headers);
             self.set_http_response_headers(envelope::rewrite_headers(
                 &answered.0,
@@ -2308,7 +2348,10 @@ impl Context for Request {
 impl HttpContext for Request {
     fn on_http_request_headers(&mut self, _headers: usize, end_of_stream: bool) -> Action {
         let _callback = Callback::enter(Entry::RequestHeaders);
-        let sent = HeaderList(self.get_http_request_headers());
+        let sent = {
+            span!("request_headers_read");
+            HeaderList(self.get_http_request_headers())
+        };
         let internal = self.take_internal_headers(&sent);
         let method = sent.get(":method").unwrap_or_default().to_owned();
         let path = sent.get(":path").unwrap_or_default().to_owned();
@@ -2429,7 +2472,10 @@ impl HttpContext for Request {
             return Action::Continue;
         }
         // All of them in one call: finish reads and rewrites them.
-        state.response_headers = HeaderList(self.get_http_response_headers());
+        state.response_headers = {
+            span!("response_headers_read");
+            HeaderList(self.get_http_response_headers())
+        };
         if !end_of_stream {
             return Action::Pause;
         }
@@ -2474,6 +2520,7 @@ impl HttpContext for Request {
         let Ok(mut state) = self.state.try_borrow_mut() else { return };
         state.phase = Phase::Ended;
         if let Some(namespace) = state.in_flight.take() {
+            span!("leave");
             limits::leave(&EnvoySharedData, &namespace);
         }
         // A handed-over container this run never reached is as its client's stream left it: idle.

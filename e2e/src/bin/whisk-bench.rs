@@ -1425,7 +1425,8 @@ impl Counted {
 const PROFILE_STATS: &str = "whisk_profile_";
 
 /// Per request between two readings of the profile stats: each kind of call's microseconds in the
-/// VM and calls, and their total; `null` when the filter keeps no profile (a normal build).
+/// VM and calls, the same for each span (a part of a call, named `span_…`), and the calls' total;
+/// `null` when the filter keeps no profile (a normal build).
 fn callback_profile(before: &BTreeMap<String, f64>, after: &BTreeMap<String, f64>, requests: usize) -> Value {
     let per_request = |name: &str| {
         (after.get(name).copied().unwrap_or_default() - before.get(name).copied().unwrap_or_default())
@@ -1438,7 +1439,10 @@ fn callback_profile(before: &BTreeMap<String, f64>, after: &BTreeMap<String, f64
         let Some((_, entry)) = stem.split_once(PROFILE_STATS) else { continue };
         let us = per_request(name) / 1000.0;
         let calls = per_request(&format!("{stem}_calls"));
-        total_us += us;
+        // Spans are parts of the callbacks, already counted in their entries.
+        if !entry.starts_with("span_") {
+            total_us += us;
+        }
         entries.insert(entry.to_owned(), json!({"us": round(us), "calls": round(calls)}));
     }
     if entries.is_empty() {
