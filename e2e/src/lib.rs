@@ -3,6 +3,7 @@
 //! process it started by pid when dropped, also when a test panics. `make up` runs the same code.
 
 pub mod client;
+pub mod host_calls;
 
 use std::fs::{self, File};
 use std::io::{BufRead, BufReader};

@@ -38,6 +38,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use clap::Parser;
 use e2e::client::{Client, control_metrics, envoy_stat, envoy_stats, metric};
+use e2e::host_calls::COUNTER_PREFIX;
 use e2e::{Artifacts, Delivery, GUEST_KEY, Options, Platform, Ports, free_port, workspace_root};
 use serde_json::{Value, json};
 use whisk_contract::{ActivationRecord, ActivationResponse, ActivationStatus, KeyValue};
@@ -89,6 +90,11 @@ struct Args {
     /// Activation records stored before the list is measured.
     #[arg(long, default_value_t = 1_000_000)]
     records: usize,
+    /// The main platform's filter counts its calls out of the VM by kind, and warm-latency reports
+    /// them per invoke (`host_calls_per_request`). The counting is itself a call per call, so the
+    /// run's timings are not comparable with a normal run's.
+    #[arg(long)]
+    count_host_calls: bool,
 }
 
 /// One scenario's figures.
@@ -519,13 +525,20 @@ impl Bench {
             self.containers_of("bench"),
             Counted::alone(self.platform.xds_pid()),
         ];
-        // A filter built with `callback-profile` counts its time in the VM per kind of call.
+        // A filter built with `callback-profile` counts its time in the VM per kind of call, and one
+        // rewritten by `--count-host-calls` its calls out of the VM.
         let profile_before = envoy_stats(&self.platform, PROFILE_STATS).await?;
+        let host_calls_before = envoy_stats(&self.platform, COUNTER_PREFIX).await?;
         let (platform, platform_cpu) =
             cpu_per_request(&platform_processes, sent, sequential(requests, &invoke)).await;
         let platform = platform?;
         let filter_profile =
             callback_profile(&profile_before, &envoy_stats(&self.platform, PROFILE_STATS).await?, sent);
+        let host_calls = host_calls_per_request(
+            &host_calls_before,
+            &envoy_stats(&self.platform, COUNTER_PREFIX).await?,
+            sent,
+        );
         let (container, address, _) = bare_container(&self.artifacts, "nodejs:20", TRIVIAL_JS).await?;
         let http = self.http.clone();
         let direct_url = format!("http://{address}/run");
@@ -577,6 +590,7 @@ impl Bench {
                 "plain_envoy": round(plain_cpu[0]), "plain_container": round(plain_cpu[1]),
             },
             "filter_profile_per_request": filter_profile,
+            "host_calls_per_request": host_calls,
         });
         Ok(vec![Figure {
             scenario: "warm-latency".into(),
@@ -1452,6 +1466,30 @@ fn callback_profile(before: &BTreeMap<String, f64>, after: &BTreeMap<String, f64
     Value::Object(entries)
 }
 
+/// Per request between two readings of the host-call counters (`--count-host-calls`): the calls
+/// of each import, by name, and their total; `null` when the filter does not count them.
+fn host_calls_per_request(
+    before: &BTreeMap<String, f64>,
+    after: &BTreeMap<String, f64>,
+    requests: usize,
+) -> Value {
+    let mut calls = serde_json::Map::new();
+    let mut total = 0.0;
+    for (name, count) in after {
+        let Some((_, import)) = name.split_once(COUNTER_PREFIX) else { continue };
+        let per_request = (count - before.get(name).copied().unwrap_or_default()) / requests.max(1) as f64;
+        if per_request > 0.0 {
+            total += per_request;
+            calls.insert(import.to_owned(), json!(round(per_request)));
+        }
+    }
+    if calls.is_empty() {
+        return Value::Null;
+    }
+    calls.insert("total".into(), json!(round(total)));
+    Value::Object(calls)
+}
+
 /// CPU microseconds per request that each of `counted` spent while `work` ran.
 async fn cpu_per_request<T>(
     counted: &[Counted],
@@ -1557,7 +1595,13 @@ async fn main() -> anyhow::Result<()> {
     let artifacts = Artifacts::from_workspace()?;
     let mut options = bench_options(dir.path().to_path_buf(), args.concurrency)?;
     options.xds_args.clone_from(&args.xds_args);
-    let platform = Platform::start(options, artifacts.clone())?;
+    let mut main_artifacts = artifacts.clone();
+    if args.count_host_calls {
+        let counted = dir.path().join("whisk_filter_counted.wasm");
+        fs::write(&counted, e2e::host_calls::count_host_calls(&fs::read(&artifacts.filter_wasm)?)?)?;
+        main_artifacts.filter_wasm = counted;
+    }
+    let platform = Platform::start(options, main_artifacts)?;
     let client = Client::new(&platform.api_host(), GUEST_KEY);
     let http = reqwest::Client::builder().pool_max_idle_per_host(256).build()?;
     let bench = Bench { args, artifacts, platform, client, http, dir };
