@@ -1442,10 +1442,7 @@ const PROFILE_STATS: &str = "whisk_profile_";
 /// VM and calls, the same for each span (a part of a call, named `span_…`), and the calls' total;
 /// `null` when the filter keeps no profile (a normal build).
 fn callback_profile(before: &BTreeMap<String, f64>, after: &BTreeMap<String, f64>, requests: usize) -> Value {
-    let per_request = |name: &str| {
-        (after.get(name).copied().unwrap_or_default() - before.get(name).copied().unwrap_or_default())
-            / requests.max(1) as f64
-    };
+    let per_request = |name: &str| growth_per_request(before, after, name, requests);
     let mut entries = serde_json::Map::new();
     let mut total_us = 0.0;
     for name in after.keys() {
@@ -1475,9 +1472,9 @@ fn host_calls_per_request(
 ) -> Value {
     let mut calls = serde_json::Map::new();
     let mut total = 0.0;
-    for (name, count) in after {
+    for name in after.keys() {
         let Some((_, import)) = name.split_once(COUNTER_PREFIX) else { continue };
-        let per_request = (count - before.get(name).copied().unwrap_or_default()) / requests.max(1) as f64;
+        let per_request = growth_per_request(before, after, name, requests);
         if per_request > 0.0 {
             total += per_request;
             calls.insert(import.to_owned(), json!(round(per_request)));
@@ -1488,6 +1485,17 @@ fn host_calls_per_request(
     }
     calls.insert("total".into(), json!(round(total)));
     Value::Object(calls)
+}
+
+/// How much the stat `name` grew between two readings, per request.
+fn growth_per_request(
+    before: &BTreeMap<String, f64>,
+    after: &BTreeMap<String, f64>,
+    name: &str,
+    requests: usize,
+) -> f64 {
+    let value = |stats: &BTreeMap<String, f64>| stats.get(name).copied().unwrap_or_default();
+    (value(after) - value(before)) / requests.max(1) as f64
 }
 
 /// CPU microseconds per request that each of `counted` spent while `work` ran.
