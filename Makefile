@@ -40,14 +40,14 @@ test-kube: build
 ## runs on a throwaway PostgreSQL when one can be started)
 bench: deps
 	$(CARGO) build --release -p management-api -p xds-server -p action-runtime -p e2e
-	$(CARGO) build -p whisk-filter --target wasm32-wasip1 --release
+	$(CARGO) build -p whisk-filter -p whisk-floor-filter --target wasm32-wasip1 --release
 	scripts/postgres-test.sh $(CARGO) run --release --quiet -p e2e --bin whisk-bench -- --scenario "$(SCENARIO)"
 
 ## lint: formatting and clippy, for the host and for the wasm filter
 lint: deps
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
-	$(CARGO) clippy -p whisk-filter --target wasm32-wasip1 -- -D warnings
+	$(CARGO) clippy -p whisk-filter -p whisk-floor-filter --target wasm32-wasip1 -- -D warnings
 	$(CARGO) clippy -p whisk-filter --target wasm32-wasip1 --features callback-profile -- -D warnings
 
 fmt:

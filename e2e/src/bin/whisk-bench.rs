@@ -41,7 +41,9 @@ use e2e::client::{Client, control_metrics, envoy_stat, envoy_stats, metric};
 use e2e::host_calls::COUNTER_PREFIX;
 use e2e::{Artifacts, Delivery, GUEST_KEY, Options, Platform, Ports, free_port, workspace_root};
 use serde_json::{Value, json};
-use whisk_contract::{ActivationRecord, ActivationResponse, ActivationStatus, KeyValue};
+use whisk_contract::{
+    ActionLimits, ActivationRecord, ActivationResponse, ActivationStatus, KeyValue, headers,
+};
 use xds_server::cluster::local::{labels, owned_runtimes};
 use xds_server::placement::naive::RoundRobin;
 use xds_server::simulation::{Day, GC, NODE_CAPACITY_MB, NODES, Policy};
@@ -268,9 +270,59 @@ fn plain_envoy(
     Ok((guard, listen))
 }
 
+/// The floor's Envoy: the floor filter (`e2e/floor-filter`) ahead of the router, and the platform's
+/// data-plane routing (the container route on the filter's header, with its retry of misrouted
+/// runs; override_host on the stamped address), to the one container `container` (id, address).
+fn floor_envoy(
+    artifacts: &Artifacts,
+    dir: &Path,
+    container: (&str, &str),
+    api_host: &str,
+    concurrency: u32,
+) -> anyhow::Result<(Guard, u16)> {
+    let wasm = artifacts.filter_wasm.with_file_name("whisk_floor_filter.wasm");
+    if !wasm.exists() {
+        bail!("{} is missing: make bench builds it", wasm.display());
+    }
+    let (id, address) = container;
+    let (listen, admin) = (free_port()?, free_port()?);
+    let config = json!({"container_id": id, "address": address, "api_host": api_host, "timeout_ms": ActionLimits::default().timeout});
+    let filters = format!(
+        r#"                  - name: envoy.filters.http.wasm
+                    typed_config:
+                      "@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
+                      config:
+                        root_id: floor
+                        configuration: {{ "@type": type.googleapis.com/google.protobuf.StringValue, value: '{config}' }}
+                        allow_on_headers_stop_iteration: true
+                        vm_config: {{ vm_id: floor, runtime: envoy.wasm.runtime.v8, code: {{ local: {{ filename: {} }} }} }}
+"#,
+        wasm.display()
+    );
+    // As the platform's container route (xds-server's snapshot): 421 retried 4 times, 2 to 20 ms.
+    let routes = format!(
+        r#"{{ match: {{ prefix: "/", headers: [{{ name: {}, string_match: {{ exact: {} }} }}] }}, route: {{ cluster: container, timeout: 310s, retry_policy: {{ retry_on: retriable-status-codes, retriable_status_codes: [421], num_retries: 4, retry_back_off: {{ base_interval: 0.002s, max_interval: 0.02s }} }} }} }}"#,
+        headers::ROUTE,
+        headers::ROUTE_CONTAINER
+    );
+    let (host, port) = address.split_once(':').unwrap_or((address, "0"));
+    let clusters = format!(
+        "  - name: container\n    type: STATIC\n    connect_timeout: 1s\n{PIN_CONTAINER_POLICY}    load_assignment:\n      cluster_name: container\n      endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: {host}, port_value: {port}}}}}}}}}]}}]\n"
+    );
+    let config = envoy_yaml(admin, listen, &routes, &filters, &clusters);
+    Ok((start_plain_envoy(artifacts, &dir.join("floor-envoy.yaml"), &config, concurrency)?, listen))
+}
+
 /// A plain Envoy's configuration: one listener with the router alone, whose one route goes where
 /// `route` says (`cluster: …` or `cluster_header: …`), and `clusters` (YAML list items).
 fn plain_envoy_yaml(admin: u16, listen: u16, route: &str, clusters: &str) -> String {
+    let routes = format!(r#"{{ match: {{ prefix: "/" }}, route: {{ {route}, timeout: 310s }} }}"#);
+    envoy_yaml(admin, listen, &routes, "", clusters)
+}
+
+/// One listener whose `routes` (YAML flow list items) follow `filters` (YAML list items, ahead of
+/// the router), and `clusters` (YAML list items).
+fn envoy_yaml(admin: u16, listen: u16, routes: &str, filters: &str, clusters: &str) -> String {
     format!(
         r#"admin: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {admin} }} }} }}
 static_resources:
@@ -287,9 +339,9 @@ static_resources:
                   virtual_hosts:
                     - name: all
                       domains: ["*"]
-                      routes: [{{ match: {{ prefix: "/" }}, route: {{ {route}, timeout: 310s }} }}]
+                      routes: [{routes}]
                 http_filters:
-                  - name: envoy.filters.http.router
+{filters}                  - name: envoy.filters.http.router
                     typed_config: {{ "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }}
   clusters:
 {clusters}"#
@@ -559,11 +611,29 @@ impl Bench {
         let (plain, plain_cpu) =
             cpu_per_request(&plain_processes, sent, sequential(requests, plain_request)).await;
         let plain = plain?;
-        // The figures: the three paths measured in turn, one request each, so that the machine's
+        // The floor: the least a proxy-wasm filter must do for this invoke (the floor filter), in an
+        // Envoy routing like the platform's, to the platform's own container.
+        let container = self.ready_container_of("guest/bench@").await?;
+        let (_floor_envoy, floor_port) = floor_envoy(
+            &self.artifacts,
+            self.dir.path(),
+            (&container.0, &container.1),
+            &self.platform.api_host(),
+            self.args.concurrency,
+        )?;
+        let floor_url = format!(
+            "http://127.0.0.1:{floor_port}/api/v1/namespaces/_/actions/bench?blocking=true&result=true"
+        );
+        wait_until_up(&http, &floor_url).await?;
+        let floor_request = |n: usize| http.post(&floor_url).json(&json!({"n": n}));
+        sequential(requests, floor_request).await?;
+        // The figures: the four paths measured in turn, one request each, so that the machine's
         // drift weighs on all alike (the sequential windows above measure the CPU, and their p50s
         // are kept beside).
-        let mut latency = interleaved(requests, &[&invoke, &plain_request, &direct_request]).await?;
-        let (direct, plain_turns, ours) = (
+        let mut latency =
+            interleaved(requests, &[&invoke, &plain_request, &direct_request, &floor_request]).await?;
+        let (floor, direct, plain_turns, ours) = (
+            latency.pop().unwrap_or_default(),
             latency.pop().unwrap_or_default(),
             latency.pop().unwrap_or_default(),
             latency.pop().unwrap_or_default(),
@@ -575,14 +645,19 @@ impl Bench {
         let (p50, p95, p99) = summary(ours);
         let (direct50, _, direct99) = summary(direct);
         let (plain50, _, plain99) = summary(plain_turns);
+        let (floor50, _, _) = summary(floor);
         let extra = json!({
             "p95_ms": round(p95), "p99_ms": round(p99),
             "direct_p50_ms": round(direct50), "direct_p99_ms": round(direct99),
             "plain_envoy_p99_ms": round(plain99),
             "overhead_over_direct_us": round((p50 - direct50) * 1000.0),
             "overhead_over_plain_envoy_us": round((p50 - plain50) * 1000.0),
+            "floor_p50_ms": round(floor50),
+            "floor_ratio": round(floor50 / plain50),
+            "overhead_over_floor_us": round((p50 - floor50) * 1000.0),
+            "floor": "the floor filter (e2e/floor-filter: the /run rewrite both ways and the invariants' shared-data operations, nothing else) in an Envoy routing like the platform's, to the platform's container",
             "requests": self.args.requests,
-            "measured": "the three paths in turn, one request each",
+            "measured": "the four paths (ours, plain Envoy, direct, the floor) in turn, one request each",
             "sequential_p50_ms": sequential_p50,
             "cpu_us_per_request": {
                 "envoy": round(platform_cpu[0]), "management_api": round(platform_cpu[1]),
@@ -1106,6 +1181,18 @@ impl Bench {
         Counted { roots, descendants: true }
     }
 
+    /// The id and address of a ready container of the action revisions whose key starts with
+    /// `action` (`namespace/name@`).
+    async fn ready_container_of(&self, action: &str) -> anyhow::Result<(String, String)> {
+        let url = format!("{}{}", self.platform.control_url(), whisk_contract::paths::COLD_START);
+        let containers: Vec<Value> = self.http.get(url).send().await?.json().await?;
+        containers
+            .iter()
+            .find(|c| c["state"] == "ready" && c["action"].as_str().is_some_and(|a| a.starts_with(action)))
+            .and_then(|c| Some((c["id"].as_str()?.to_owned(), c["address"].as_str()?.to_owned())))
+            .with_context(|| format!("no ready container of {action}"))
+    }
+
     /// Ready containers of the action revisions whose key starts with `action` (`namespace/name@`).
     async fn ready_containers_of(&self, action: &str) -> anyhow::Result<usize> {
         let url = format!("{}{}", self.platform.control_url(), whisk_contract::paths::COLD_START);
@@ -1537,6 +1624,22 @@ enum Grouping {
 
 /// A plain Envoy (router only) holding `actions × per_action` endpoints grouped by `grouping`;
 /// the first endpoint of `action-0` is the real container at `real`, the others unreachable.
+/// A cluster's load balancing as the platform's containers cluster has it: override_host on the
+/// header the filter stamps, random as the fallback (YAML, indented for a cluster list item).
+const PIN_CONTAINER_POLICY: &str = r#"    load_balancing_policy:
+      policies:
+        - typed_extension_config:
+            name: envoy.load_balancing_policies.override_host
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.load_balancing_policies.override_host.v3.OverrideHost
+              override_host_sources: [{header: x-whisk-container}]
+              fallback_policy:
+                policies:
+                  - typed_extension_config:
+                      name: envoy.load_balancing_policies.random
+                      typed_config: {"@type": type.googleapis.com/envoy.extensions.load_balancing_policies.random.v3.Random}
+"#;
+
 fn grouped_envoy(
     artifacts: &Artifacts,
     dir: &Path,
@@ -1562,19 +1665,7 @@ fn grouped_envoy(
         )
     };
     // Both groupings pin the exact container, as the filter does.
-    let policy = r#"    load_balancing_policy:
-      policies:
-        - typed_extension_config:
-            name: envoy.load_balancing_policies.override_host
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.load_balancing_policies.override_host.v3.OverrideHost
-              override_host_sources: [{header: x-whisk-container}]
-              fallback_policy:
-                policies:
-                  - typed_extension_config:
-                      name: envoy.load_balancing_policies.random
-                      typed_config: {"@type": type.googleapis.com/envoy.extensions.load_balancing_policies.random.v3.Random}
-"#;
+    let policy = PIN_CONTAINER_POLICY;
     let (route, clusters) = match grouping {
         Grouping::Shared => (
             "cluster: containers",
