@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Where a warm invoke's Envoy CPU goes: runs the bench's warm-latency scenario under a system-wide
-# `perf record` and splits the samples of each Envoy's worker threads (ours, then the plain Envoy of
-# the same run) into Envoy's own code, the Wasm code V8 compiled (anonymous executable memory: the
-# filter and V8's call stubs), the kernel and the shared libraries, as CPU microseconds per request.
+# `perf record` and splits the samples of each Envoy's worker threads (ours, the plain Envoy and the
+# floor's Envoy of the same run) into Envoy's own code, the Wasm code V8 compiled (anonymous
+# executable memory: the filter and V8's call stubs), the kernel and the shared libraries, as CPU
+# microseconds per request.
 # Envoy's code (one static binary, V8 included) is split further into tcmalloc and the code only
 # our Envoy ran (by 4 KiB page: the Wasm host and V8, whose names the stripped binary lacks).
 # Needs `perf` and the release builds (`make bench SCENARIO=warm-latency` makes them).
@@ -37,8 +38,10 @@ import collections, sys
 threads_path, samples_path = sys.argv[1], sys.argv[2]
 requests, frequency = int(sys.argv[3]), int(sys.argv[4])
 malloc_start, malloc_size = (int(word, 16) for word in sys.argv[5].split())
-# Each path gets a warm-up and a measurement of `requests + requests / 10` requests each.
-per_path = 2 * (requests + requests // 10)
+# `requests + requests / 10` requests per pass: ours and plain Envoy each get a warm-up, a window
+# that measures CPU and the turns; the floor a warm-up and the turns.
+sent = requests + requests // 10
+passes = {"ours": 3, "plain": 3, "floor": 2}
 
 # Only Envoy's worker threads (`wrk:worker_N`) serve requests; its main thread also compiles the
 # Wasm module at start and applies xDS, which is not a request's cost.
@@ -49,11 +52,11 @@ for line in open(threads_path):
     if words[0].startswith("wrk:"):
         worker_of[tid] = int(pid)
 envoys = sorted(set(worker_of.values()))
-if len(envoys) < 2:
-    sys.exit("expected two Envoys (ours, then the plain one) in the profile")
-ours_pid, plain_pid = envoys[:2]
+if len(envoys) < 3:
+    sys.exit("expected three Envoys (ours, plain Envoy, then the floor's) in the profile")
+ours_pid, plain_pid, floor_pid = envoys[:3]
 
-samples = {ours_pid: [], plain_pid: []}
+samples = {ours_pid: [], plain_pid: [], floor_pid: []}
 for line in open(samples_path):
     words = line.split()
     if len(words) < 5:
@@ -86,14 +89,16 @@ def split(rows, plain_pages):
 
 plain_pages = {offset >> 12 for _, dso, _, address in samples[plain_pid]
                if (offset := envoy_offset(dso, address)) is not None}
-ours, plain = split(samples[ours_pid], plain_pages), split(samples[plain_pid], None)
-us = lambda count: count / frequency * 1e6 / per_path
+parts = {"ours": split(samples[ours_pid], plain_pages), "plain": split(samples[plain_pid], None),
+         "floor": split(samples[floor_pid], plain_pages)}
+us = {path: (lambda count, path=path: count / frequency * 1e6 / (passes[path] * sent)) for path in passes}
 names = ["envoy: code both ran", "envoy: code plain Envoy never ran", "envoy: tcmalloc",
          "compiled Wasm (filter, V8 stubs)", "kernel", "shared libraries"]
-print(f"\nEnvoy workers' CPU per request (us), {per_path} requests per path, perf at {frequency} Hz")
-print(f"{'part':36} {'ours':>8} {'plain':>8} {'extra':>8}")
+print(f"\nEnvoy workers' CPU per request (us), perf at {frequency} Hz; the floor is e2e/floor-filter")
+print(f"{'part':36} {'ours':>8} {'floor':>8} {'plain':>8} {'ours-floor':>11}")
+def row(name, ours, floor, plain):
+    print(f"{name:36} {ours:8.1f} {floor:8.1f} {plain:8.1f} {ours - floor:11.1f}")
 for name in names:
-    print(f"{name:36} {us(ours[name]):8.1f} {us(plain[name]):8.1f} {us(ours[name]) - us(plain[name]):8.1f}")
-total_ours, total_plain = us(sum(ours.values())), us(sum(plain.values()))
-print(f"{'total':36} {total_ours:8.1f} {total_plain:8.1f} {total_ours - total_plain:8.1f}")
+    row(name, *(us[path](parts[path][name]) for path in ("ours", "floor", "plain")))
+row("total", *(us[path](sum(parts[path].values())) for path in ("ours", "floor", "plain")))
 PYTHON
