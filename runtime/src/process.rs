@@ -361,8 +361,12 @@ fn kill_group(child: &Child) {
 
 async fn write_line(stdin: Option<&mut ChildStdin>, line: &str) -> std::io::Result<()> {
     let stdin = stdin.ok_or_else(|| std::io::Error::from(std::io::ErrorKind::BrokenPipe))?;
-    stdin.write_all(line.as_bytes()).await?;
-    stdin.write_all(b"\n").await?;
+    // One write for the line and its end: the launcher reads as soon as bytes arrive, and a line
+    // split over two writes can wake it twice for one activation.
+    let mut bytes = Vec::with_capacity(line.len() + 1);
+    bytes.extend_from_slice(line.as_bytes());
+    bytes.push(b'\n');
+    stdin.write_all(&bytes).await?;
     stdin.flush().await
 }
 
