@@ -286,7 +286,9 @@ fn floor_envoy(
     }
     let (id, address) = container;
     let (listen, admin) = (free_port()?, free_port()?);
-    let config = json!({"container_id": id, "address": address, "api_host": api_host, "timeout_ms": ActionLimits::default().timeout});
+    let timeout_ms = ActionLimits::default().timeout;
+    let config =
+        json!({"container_id": id, "address": address, "api_host": api_host, "timeout_ms": timeout_ms});
     let filters = format!(
         r#"                  - name: envoy.filters.http.wasm
                     typed_config:
@@ -311,6 +313,12 @@ fn floor_envoy(
     );
     let config = envoy_yaml(admin, listen, &routes, &filters, &clusters);
     Ok((start_plain_envoy(artifacts, &dir.join("floor-envoy.yaml"), &config, concurrency)?, listen))
+}
+
+/// Whether `container` (as the control server lists it) is ready and of an action revision whose
+/// key starts with `action`.
+fn is_ready_container_of(container: &Value, action: &str) -> bool {
+    container["state"] == "ready" && container["action"].as_str().is_some_and(|a| a.starts_with(action))
 }
 
 /// A plain Envoy's configuration: one listener with the router alone, whose one route goes where
@@ -1184,23 +1192,23 @@ impl Bench {
     /// The id and address of a ready container of the action revisions whose key starts with
     /// `action` (`namespace/name@`).
     async fn ready_container_of(&self, action: &str) -> anyhow::Result<(String, String)> {
-        let url = format!("{}{}", self.platform.control_url(), whisk_contract::paths::COLD_START);
-        let containers: Vec<Value> = self.http.get(url).send().await?.json().await?;
-        containers
+        self.containers()
+            .await?
             .iter()
-            .find(|c| c["state"] == "ready" && c["action"].as_str().is_some_and(|a| a.starts_with(action)))
+            .find(|c| is_ready_container_of(c, action))
             .and_then(|c| Some((c["id"].as_str()?.to_owned(), c["address"].as_str()?.to_owned())))
             .with_context(|| format!("no ready container of {action}"))
     }
 
     /// Ready containers of the action revisions whose key starts with `action` (`namespace/name@`).
     async fn ready_containers_of(&self, action: &str) -> anyhow::Result<usize> {
+        Ok(self.containers().await?.iter().filter(|c| is_ready_container_of(c, action)).count())
+    }
+
+    /// The control server's containers, as it lists them.
+    async fn containers(&self) -> anyhow::Result<Vec<Value>> {
         let url = format!("{}{}", self.platform.control_url(), whisk_contract::paths::COLD_START);
-        let containers: Vec<Value> = self.http.get(url).send().await?.json().await?;
-        Ok(containers
-            .iter()
-            .filter(|c| c["state"] == "ready" && c["action"].as_str().is_some_and(|a| a.starts_with(action)))
-            .count())
+        Ok(self.http.get(url).send().await?.json().await?)
     }
 
     async fn cold_start(&self) -> anyhow::Result<Vec<Figure>> {
@@ -1622,8 +1630,6 @@ enum Grouping {
     PerAction,
 }
 
-/// A plain Envoy (router only) holding `actions × per_action` endpoints grouped by `grouping`;
-/// the first endpoint of `action-0` is the real container at `real`, the others unreachable.
 /// A cluster's load balancing as the platform's containers cluster has it: override_host on the
 /// header the filter stamps, random as the fallback (YAML, indented for a cluster list item).
 const PIN_CONTAINER_POLICY: &str = r#"    load_balancing_policy:
@@ -1640,6 +1646,8 @@ const PIN_CONTAINER_POLICY: &str = r#"    load_balancing_policy:
                       typed_config: {"@type": type.googleapis.com/envoy.extensions.load_balancing_policies.random.v3.Random}
 "#;
 
+/// A plain Envoy (router only) holding `actions × per_action` endpoints grouped by `grouping`;
+/// the first endpoint of `action-0` is the real container at `real`, the others unreachable.
 fn grouped_envoy(
     artifacts: &Artifacts,
     dir: &Path,
