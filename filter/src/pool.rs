@@ -62,14 +62,14 @@ pub enum SlotState {
 }
 
 impl SlotState {
-    fn tag(self) -> char {
+    fn tag(self) -> u8 {
         match self {
-            Self::New => 'N',
-            Self::Free => 'F',
-            Self::Marked => 'M',
-            Self::Busy => 'B',
-            Self::Handed => 'H',
-            Self::Retired => 'X',
+            Self::New => b'N',
+            Self::Free => b'F',
+            Self::Marked => b'M',
+            Self::Busy => b'B',
+            Self::Handed => b'H',
+            Self::Retired => b'X',
         }
     }
 
@@ -91,25 +91,25 @@ impl SlotState {
     }
 }
 
-/// One slot's value.
+/// One slot's value, borrowed from the bytes it was read from: reading a slot allocates nothing.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Slot {
+pub struct Slot<'a> {
     pub state: SlotState,
-    pub container_id: String,
-    pub address: String,
+    pub container_id: &'a str,
+    pub address: &'a str,
     /// Activations claimed in this container so far.
     pub uses: u64,
     /// `/init` milliseconds, only on a [`SlotState::New`] slot (and not on one handed over warm).
     pub init_ms: Option<u64>,
     /// When the container joined this Envoy's pool, and through which worker.
-    pub joined: Option<Joined>,
+    pub joined: Option<Joined<'a>>,
 }
 
 /// When a container joined an Envoy's pool, and which worker's cold start brought it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Joined {
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Joined<'a> {
     pub at_ms: u64,
-    pub worker: String,
+    pub worker: &'a str,
 }
 
 /// Who claims, and when: a container that joined less than `exclusive_ms` ago is claimed only by
@@ -126,14 +126,14 @@ pub struct Claimant<'a> {
 
 impl Claimant<'_> {
     /// True when `slot`'s container is this worker's alone for now.
-    fn has_to_itself(&self, slot: &Slot) -> bool {
+    fn has_to_itself(&self, slot: &Slot<'_>) -> bool {
         slot.joined.as_ref().is_some_and(|joined| {
             joined.worker == self.worker && self.now_ms < joined.at_ms.saturating_add(self.exclusive_ms)
         })
     }
 
     /// True when this claimant may take `slot`'s container (whatever its state).
-    fn may_take(&self, slot: &Slot) -> bool {
+    fn may_take(&self, slot: &Slot<'_>) -> bool {
         if self.has_to_itself(slot) {
             return true;
         }
@@ -145,24 +145,38 @@ impl Claimant<'_> {
     }
 }
 
-impl Slot {
+impl<'a> Slot<'a> {
+    /// The value as stored. Written by hand rather than with `format!`: a slot is written twice per
+    /// invoke, and in the VM a formatter's first use within a callback costs microseconds.
     fn encode(&self) -> Vec<u8> {
-        let mut text = format!("{} {} {} {}", self.state.tag(), self.container_id, self.address, self.uses);
+        let mut numbers = itoa::Buffer::new();
+        let mut text = Vec::with_capacity(self.container_id.len() + self.address.len() + 48);
+        text.push(self.state.tag());
+        text.push(b' ');
+        text.extend_from_slice(self.container_id.as_bytes());
+        text.push(b' ');
+        text.extend_from_slice(self.address.as_bytes());
+        text.push(b' ');
+        text.extend_from_slice(numbers.format(self.uses).as_bytes());
         if let Some(init_ms) = self.init_ms {
-            text.push_str(&format!(" {init_ms}"));
+            text.push(b' ');
+            text.extend_from_slice(numbers.format(init_ms).as_bytes());
         }
         if let Some(joined) = &self.joined {
-            text.push_str(&format!(" j{}@{}", joined.at_ms, joined.worker));
+            text.extend_from_slice(b" j");
+            text.extend_from_slice(numbers.format(joined.at_ms).as_bytes());
+            text.push(b'@');
+            text.extend_from_slice(joined.worker.as_bytes());
         }
-        text.into_bytes()
+        text
     }
 
-    fn decode(bytes: &[u8]) -> Option<Self> {
+    fn decode(bytes: &'a [u8]) -> Option<Self> {
         let text = std::str::from_utf8(bytes).ok()?;
         let mut parts = text.split(' ');
         let state = SlotState::from_tag(parts.next()?)?;
-        let container_id = parts.next()?.to_owned();
-        let address = parts.next()?.to_owned();
+        let container_id = parts.next()?;
+        let address = parts.next()?;
         let uses = parts.next()?.parse().ok()?;
         let mut next = parts.next();
         let init_ms = match (state, next) {
@@ -176,7 +190,7 @@ impl Slot {
         let joined = match next {
             Some(token) => {
                 let (at_ms, worker) = token.strip_prefix('j')?.split_once('@')?;
-                Some(Joined { at_ms: at_ms.parse().ok()?, worker: worker.to_owned() })
+                Some(Joined { at_ms: at_ms.parse().ok()?, worker })
             }
             None => None,
         };
@@ -238,35 +252,31 @@ impl Claim {
 /// held.
 pub fn hand_over(store: &impl SharedData, claim: &Claim) -> bool {
     transition(store, &claim.key, &claim.container_id, |state| state == SlotState::Busy, SlotState::Handed)
-        .is_some()
 }
 
 /// Adopts a claim handed over (`H → B`): from now on this stream holds it. False when it was not
 /// handed (taken back already, or never handed).
 pub fn adopt(store: &impl SharedData, claim: &Claim) -> bool {
     transition(store, &claim.key, &claim.container_id, |state| state == SlotState::Handed, SlotState::Busy)
-        .is_some()
 }
 
 /// True when the slot under `key` holds `container_id` and `claimant` may take it now: a stream
 /// that adopted a claim another worker made checks that its worker routes to the container yet.
 pub fn may_take(store: &impl SharedData, key: &str, container_id: &str, claimant: &Claimant) -> bool {
-    store
-        .get(key)
-        .and_then(|(bytes, _)| Slot::decode(&bytes))
-        .is_some_and(|slot| slot.container_id == container_id && claimant.may_take(&slot))
+    store.get(key).is_some_and(|(bytes, _)| {
+        Slot::decode(&bytes).is_some_and(|slot| slot.container_id == container_id && claimant.may_take(&slot))
+    })
 }
 
 /// Takes back a claim handed over that nobody adopted (`H → F`): the run never reached its
 /// container. False when it was adopted (or is gone).
 pub fn take_back(store: &impl SharedData, claim: &Claim) -> bool {
     transition(store, &claim.key, &claim.container_id, |state| state == SlotState::Handed, SlotState::Free)
-        .is_some()
 }
 
 /// The key prefix of one action revision's slots.
 pub fn action_prefix(namespace: &str, action_path: &str, revision: &str) -> String {
-    format!("whisk/pool/{namespace}/{action_path}@{revision}")
+    ["whisk/pool/", namespace, "/", action_path, "@", revision].concat()
 }
 
 /// The key of one slot of an action revision.
@@ -315,11 +325,11 @@ pub fn claim_at(store: &impl SharedData, key: &str, claimant: &Claimant) -> Opti
     try_claim(store, key.to_owned(), current, cas)
 }
 
-fn try_claim(store: &impl SharedData, key: String, current: Slot, cas: u32) -> Option<Claim> {
+fn try_claim(store: &impl SharedData, key: String, current: Slot<'_>, cas: u32) -> Option<Claim> {
     let init_ms = current.init_ms;
     let busy = Slot { state: SlotState::Busy, init_ms: None, uses: current.uses + 1, ..current };
     store.set(&key, &busy.encode(), Some(cas)).ok()?;
-    Some(Claim { key, container_id: busy.container_id, address: busy.address, init_ms })
+    Some(Claim { key, container_id: busy.container_id.to_owned(), address: busy.address.to_owned(), init_ms })
 }
 
 /// Writes a freshly cold-started container into the slot the control plane gave it; `joined` says
@@ -331,16 +341,9 @@ pub fn insert_new(
     container_id: &str,
     address: &str,
     init_ms: Option<u64>,
-    joined: Joined,
+    joined: Joined<'_>,
 ) {
-    let new = Slot {
-        state: SlotState::New,
-        container_id: container_id.to_owned(),
-        address: address.to_owned(),
-        uses: 0,
-        init_ms,
-        joined: Some(joined),
-    };
+    let new = Slot { state: SlotState::New, container_id, address, uses: 0, init_ms, joined: Some(joined) };
     let _ = store.set(&slot_key(prefix, slot), &new.encode(), None);
 }
 
@@ -353,30 +356,24 @@ pub fn insert_claimed(
     address: &str,
 ) -> Claim {
     let key = slot_key(prefix, slot);
-    let busy = Slot {
-        state: SlotState::Busy,
-        container_id: container_id.to_owned(),
-        address: address.to_owned(),
-        uses: 1,
-        init_ms: None,
-        joined: None,
-    };
+    let busy = Slot { state: SlotState::Busy, container_id, address, uses: 1, init_ms: None, joined: None };
     let _ = store.set(&key, &busy.encode(), None);
-    Claim { key, container_id: busy.container_id, address: busy.address, init_ms: None }
+    Claim { key, container_id: container_id.to_owned(), address: address.to_owned(), init_ms: None }
 }
 
 /// Ends a claim: the slot becomes `next` (free again, or retired). False when the slot no longer
 /// holds this claim's container as busy.
 pub fn release(store: &impl SharedData, claim: &Claim, next: SlotState) -> bool {
-    transition(store, &claim.key, &claim.container_id, |state| state == SlotState::Busy, next).is_some()
+    transition(store, &claim.key, &claim.container_id, |state| state == SlotState::Busy, next)
 }
 
 /// Free containers of the action revision that `claimant` may not take yet but will within the
 /// while (other workers' new ones): a waiter gets one sooner than a cold start would bring one.
 pub fn free_soon(store: &impl SharedData, prefix: &str, claimant: &Claimant) -> usize {
     scan(store, prefix)
-        .filter_map(|(_, bytes, _)| Slot::decode(&bytes))
-        .filter(|found| found.state.is_free() && !claimant.may_take(found))
+        .filter(|(_, bytes, _)| {
+            Slot::decode(bytes).is_some_and(|found| found.state.is_free() && !claimant.may_take(&found))
+        })
         .count()
 }
 
@@ -384,8 +381,7 @@ pub fn free_soon(store: &impl SharedData, prefix: &str, claimant: &Claimant) -> 
 /// it frees up, even if no new container can be started now.
 pub fn holds_live(store: &impl SharedData, prefix: &str) -> bool {
     scan(store, prefix)
-        .filter_map(|(_, bytes, _)| Slot::decode(&bytes))
-        .any(|found| found.state != SlotState::Retired)
+        .any(|(_, bytes, _)| Slot::decode(&bytes).is_some_and(|found| found.state != SlotState::Retired))
 }
 
 /// The slots of an action revision that hold a value, lowest first, as `(key, value, cas)`: the
@@ -433,19 +429,18 @@ pub fn mark(store: &impl SharedData, key: &str, container_id: &str) -> bool {
         |state| matches!(state, SlotState::New | SlotState::Free),
         SlotState::Marked,
     )
-    .is_some()
 }
 
 /// The collector unmarked the container.
 pub fn unmark(store: &impl SharedData, key: &str, container_id: &str) -> bool {
-    transition(store, key, container_id, |state| state == SlotState::Marked, SlotState::Free).is_some()
+    transition(store, key, container_id, |state| state == SlotState::Marked, SlotState::Free)
 }
 
 /// Retires a free container for good (a sweep, or the control plane no longer knows it). Only a
 /// free slot is taken, by CAS, so a container an activation holds is never retired this way.
 pub fn retire_free(store: &impl SharedData, key: &str, container_id: &str, only_marked: bool) -> bool {
     let allowed = |state: SlotState| if only_marked { state == SlotState::Marked } else { state.is_free() };
-    transition(store, key, container_id, allowed, SlotState::Retired).is_some()
+    transition(store, key, container_id, allowed, SlotState::Retired)
 }
 
 /// CAS of the slot at `key` from a state `from` accepts to `to`, while it holds `container_id`.
@@ -455,19 +450,19 @@ fn transition(
     container_id: &str,
     from: impl Fn(SlotState) -> bool,
     to: SlotState,
-) -> Option<Slot> {
+) -> bool {
     for _ in 0..RELEASE_ATTEMPTS {
-        let (bytes, cas) = store.get(key)?;
-        let current = Slot::decode(&bytes)?;
+        let Some((bytes, cas)) = store.get(key) else { return false };
+        let Some(current) = Slot::decode(&bytes) else { return false };
         if current.container_id != container_id || !from(current.state) {
-            return None;
+            return false;
         }
         let updated = Slot { state: to, init_ms: None, ..current };
         if store.set(key, &updated.encode(), Some(cas)).is_ok() {
-            return Some(updated);
+            return true;
         }
     }
-    None
+    false
 }
 
 #[cfg(test)]
@@ -525,8 +520,8 @@ mod tests {
         Claimant { worker: "w0", now_ms: 1_000_000, exclusive_ms: 50, own_new_only: false };
 
     /// Joined long before [`ANYONE`] claims.
-    fn joined() -> Joined {
-        Joined { at_ms: 1, worker: "w9".into() }
+    fn joined() -> Joined<'static> {
+        Joined { at_ms: 1, worker: "w9" }
     }
 
     #[test]
@@ -564,15 +559,7 @@ mod tests {
             exclusive_ms: 50,
             own_new_only,
         };
-        insert_new(
-            &store,
-            PREFIX,
-            0,
-            "c0",
-            "127.0.0.1:1",
-            Some(9),
-            Joined { at_ms: 1_000, worker: "a".into() },
-        );
+        insert_new(&store, PREFIX, 0, "c0", "127.0.0.1:1", Some(9), Joined { at_ms: 1_000, worker: "a" });
         let key = slot_key(PREFIX, 0);
         assert_eq!(claim(&store, PREFIX, &at("b", 1_010, false)), None, "b may not route to it yet");
         assert_eq!(free_soon(&store, PREFIX, &at("b", 1_010, false)), 1, "but b's waiter gets it soon");
@@ -597,7 +584,7 @@ mod tests {
     #[test]
     fn a_claim_handed_to_another_worker_is_its_to_use_only_once_that_worker_may_route_to_it() {
         let store = MemoryData::default();
-        insert_new(&store, PREFIX, 0, "c0", "127.0.0.1:1", None, Joined { at_ms: 1_000, worker: "a".into() });
+        insert_new(&store, PREFIX, 0, "c0", "127.0.0.1:1", None, Joined { at_ms: 1_000, worker: "a" });
         let at = |worker: &'static str, now_ms: u64| Claimant {
             worker,
             now_ms,
@@ -615,7 +602,7 @@ mod tests {
 
     #[test]
     fn when_and_by_whom_a_container_joined_survives_every_transition() {
-        let joined = Joined { at_ms: 1_000, worker: "a".into() };
+        let joined = Joined { at_ms: 1_000, worker: "a" };
         for text in
             ["N c0 127.0.0.1:1 0 120 j1000@a", "N c0 127.0.0.1:1 0 j1000@a", "F c0 127.0.0.1:1 3 j1000@a"]
         {
@@ -627,11 +614,12 @@ mod tests {
             assert_eq!(Slot::decode(damaged.as_bytes()), None, "{damaged}");
         }
         let store = MemoryData::default();
-        insert_new(&store, PREFIX, 0, "c0", "127.0.0.1:1", Some(5), joined.clone());
+        insert_new(&store, PREFIX, 0, "c0", "127.0.0.1:1", Some(5), joined);
         let key = slot_key(PREFIX, 0);
         let claim = claim(&store, PREFIX, &ANYONE).unwrap();
         assert!(release(&store, &claim, SlotState::Free) && mark(&store, &key, "c0"));
-        let slot = Slot::decode(&store.get(&key).unwrap().0).unwrap();
+        let bytes = store.get(&key).unwrap().0;
+        let slot = Slot::decode(&bytes).unwrap();
         assert_eq!((slot.state, slot.init_ms, slot.joined), (SlotState::Marked, None, Some(joined)));
     }
 
@@ -849,11 +837,11 @@ mod tests {
                     }
                     Joining::Bring(worker, slot) => {
                         let key = slot_key(PREFIX, slot);
-                        let state = store.get(&key).and_then(|(bytes, _)| Slot::decode(&bytes)).map(|s| s.state);
+                        let state = store.get(&key).and_then(|(bytes, _)| Slot::decode(&bytes).map(|s| s.state));
                         if matches!(state, None | Some(SlotState::Retired)) {
                             brought += 1;
                             let id = format!("n{brought}");
-                            let by = Joined { at_ms: now, worker: workers[worker].to_owned() };
+                            let by = Joined { at_ms: now, worker: workers[worker] };
                             insert_new(&store, PREFIX, slot, &id, "127.0.0.1:1", Some(1), by);
                             joined.insert(id, (worker, now));
                         }
@@ -861,8 +849,10 @@ mod tests {
                     }
                     Joining::Mark(slot) => {
                         let key = slot_key(PREFIX, slot);
-                        if let Some(slot) = store.get(&key).and_then(|(bytes, _)| Slot::decode(&bytes)) {
-                            mark(&store, &key, &slot.container_id);
+                        if let Some((bytes, _)) = store.get(&key)
+                            && let Some(slot) = Slot::decode(&bytes)
+                        {
+                            mark(&store, &key, slot.container_id);
                         }
                         continue;
                     }
@@ -934,7 +924,7 @@ mod tests {
                         {
                             let busy = Slot { state: SlotState::Busy, uses: slot.uses + 1, init_ms: None, ..slot };
                             if store.set(&key, &busy.encode(), Some(cas)).is_ok() {
-                                held[worker] = Some(Claim { key, container_id: busy.container_id, address: busy.address, init_ms: None });
+                                held[worker] = Some(Claim { key, container_id: busy.container_id.to_owned(), address: busy.address.to_owned(), init_ms: None });
                             }
                         }
                     }
@@ -959,7 +949,7 @@ mod tests {
                     Step::ColdStart(slot) => {
                         // The control plane gives a slot only when it is missing or retired.
                         let key = slot_key(PREFIX, slot);
-                        let state = store.get(&key).and_then(|(bytes, _)| Slot::decode(&bytes)).map(|s| s.state);
+                        let state = store.get(&key).and_then(|(bytes, _)| Slot::decode(&bytes).map(|s| s.state));
                         if matches!(state, None | Some(SlotState::Retired)) {
                             starts += 1;
                             insert_new(&store, PREFIX, slot, &format!("n{starts}"), "127.0.0.1:2", Some(1), joined());

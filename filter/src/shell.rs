@@ -33,7 +33,7 @@ use log::{debug, error, warn};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType, MetricType};
-use rand::rngs::StdRng;
+use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use whisk_contract::{
     ActivationRecord, ActivationResponse, ActivationStatus, ColdStartRequest, ColdStartResponse,
@@ -101,8 +101,10 @@ thread_local! {
     /// the outermost one.
     static CALLBACK_CLOCK: Cell<(u32, Option<u64>)> = const { Cell::new((0, None)) };
     /// The worker's generator of activation ids: seeded once from the host's entropy, so that an
-    /// id costs no call out of the VM.
-    static ID_GENERATOR: RefCell<StdRng> = RefCell::new(seeded_generator());
+    /// id costs no call out of the VM. An id must be unique, not secret (knowing one grants
+    /// nothing: every read of a record checks the reader's key against its namespace), so a small
+    /// fast generator does, where a cryptographic one cost two microseconds per id in the VM.
+    static ID_GENERATOR: RefCell<SmallRng> = RefCell::new(seeded_generator());
 }
 
 /// Times the rest of the enclosing block as a part of a callback (`whisk_profile_span_<name>_ns`
@@ -268,9 +270,9 @@ fn host_now_ms() -> u64 {
     host_time().as_millis() as u64
 }
 
-fn seeded_generator() -> StdRng {
+fn seeded_generator() -> SmallRng {
     // No entropy from the host: seed from the time, unique enough per worker and start.
-    StdRng::try_from_os_rng().unwrap_or_else(|_| StdRng::seed_from_u64(host_time().as_nanos() as u64))
+    SmallRng::try_from_os_rng().unwrap_or_else(|_| SmallRng::seed_from_u64(host_time().as_nanos() as u64))
 }
 
 /// 32 hex characters, OpenWhisk's activation id format.
@@ -391,9 +393,33 @@ struct State {
     /// The request's headers as the client sent them, internal ones left out: [`forward`] rewrites
     /// them into the `/run` request's in one host call.
     request_headers: HeaderList,
-    /// The container's response headers, read once: [`Request::finish`] reads the status and the
-    /// logs from them and rewrites them likewise.
-    response_headers: HeaderList,
+    /// The container's answer as its headers say: the status and the runtime's logs header, the
+    /// two [`Request::finish`] needs.
+    answered: Answered,
+}
+
+/// What the filter reads of an upstream answer's headers.
+#[derive(Default)]
+struct Answered {
+    /// `:status`, 0 when absent or unreadable.
+    status: u16,
+    /// The runtime's logs header, when it sent one.
+    logs: Option<String>,
+}
+
+impl From<Vec<(String, String)>> for Answered {
+    /// From all the headers, read in one call: two reads by name cost more than the whole map.
+    fn from(pairs: Vec<(String, String)>) -> Self {
+        let mut answered = Self::default();
+        for (name, value) in pairs {
+            if name == ":status" {
+                answered.status = value.parse().unwrap_or(0);
+            } else if name == headers::RUNTIME_LOGS {
+                answered.logs = Some(value);
+            }
+        }
+        answered
+    }
 }
 
 type SharedState = Rc<RefCell<State>>;
@@ -1532,7 +1558,7 @@ impl Root {
                     brought.retain(|_, until| now < *until);
                     brought.insert(prefix.to_owned(), until);
                     drop(brought);
-                    let joined = pool::Joined { at_ms: now, worker: shared.worker_id.clone() };
+                    let joined = pool::Joined { at_ms: now, worker: &shared.worker_id };
                     pool::insert_new(
                         &EnvoySharedData,
                         prefix,
@@ -1738,7 +1764,7 @@ impl Request {
             deadline_ms: 0,
             timing: Timing { arrived: 0, forwarded: 0, end: 0, init_ms: None },
             request_headers: HeaderList::default(),
-            response_headers: HeaderList::default(),
+            answered: Answered::default(),
         };
         Self { shared, state: Rc::new(RefCell::new(state)) }
     }
@@ -2136,11 +2162,7 @@ impl Request {
     /// component) sends it from this stream and relays its answer to whoever waits on this one.
     /// True when it runs again.
     fn rerun_misrouted(&self, state: &mut State) -> bool {
-        if state.rerun
-            || state.web.is_some()
-            || state.response_headers.get(":status") != Some("421")
-            || !answered_by_upstream()
-        {
+        if state.rerun || state.web.is_some() || state.answered.status != 421 || !answered_by_upstream() {
             return false;
         }
         let Some(action) = state.action.clone() else { return false };
@@ -2204,8 +2226,7 @@ impl Request {
         span!("finish");
         let action = state.action.take()?;
         state.timing.end = now_ms();
-        let container_status: u16 =
-            state.response_headers.get(":status").and_then(|s| s.parse().ok()).unwrap_or(0);
+        let container_status = state.answered.status;
         // Only an answer that came from the container proves the container is done with it;
         // anything Envoy produced itself (timeout, reset) leaves the container possibly busy.
         // Envoy's own answers (timeouts, resets, no host) are never 200, and a 200 reaches this
@@ -2271,7 +2292,7 @@ impl Request {
                 None => false,
             }
         };
-        let logs = activation::decode_logs(state.response_headers.get(headers::RUNTIME_LOGS));
+        let logs = activation::decode_logs(state.answered.logs.as_deref());
         let mut record = activation::record(&action, &state.activation_id, response, logs, state.timing);
         state.action = Some(action);
         if timed_out {
@@ -2283,21 +2304,19 @@ impl Request {
         self.shared.outbox.borrow_mut().push_back(Outgoing::Record(record));
         let activation_id = state.activation_id.clone();
         if has_body {
-            let status = status.to_string();
-            let content_length = reply.len().to_string();
-            let set = [
-                (":status", status.as_str()),
-                ("content-type", "application/json"),
-                ("content-length", content_length.as_str()),
-                (headers::ACTIVATION_ID, activation_id.as_str()),
-            ];
             span!("finish_response_write");
-            let answered = std::mem::take(&mut state.response_headers);
-            self.set_http_response_headers(envelope::rewrite_headers(
-                &answered.0,
-                &set,
-                &[headers::RUNTIME_LOGS],
-            ));
+            // Header by header: each write is a short call into Envoy, where replacing the whole
+            // map has Envoy clear it and add every header back.
+            let mut numbers = itoa::Buffer::new();
+            if status != container_status {
+                self.set_http_response_header(":status", Some(numbers.format(status)));
+            }
+            self.set_http_response_header("content-type", Some("application/json"));
+            self.set_http_response_header("content-length", Some(numbers.format(reply.len())));
+            self.set_http_response_header(headers::ACTIVATION_ID, Some(&activation_id));
+            if state.answered.logs.is_some() {
+                self.set_http_response_header(headers::RUNTIME_LOGS, None);
+            }
             self.set_http_response_body(0, body.len().max(usize::MAX / 2), &reply);
         } else {
             // A bodyless answer has no buffer to rewrite: reply locally (headers not sent yet).
@@ -2472,9 +2491,9 @@ impl HttpContext for Request {
             return Action::Continue;
         }
         // All of them in one call: finish reads and rewrites them.
-        state.response_headers = {
+        state.answered = {
             span!("response_headers_read");
-            HeaderList(self.get_http_response_headers())
+            Answered::from(self.get_http_response_headers())
         };
         if !end_of_stream {
             return Action::Pause;
