@@ -1,6 +1,8 @@
 //! From the container's answer to OpenWhisk's activation record, and from the record to the reply a
 //! blocking invoke gets (the record, or the bare result with `result=true`).
 
+use std::rc::Rc;
+
 use base64::Engine;
 use serde_json::{Value, json};
 use whisk_contract::{
@@ -89,6 +91,40 @@ pub fn record(
         annotations,
     };
     identified(action, activation_id, outcome, None)
+}
+
+/// An activation that is over, as its record's ingredients: the record is built when the records
+/// go out in a batch, off the request's path, unless the reply is the record itself.
+#[derive(Debug, Clone)]
+pub struct Finished {
+    pub action: Rc<ResolvedAction>,
+    pub activation_id: String,
+    pub response: ActivationResponse,
+    /// The runtime's logs header as it came.
+    pub logs: Option<String>,
+    pub timing: Timing,
+    /// Ended by its time limit (the runtime's, or Envoy's).
+    pub timed_out: bool,
+    /// The enclosing sequence's activation.
+    pub cause: Option<String>,
+}
+
+impl Finished {
+    pub fn record(self) -> ActivationRecord {
+        let logs = decode_logs(self.logs.as_deref());
+        let mut record = record(&self.action, &self.activation_id, self.response, logs, self.timing);
+        if self.timed_out {
+            mark_timed_out(&mut record);
+        }
+        record.cause = self.cause;
+        record
+    }
+
+    /// Whether a `result=true` reply can be the container's answer as it came: a success is its
+    /// result, a JSON object the container wrote, and needs no writing again.
+    pub fn result_as_sent(&self, container_status: u16) -> bool {
+        container_status == 200 && !self.timed_out && self.response.status == ActivationStatus::Success
+    }
 }
 
 /// What happened in an activation, for its record.
@@ -212,6 +248,47 @@ mod tests {
         let mut record = record(&action(), "id", response, vec![], timing);
         mark_timed_out(&mut record);
         assert!(record.annotations.iter().any(|a| a.key == "timeout" && a.value == json!(true)));
+    }
+
+    #[test]
+    fn a_finished_activation_makes_the_record_it_would_have_made_at_once() {
+        let timing = Timing { arrived: 1, forwarded: 2, end: 3, init_ms: Some(1) };
+        let finished = Finished {
+            action: Rc::new(action()),
+            activation_id: "id".into(),
+            response: timed_out(1000),
+            logs: Some(base64::engine::general_purpose::STANDARD.encode(br#"["a line"]"#)),
+            timing,
+            timed_out: true,
+            cause: Some("seq".into()),
+        };
+        let mut expected = record(&action(), "id", timed_out(1000), vec!["a line".into()], timing);
+        mark_timed_out(&mut expected);
+        expected.cause = Some("seq".into());
+        assert!(!finished.result_as_sent(200));
+        assert_eq!(serde_json::to_value(finished.record()).unwrap(), serde_json::to_value(expected).unwrap());
+        let success = Finished {
+            response: classify(200, br#"{"a":1}"#),
+            timed_out: false,
+            cause: None,
+            ..finished_ok()
+        };
+        assert!(success.result_as_sent(200));
+        assert!(!success.result_as_sent(502));
+        let failed = Finished { response: classify(200, br#"{"error":1}"#), ..finished_ok() };
+        assert!(!failed.result_as_sent(200));
+    }
+
+    fn finished_ok() -> Finished {
+        Finished {
+            action: Rc::new(action()),
+            activation_id: "id".into(),
+            response: classify(200, b"{}"),
+            logs: None,
+            timing: Timing { arrived: 1, forwarded: 2, end: 3, init_ms: None },
+            timed_out: false,
+            cause: None,
+        }
     }
 
     #[test]

@@ -18,6 +18,7 @@
 //! warm invoke then reads only the generation from shared data, and parses and hashes nothing.
 
 use std::collections::HashMap;
+use std::rc::Rc;
 
 use sha2::{Digest, Sha256};
 use whisk_contract::ResolvedAction;
@@ -74,7 +75,8 @@ pub fn current_generation(store: &impl SharedData) -> Option<String> {
 /// A cached resolution and when the management API answered it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Cached {
-    pub action: ResolvedAction,
+    /// Shared with the requests that use it: a warm invoke copies no action.
+    pub action: Rc<ResolvedAction>,
     pub fetched_ms: u64,
 }
 
@@ -99,7 +101,7 @@ pub fn lookup(
     if !valid(entry_generation, fetched_ms, generation, now_ms, max_age_ms) {
         return None;
     }
-    serde_json::from_str(json).ok().map(|action| Cached { action, fetched_ms })
+    serde_json::from_str(json).ok().map(|action| Cached { action: Rc::new(action), fetched_ms })
 }
 
 fn valid(entry_generation: &str, fetched_ms: u64, generation: &str, now_ms: u64, max_age_ms: u64) -> bool {
@@ -128,10 +130,10 @@ impl Local {
         generation: &str,
         now_ms: u64,
         max_age_ms: u64,
-    ) -> Option<ResolvedAction> {
+    ) -> Option<Rc<ResolvedAction>> {
         let (entry_generation, cached) = self.entries.get(&local_key(resolver, namespace, action_path))?;
         valid(entry_generation, cached.fetched_ms, generation, now_ms, max_age_ms)
-            .then(|| cached.action.clone())
+            .then(|| Rc::clone(&cached.action))
     }
 
     pub fn remember(
@@ -199,7 +201,7 @@ mod tests {
         remember(&store, &key, "g1", 1_000, &action());
         let found = |generation, now| lookup(&store, &key, generation, now, 30_000).map(|c| c.action);
         assert_eq!(found("", 1_000), None, "no generation known yet: no cache");
-        assert_eq!(found("g1", 1_500), Some(action()));
+        assert_eq!(found("g1", 1_500), Some(Rc::new(action())));
         assert_eq!(lookup(&store, &key, "g1", 1_500, 30_000).map(|c| c.fetched_ms), Some(1_000));
         assert_eq!(found("g1", 40_000), None, "too old");
         assert_eq!(found("g2", 1_500), None, "an entity was written since");
@@ -209,9 +211,9 @@ mod tests {
     fn a_workers_copy_follows_the_same_rules() {
         let mut local = Local::default();
         let by_key = Resolver::Key("Basic abc");
-        let cached = Cached { action: action(), fetched_ms: 1_000 };
+        let cached = Cached { action: Rc::new(action()), fetched_ms: 1_000 };
         local.remember(by_key, "_", "hello", "g1", cached.clone());
-        assert_eq!(local.lookup(by_key, "_", "hello", "g1", 1_500, 30_000), Some(action()));
+        assert_eq!(local.lookup(by_key, "_", "hello", "g1", 1_500, 30_000), Some(Rc::new(action())));
         assert_eq!(local.lookup(by_key, "_", "hello", "g1", 40_000, 30_000), None, "too old");
         assert_eq!(local.lookup(by_key, "_", "hello", "g2", 1_500, 30_000), None, "written since");
         assert_eq!(local.lookup(by_key, "_", "hello", "", 1_500, 30_000), None, "generation unknown");
@@ -225,7 +227,7 @@ mod tests {
     #[test]
     fn a_workers_copy_stays_bounded() {
         let mut local = Local::default();
-        let cached = Cached { action: action(), fetched_ms: 0 };
+        let cached = Cached { action: Rc::new(action()), fetched_ms: 0 };
         for n in 0..LOCAL_CAPACITY {
             local.remember(Resolver::Key("k"), "_", &n.to_string(), "g1", cached.clone());
         }
@@ -298,6 +300,9 @@ mod tests {
         remember(&store, &first, "g1", 0, &named("first"));
         remember(&store, &second, "g1", 0, &named("second"));
         assert_eq!(lookup(&store, &first, "g1", 0, 10), None);
-        assert_eq!(lookup(&store, &second, "g1", 0, 10).map(|c| c.action.name), Some("second".into()));
+        assert_eq!(
+            lookup(&store, &second, "g1", 0, 10).map(|c| c.action.name.clone()),
+            Some("second".into())
+        );
     }
 }

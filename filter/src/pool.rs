@@ -452,13 +452,19 @@ fn transition(
     to: SlotState,
 ) -> bool {
     for _ in 0..RELEASE_ATTEMPTS {
-        let Some((bytes, cas)) = store.get(key) else { return false };
+        let Some((mut bytes, cas)) = store.get(key) else { return false };
         let Some(current) = Slot::decode(&bytes) else { return false };
         if current.container_id != container_id || !from(current.state) {
             return false;
         }
-        let updated = Slot { state: to, init_ms: None, ..current };
-        if store.set(key, &updated.encode(), Some(cas)).is_ok() {
+        let updated = if current.init_ms.is_none() {
+            // Only the state changes, and it is the first byte: no writing the value again.
+            bytes[0] = to.tag();
+            bytes
+        } else {
+            Slot { state: to, init_ms: None, ..current }.encode()
+        };
+        if store.set(key, &updated, Some(cas)).is_ok() {
             return true;
         }
     }

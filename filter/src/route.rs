@@ -1,6 +1,8 @@
 //! Which requests the filter handles: invokes of actions (turned into `/run` on a container),
 //! internal paths (refused at the ingress), and everything else (passed to the management API).
 
+use std::borrow::Cow;
+
 /// An action invoke, parsed from `POST /api/v1/namespaces/{ns}/actions/{pkg/}{name}`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Invocation {
@@ -52,11 +54,15 @@ pub fn classify(method: &str, path_and_query: &str) -> Route {
         return Route::PassThrough;
     }
     let Some(rest) = path.strip_prefix("/api/v1/namespaces/") else { return Route::PassThrough };
-    let segments: Option<Vec<String>> =
-        rest.split('/').filter(|s| !s.is_empty()).map(percent_decode).collect();
-    let Some(segments) = segments else { return Route::PassThrough };
+    // Decoded only where escaped (most paths are not): no copy of each segment per invoke.
+    let decoded: Option<Vec<Cow<'_, str>>> = rest
+        .split('/')
+        .filter(|s| !s.is_empty())
+        .map(|s| if s.contains('%') { percent_decode(s).map(Cow::Owned) } else { Some(Cow::Borrowed(s)) })
+        .collect();
+    let Some(decoded) = decoded else { return Route::PassThrough };
     // A name may arrive encoded as one segment (`pkg%2Fname`): split after decoding.
-    let segments: Vec<&str> = segments.iter().flat_map(|s| s.split('/')).collect();
+    let segments: Vec<&str> = decoded.iter().flat_map(|s| s.split('/')).collect();
     let (namespace, package, name) = match segments.as_slice() {
         [namespace, "actions", name] => (*namespace, None, *name),
         [namespace, "actions", package, name] => (*namespace, Some(*package), *name),

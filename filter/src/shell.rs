@@ -43,7 +43,7 @@ use whisk_contract::{
 
 use crate::activation::{self, Timing};
 use crate::cache::{self, Resolver};
-use crate::envelope::{self, RunContext};
+use crate::envelope::{self, RunContext, RunValue};
 use crate::limits::{self, Admission, InFlight};
 use crate::pool::{self, CasMismatch, Claim, SharedData, SlotState};
 use crate::queue::{self, Queues, Waiting};
@@ -307,6 +307,8 @@ impl Drop for OnBehalfOf {
 /// Work that outlives the request that produced it.
 enum Outgoing {
     Record(ActivationRecord),
+    /// An activation whose record is still to be built (built here, in a batch).
+    Finished(Box<activation::Finished>),
     /// A run that could not be started from the callback that asked for it ([`Shared::launch`]).
     Run(Run),
     /// A container this worker will not use again: the control plane takes it out of xDS now and
@@ -373,15 +375,16 @@ struct State {
     run_as: Option<String>,
     /// This activation already went out again after a misrouted run: it does not a second time.
     rerun: bool,
+    /// The invoke body, checked but not parsed: the `/run` value as it came, unless the action has
+    /// defaults to merge (or is a sequence, or final with parameters).
     body: Vec<u8>,
     /// This request's key in the resolve cache.
     cache_key: cache::Key,
     /// A write to the API's entities passing through to the management API.
     entity_write: bool,
     callout: Option<(u32, Callout)>,
-    action: Option<ResolvedAction>,
+    action: Option<Rc<ResolvedAction>>,
     prefix: String,
-    parameters: serde_json::Map<String, serde_json::Value>,
     activation_id: String,
     claim: Option<Claim>,
     /// On a detached run: the container its client's stream claimed and handed over, until this
@@ -390,8 +393,8 @@ struct State {
     /// Epoch milliseconds by which the activation must end.
     deadline_ms: u64,
     timing: Timing,
-    /// The request's headers as the client sent them, internal ones left out: [`forward`] rewrites
-    /// them into the `/run` request's in one host call.
+    /// The client's headers that go on to the container ([`envelope::run_request_headers`]):
+    /// [`forward`] writes the `/run` request's in one host call.
     request_headers: HeaderList,
     /// The container's answer as its headers say: the status and the runtime's logs header, the
     /// two [`Request::finish`] needs.
@@ -1109,13 +1112,13 @@ fn forward(shared: &Shared, state: &mut State, claim: Claim, resume: bool) {
         deadline_ms: now + action.limits.timeout,
         api_key: api_key.as_deref(),
     };
-    let parameters = envelope::merge_parameters(&action.parameters, std::mem::take(&mut state.parameters));
-    let run = envelope::run_body(action, parameters, &context);
+    let run = envelope::run_body(action, RunValue::of(action, &state.body), &context);
     // Our runtime ends an activation at its deadline itself; Envoy's timeout is the backstop for
     // runtimes that do not, a little later so that the runtime's own answer wins when it can.
-    let upstream_timeout = (action.limits.timeout + UPSTREAM_TIMEOUT_MARGIN_MS).to_string();
+    let (mut timeout_text, mut length_text) = (itoa::Buffer::new(), itoa::Buffer::new());
+    let upstream_timeout = timeout_text.format(action.limits.timeout + UPSTREAM_TIMEOUT_MARGIN_MS);
     state.deadline_ms = context.deadline_ms;
-    let content_length = run.len().to_string();
+    let content_length = length_text.format(run.len());
     let count = shared.config.container_clusters;
     let cluster = (count > 1).then(|| clusters::containers_of(&claim.address, count));
     let mut set = vec![
@@ -1123,9 +1126,9 @@ fn forward(shared: &Shared, state: &mut State, claim: Claim, resume: bool) {
         (headers::CONTAINER_ADDRESS, claim.address.as_str()),
         (headers::CONTAINER_ID, claim.container_id.as_str()),
         (":path", "/run"),
-        ("x-envoy-upstream-rq-timeout-ms", upstream_timeout.as_str()),
+        ("x-envoy-upstream-rq-timeout-ms", upstream_timeout),
         ("content-type", "application/json"),
-        ("content-length", content_length.as_str()),
+        ("content-length", content_length),
     ];
     if let Some(cluster) = &cluster {
         set.push((headers::CONTAINER_CLUSTER, cluster.as_str()));
@@ -1360,16 +1363,8 @@ impl Root {
         let pending: Vec<Outgoing> = shared.outbox.borrow_mut().drain(..).collect();
         for item in pending {
             match item {
-                Outgoing::Record(record) => {
-                    if self.pending_records.len() >= MAX_PENDING_RECORDS {
-                        self.pending_records.pop_front();
-                        Counters::bump(shared.counters.records_dropped);
-                    }
-                    if self.pending_records.is_empty() {
-                        self.records_pending_since = now_ms();
-                    }
-                    self.pending_records.push_back(record);
-                }
+                Outgoing::Record(record) => self.queue_record(shared, record),
+                Outgoing::Finished(finished) => self.queue_record(shared, finished.record()),
                 Outgoing::Run(run) => {
                     let activation_id = run.activation_id.clone();
                     if !shared.dispatch(run) {
@@ -1400,6 +1395,17 @@ impl Root {
             }
         }
         self.store_records(shared);
+    }
+
+    fn queue_record(&mut self, shared: &Shared, record: ActivationRecord) {
+        if self.pending_records.len() >= MAX_PENDING_RECORDS {
+            self.pending_records.pop_front();
+            Counters::bump(shared.counters.records_dropped);
+        }
+        if self.pending_records.is_empty() {
+            self.records_pending_since = now_ms();
+        }
+        self.pending_records.push_back(record);
     }
 
     /// Sends the oldest pending records, one batch at a time, once the oldest has waited
@@ -1757,7 +1763,6 @@ impl Request {
             callout: None,
             action: None,
             prefix: String::new(),
-            parameters: serde_json::Map::new(),
             activation_id: String::new(),
             claim: None,
             handed: None,
@@ -1809,12 +1814,9 @@ impl Request {
             answer_error(state, 413, messages::ENTITY_TOO_BIG);
             return Action::Pause;
         }
-        match envelope::parse_parameters(&state.body) {
-            Ok(parameters) => state.parameters = parameters,
-            Err(malformed) => {
-                answer_error(state, 400, &malformed.0);
-                return Action::Pause;
-            }
+        if let Err(malformed) = envelope::check_parameters(&state.body) {
+            answer_error(state, 400, &malformed.0);
+            return Action::Pause;
         }
         let (namespace, action_path) = (invocation.namespace.clone(), invocation.action_path());
         self.resolve(state, &namespace, &action_path)
@@ -1847,7 +1849,7 @@ impl Request {
         }
         state.cache_key = cache::key(resolver, namespace, action_path);
         if let Some(cached) = cache::lookup(&EnvoySharedData, &state.cache_key, &generation, now, max_age) {
-            let action = cached.action.clone();
+            let action = Rc::clone(&cached.action);
             self.shared.resolved.borrow_mut().remember(resolver, namespace, action_path, &generation, cached);
             self.shared.counters.resolve_cache_hits.bump();
             return self.resolved(state, action, false);
@@ -1910,11 +1912,11 @@ impl Request {
         if let Some(generation) = generation {
             cache::remember(&EnvoySharedData, &state.cache_key, &generation, now_ms(), &action);
         }
-        self.resolved(state, action, true);
+        self.resolved(state, Rc::new(action), true);
     }
 
     /// The action is known: a web request runs it through the ingress; an invoke goes on.
-    fn resolved(&self, state: &mut State, action: ResolvedAction, in_callout: bool) -> Action {
+    fn resolved(&self, state: &mut State, action: Rc<ResolvedAction>, in_callout: bool) -> Action {
         if state.web.is_some() {
             self.proceed_web(state, action)
         } else {
@@ -1936,7 +1938,7 @@ impl Request {
     /// A web request's action is known (and exported): count the invoke against the action's
     /// namespace, answer a CORS preflight, or build the parameters and run the action as an
     /// internal blocking invoke whose record becomes the response.
-    fn proceed_web(&self, state: &mut State, action: ResolvedAction) -> Action {
+    fn proceed_web(&self, state: &mut State, action: Rc<ResolvedAction>) -> Action {
         let export = web::Export::of(&action.annotations);
         if !export.exported {
             answer_error(state, 404, messages::RESOURCE_DOES_NOT_EXIST);
@@ -1991,7 +1993,7 @@ impl Request {
     /// The action is known: answer a non-blocking invoke, or claim a container (or wait for one).
     /// `in_callout` says whether the request is paused (resume it) or still in its own filter
     /// callback (let it continue by returning `Continue`).
-    fn proceed(&self, state: &mut State, action: ResolvedAction, in_callout: bool) -> Action {
+    fn proceed(&self, state: &mut State, action: Rc<ResolvedAction>, in_callout: bool) -> Action {
         let blocking = state.invocation.as_ref().is_some_and(|i| i.blocking);
         let from_client = state.internal_activation_id.is_none();
         let runs_in_container = action.components.is_none();
@@ -2004,7 +2006,7 @@ impl Request {
             && (!runs_in_container
                 || action.limits.timeout > self.shared.config.max_blocking_wait_ms
                 || state.bodyless);
-        if let Err(refused) = envelope::check_final(&action, &state.parameters) {
+        if let Err(refused) = envelope::check_final(&action, &state.body) {
             answer_error(state, 400, &refused.0);
             return Action::Pause;
         }
@@ -2074,8 +2076,8 @@ impl Request {
     }
 
     /// Starts running a sequence's components; the request stays paused until it is answered.
-    fn start_sequence(&self, state: &mut State, action: ResolvedAction) -> Action {
-        let parameters = std::mem::take(&mut state.parameters);
+    fn start_sequence(&self, state: &mut State, action: Rc<ResolvedAction>) -> Action {
+        let parameters = envelope::parse_parameters(&state.body).unwrap_or_default();
         state.sequence = Some(sequence::Run::start(&action, parameters, state.sequence_depth));
         state.action = Some(action);
         state.phase = Phase::Sequencing;
@@ -2292,16 +2294,30 @@ impl Request {
                 None => false,
             }
         };
-        let logs = activation::decode_logs(state.answered.logs.as_deref());
-        let mut record = activation::record(&action, &state.activation_id, response, logs, state.timing);
+        let logs_sent = state.answered.logs.is_some();
+        let finished = activation::Finished {
+            action: Rc::clone(&action),
+            activation_id: state.activation_id.clone(),
+            response,
+            logs: state.answered.logs.take(),
+            timing: state.timing,
+            timed_out,
+            cause: state.cause.clone(),
+        };
         state.action = Some(action);
-        if timed_out {
-            activation::mark_timed_out(&mut record);
-        }
-        record.cause = state.cause.clone();
-        let result_only = state.invocation.as_ref().is_some_and(|i| i.result_only);
-        let (status, reply) = activation::reply(&record, result_only);
-        self.shared.outbox.borrow_mut().push_back(Outgoing::Record(record));
+        let status = finished.response.status.http_status();
+        // `None`: the container's answer is the reply as it came.
+        let reply = if state.invocation.as_ref().is_some_and(|i| i.result_only) {
+            let reply = (!finished.result_as_sent(container_status))
+                .then(|| serde_json::to_vec(&finished.response.result).unwrap_or_default());
+            self.shared.outbox.borrow_mut().push_back(Outgoing::Finished(Box::new(finished)));
+            reply
+        } else {
+            let record = finished.record();
+            let (_, reply) = activation::reply(&record, false);
+            self.shared.outbox.borrow_mut().push_back(Outgoing::Record(record));
+            Some(reply)
+        };
         let activation_id = state.activation_id.clone();
         if has_body {
             span!("finish_response_write");
@@ -2312,15 +2328,20 @@ impl Request {
                 self.set_http_response_header(":status", Some(numbers.format(status)));
             }
             self.set_http_response_header("content-type", Some("application/json"));
-            self.set_http_response_header("content-length", Some(numbers.format(reply.len())));
+            if let Some(reply) = &reply {
+                self.set_http_response_header("content-length", Some(numbers.format(reply.len())));
+            }
             self.set_http_response_header(headers::ACTIVATION_ID, Some(&activation_id));
-            if state.answered.logs.is_some() {
+            if logs_sent {
                 self.set_http_response_header(headers::RUNTIME_LOGS, None);
             }
-            self.set_http_response_body(0, body.len().max(usize::MAX / 2), &reply);
+            if let Some(reply) = &reply {
+                self.set_http_response_body(0, body.len().max(usize::MAX / 2), reply);
+            }
         } else {
             // A bodyless answer has no buffer to rewrite: reply locally (headers not sent yet).
-            answer(state, u32::from(status), vec![(headers::ACTIVATION_ID, &activation_id)], &reply);
+            let reply = reply.as_deref().unwrap_or(body);
+            answer(state, u32::from(status), vec![(headers::ACTIVATION_ID, &activation_id)], reply);
         }
         freed.then(|| state.prefix.clone())
     }
@@ -2428,10 +2449,7 @@ impl HttpContext for Request {
                 state.authorization = sent.get("authorization").unwrap_or_default().to_owned();
                 state.original_path = path;
                 state.request_headers = HeaderList(
-                    sent.0
-                        .into_iter()
-                        .filter(|(name, _)| !name.starts_with(headers::INTERNAL_PREFIX))
-                        .collect(),
+                    sent.0.into_iter().filter(|(name, _)| envelope::is_passed_to_runs(name)).collect(),
                 );
                 let blocking = invocation.blocking;
                 state.invocation = Some(invocation);

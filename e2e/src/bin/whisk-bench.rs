@@ -413,9 +413,9 @@ async fn timed(n: usize, request: reqwest::RequestBuilder) -> anyhow::Result<f64
     let started = Instant::now();
     let response = request.send().await?;
     let status = response.status();
-    response.bytes().await?;
+    let body = response.bytes().await?;
     if !status.is_success() {
-        bail!("request {n} answered {status}");
+        bail!("request {n} answered {status}: {}", String::from_utf8_lossy(&body));
     }
     Ok(started.elapsed().as_secs_f64() * 1000.0)
 }
