@@ -237,20 +237,27 @@ impl Default for NamespaceLimits {
 impl ResolvedAction {
     /// `namespace/name` or `namespace/package/name`, OpenWhisk's `path` annotation.
     pub fn path(&self) -> String {
-        format!("{}/{}", self.namespace, self.action_path())
+        // Joined rather than formatted: these run on every warm invoke, in the filter's VM too.
+        match &self.package {
+            Some(package) => [&self.namespace, "/", package, "/", &self.name].concat(),
+            None => [&self.namespace, "/", &self.name].concat(),
+        }
     }
 
     /// `name` or `package/name`: the action within its namespace.
     pub fn action_path(&self) -> String {
         match &self.package {
-            Some(package) => format!("{package}/{}", self.name),
+            Some(package) => [package, "/", &self.name].concat(),
             None => self.name.clone(),
         }
     }
 
     /// `/namespace/name` or `/namespace/package/name`, the `/run` envelope's `action_name`.
     pub fn fully_qualified_name(&self) -> String {
-        format!("/{}", self.path())
+        match &self.package {
+            Some(package) => ["/", &self.namespace, "/", package, "/", &self.name].concat(),
+            None => ["/", &self.namespace, "/", &self.name].concat(),
+        }
     }
 }
 

@@ -36,6 +36,67 @@ pub fn classify(status: u16, body: &[u8]) -> ActivationResponse {
     }
 }
 
+/// Whether a 200's body is a success (a JSON object without a top-level `error`), found without
+/// building it: the record parses it later, off the request's path ([`Answer::Success`]).
+pub fn is_success(status: u16, body: &[u8]) -> bool {
+    status == 200 && serde_json::from_slice::<TopLevel>(body).is_ok_and(|top| !top.has_error)
+}
+
+/// What [`is_success`] reads of a body: that it is an object, and whether it has `error`.
+struct TopLevel {
+    has_error: bool,
+}
+
+impl<'de> serde::Deserialize<'de> for TopLevel {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_map(TopLevelKeys)
+    }
+}
+
+struct TopLevelKeys;
+
+impl<'de> serde::de::Visitor<'de> for TopLevelKeys {
+    type Value = TopLevel;
+
+    fn expecting(&self, formatter: &mut std::fmt::Formatter) -> std::fmt::Result {
+        formatter.write_str("a JSON object")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<TopLevel, A::Error> {
+        let mut has_error = false;
+        while let Some(key) = map.next_key::<String>()? {
+            has_error |= key == "error";
+            map.next_value::<serde::de::IgnoredAny>()?;
+        }
+        Ok(TopLevel { has_error })
+    }
+}
+
+/// A container's answer, for the record.
+#[derive(Debug, Clone)]
+pub enum Answer {
+    /// Classified already ([`classify`], or an answer the filter made up).
+    Classified(ActivationResponse),
+    /// A success ([`is_success`]): the body as it came, parsed when the record is built.
+    Success(Vec<u8>),
+}
+
+impl Answer {
+    pub fn status(&self) -> ActivationStatus {
+        match self {
+            Self::Classified(response) => response.status,
+            Self::Success(_) => ActivationStatus::Success,
+        }
+    }
+
+    pub fn response(self) -> ActivationResponse {
+        match self {
+            Self::Classified(response) => response,
+            Self::Success(body) => classify(200, &body),
+        }
+    }
+}
+
 /// Decodes the runtime's logs header; a missing or damaged header means no logs, not a failure.
 pub fn decode_logs(header: Option<&str>) -> Vec<String> {
     // No lines, as a runtime says it most of the time: spares the decoders' first use per answer.
@@ -99,7 +160,7 @@ pub fn record(
 pub struct Finished {
     pub action: Rc<ResolvedAction>,
     pub activation_id: String,
-    pub response: ActivationResponse,
+    pub answer: Answer,
     /// The runtime's logs header as it came.
     pub logs: Option<String>,
     pub timing: Timing,
@@ -112,7 +173,7 @@ pub struct Finished {
 impl Finished {
     pub fn record(self) -> ActivationRecord {
         let logs = decode_logs(self.logs.as_deref());
-        let mut record = record(&self.action, &self.activation_id, self.response, logs, self.timing);
+        let mut record = record(&self.action, &self.activation_id, self.answer.response(), logs, self.timing);
         if self.timed_out {
             mark_timed_out(&mut record);
         }
@@ -122,8 +183,8 @@ impl Finished {
 
     /// Whether a `result=true` reply can be the container's answer as it came: a success is its
     /// result, a JSON object the container wrote, and needs no writing again.
-    pub fn result_as_sent(&self, container_status: u16) -> bool {
-        container_status == 200 && !self.timed_out && self.response.status == ActivationStatus::Success
+    pub fn result_as_sent(&self) -> bool {
+        matches!(self.answer, Answer::Success(_))
     }
 }
 
@@ -256,7 +317,7 @@ mod tests {
         let finished = Finished {
             action: Rc::new(action()),
             activation_id: "id".into(),
-            response: timed_out(1000),
+            answer: Answer::Classified(timed_out(1000)),
             logs: Some(base64::engine::general_purpose::STANDARD.encode(br#"["a line"]"#)),
             timing,
             timed_out: true,
@@ -265,25 +326,41 @@ mod tests {
         let mut expected = record(&action(), "id", timed_out(1000), vec!["a line".into()], timing);
         mark_timed_out(&mut expected);
         expected.cause = Some("seq".into());
-        assert!(!finished.result_as_sent(200));
+        assert!(!finished.result_as_sent());
         assert_eq!(serde_json::to_value(finished.record()).unwrap(), serde_json::to_value(expected).unwrap());
-        let success = Finished {
-            response: classify(200, br#"{"a":1}"#),
-            timed_out: false,
-            cause: None,
-            ..finished_ok()
-        };
-        assert!(success.result_as_sent(200));
-        assert!(!success.result_as_sent(502));
-        let failed = Finished { response: classify(200, br#"{"error":1}"#), ..finished_ok() };
-        assert!(!failed.result_as_sent(200));
+        let body = br#"{"a":{"error":1},"b":[1]}"#;
+        let success = Finished { answer: Answer::Success(body.to_vec()), ..finished_ok() };
+        assert!(success.result_as_sent());
+        let record = success.record();
+        assert_eq!(record.response.status, ActivationStatus::Success);
+        assert_eq!(record.response.result, json!({"a":{"error":1},"b":[1]}));
+    }
+
+    #[test]
+    fn a_success_is_known_without_building_the_body_as_classify_would_call_it() {
+        for (status, body) in [
+            (200, &br#"{"a":1}"#[..]),
+            (200, br#" {"a":{"error":1}} "#),
+            (200, br#"{"error":"no"}"#),
+            (200, br#"{"x":1,"error":null}"#),
+            (200, b"{}"),
+            (200, b"[1]"),
+            (200, b"{nope"),
+            (200, b""),
+            (200, br#"{"a":1} x"#),
+            (200, br#"{"\u0065rror":1}"#),
+            (502, br#"{"a":1}"#),
+        ] {
+            let classified = classify(status, body).status == ActivationStatus::Success;
+            assert_eq!(is_success(status, body), classified, "{status} {}", String::from_utf8_lossy(body));
+        }
     }
 
     fn finished_ok() -> Finished {
         Finished {
             action: Rc::new(action()),
             activation_id: "id".into(),
-            response: classify(200, b"{}"),
+            answer: Answer::Classified(classify(200, b"{}")),
             logs: None,
             timing: Timing { arrived: 1, forwarded: 2, end: 3, init_ms: None },
             timed_out: false,

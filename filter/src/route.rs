@@ -20,7 +20,7 @@ impl Invocation {
     /// `name` or `pkg/name`, as the resolve endpoint takes it.
     pub fn action_path(&self) -> String {
         match &self.package {
-            Some(package) => format!("{package}/{}", self.name),
+            Some(package) => [package, "/", &self.name].concat(),
             None => self.name.clone(),
         }
     }

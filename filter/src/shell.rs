@@ -41,7 +41,7 @@ use whisk_contract::{
     headers, messages, paths,
 };
 
-use crate::activation::{self, Timing};
+use crate::activation::{self, Answer, Timing};
 use crate::cache::{self, Resolver};
 use crate::envelope::{self, RunContext, RunValue};
 use crate::limits::{self, Admission, InFlight};
@@ -401,6 +401,9 @@ struct State {
     answered: Answered,
 }
 
+/// The content type of every reply the filter makes.
+const JSON: &str = "application/json";
+
 /// What the filter reads of an upstream answer's headers.
 #[derive(Default)]
 struct Answered {
@@ -408,6 +411,8 @@ struct Answered {
     status: u16,
     /// The runtime's logs header, when it sent one.
     logs: Option<String>,
+    /// The answer says it is JSON already (as the reply must): no need to say it again.
+    json: bool,
 }
 
 impl From<Vec<(String, String)>> for Answered {
@@ -419,6 +424,8 @@ impl From<Vec<(String, String)>> for Answered {
                 answered.status = value.parse().unwrap_or(0);
             } else if name == headers::RUNTIME_LOGS {
                 answered.logs = Some(value);
+            } else if name == "content-type" {
+                answered.json = value == JSON;
             }
         }
         answered
@@ -987,7 +994,7 @@ fn post_internal(
             (":method", "POST"),
             (":path", path),
             (":authority", &authority),
-            ("content-type", "application/json"),
+            ("content-type", JSON),
             (headers::INTERNAL_TOKEN, &shared.config.internal_token),
         ],
         Some(body),
@@ -1013,7 +1020,7 @@ fn invoke_internally(
         (":method", "POST"),
         (":path", path),
         (":authority", "whisk-ingress"),
-        ("content-type", "application/json"),
+        ("content-type", JSON),
         ("authorization", authorization),
         (headers::INTERNAL_TOKEN, shared.config.internal_token.as_str()),
         (headers::INTERNAL_ACTIVATION_ID, activation_id),
@@ -1041,7 +1048,7 @@ fn run_bound(config: &FilterConfig, action: Option<&ResolvedAction>) -> Duration
 
 /// Answers `state`'s request locally (hostcalls act on the effective context).
 fn answer(state: &mut State, status: u32, extra: Vec<(&str, &str)>, body: &[u8]) {
-    let mut response_headers = vec![("content-type", "application/json")];
+    let mut response_headers = vec![("content-type", JSON)];
     response_headers.extend(extra);
     if let Err(status) = hostcalls::send_http_response(status, response_headers, Some(body)) {
         error!("could not answer activation {}: {status:?}", state.activation_id);
@@ -1127,7 +1134,7 @@ fn forward(shared: &Shared, state: &mut State, claim: Claim, resume: bool) {
         (headers::CONTAINER_ID, claim.container_id.as_str()),
         (":path", "/run"),
         ("x-envoy-upstream-rq-timeout-ms", upstream_timeout),
-        ("content-type", "application/json"),
+        ("content-type", JSON),
         ("content-length", content_length),
     ];
     if let Some(cluster) = &cluster {
@@ -2223,7 +2230,7 @@ impl Request {
 
     /// The container's answer is complete: record, release, reply. Returns the prefix whose waiters
     /// may now be served.
-    fn finish(&self, state: &mut State, body: &[u8], has_body: bool) -> Option<String> {
+    fn finish(&self, state: &mut State, body: Vec<u8>, has_body: bool) -> Option<String> {
         // Taken for the record and put back (no copy of the action per invoke).
         span!("finish");
         let action = state.action.take()?;
@@ -2238,15 +2245,20 @@ impl Request {
         // Our runtime refuses a /run before running it: 409 while busy, 421 when it is not the
         // container the request was stamped for (the route's retries did not find that one).
         let refused = matches!(container_status, 409 | 421);
-        let (response, next) = if via_upstream && !refused {
-            let response = activation::classify(container_status, body);
+        let body_length = body.len();
+        let (response, next) = if via_upstream && !refused && activation::is_success(container_status, &body)
+        {
+            // The common case, told apart without building the body: the record parses it later.
+            (Answer::Success(body), SlotState::Free)
+        } else if via_upstream && !refused {
+            let response = activation::classify(container_status, &body);
             if activation::is_runtime_timeout(&response) {
                 // The runtime ended the activation at its deadline and restarted the action process:
                 // the container stays usable.
                 timed_out = true;
-                (activation::timed_out(action.limits.timeout), SlotState::Free)
+                (Answer::Classified(activation::timed_out(action.limits.timeout)), SlotState::Free)
             } else {
-                (response, SlotState::Free)
+                (Answer::Classified(response), SlotState::Free)
             }
         } else if via_upstream {
             // Refused (busy, or the claimed container is not where its address leads): never use
@@ -2255,25 +2267,25 @@ impl Request {
                 "container {} refused activation {}: {}",
                 state.claim.as_ref().map(|claim| claim.container_id.as_str()).unwrap_or_default(),
                 state.activation_id,
-                String::from_utf8_lossy(body)
+                String::from_utf8_lossy(&body)
             );
             (
-                ActivationResponse::new(
+                Answer::Classified(ActivationResponse::new(
                     ActivationStatus::WhiskError,
                     serde_json::json!({ "error": messages::INTERNAL_ERROR }),
-                ),
+                )),
                 SlotState::Retired,
             )
         } else if container_status == 504 {
             // Envoy gave up on the container: it may still be running the activation.
             timed_out = true;
-            (activation::timed_out(action.limits.timeout), SlotState::Retired)
+            (Answer::Classified(activation::timed_out(action.limits.timeout)), SlotState::Retired)
         } else {
             (
-                ActivationResponse::new(
+                Answer::Classified(ActivationResponse::new(
                     ActivationStatus::DeveloperError,
                     serde_json::json!({ "error": messages::ABNORMAL_RUN }),
-                ),
+                )),
                 SlotState::Retired,
             )
         };
@@ -2298,18 +2310,22 @@ impl Request {
         let finished = activation::Finished {
             action: Rc::clone(&action),
             activation_id: state.activation_id.clone(),
-            response,
+            answer: response,
             logs: state.answered.logs.take(),
             timing: state.timing,
             timed_out,
             cause: state.cause.clone(),
         };
         state.action = Some(action);
-        let status = finished.response.status.http_status();
+        let status = finished.answer.status().http_status();
         // `None`: the container's answer is the reply as it came.
         let reply = if state.invocation.as_ref().is_some_and(|i| i.result_only) {
-            let reply = (!finished.result_as_sent(container_status))
-                .then(|| serde_json::to_vec(&finished.response.result).unwrap_or_default());
+            let reply = match &finished.answer {
+                Answer::Success(_) => None,
+                Answer::Classified(response) => {
+                    Some(serde_json::to_vec(&response.result).unwrap_or_default())
+                }
+            };
             self.shared.outbox.borrow_mut().push_back(Outgoing::Finished(Box::new(finished)));
             reply
         } else {
@@ -2327,7 +2343,9 @@ impl Request {
             if status != container_status {
                 self.set_http_response_header(":status", Some(numbers.format(status)));
             }
-            self.set_http_response_header("content-type", Some("application/json"));
+            if !state.answered.json {
+                self.set_http_response_header("content-type", Some(JSON));
+            }
             if let Some(reply) = &reply {
                 self.set_http_response_header("content-length", Some(numbers.format(reply.len())));
             }
@@ -2336,12 +2354,12 @@ impl Request {
                 self.set_http_response_header(headers::RUNTIME_LOGS, None);
             }
             if let Some(reply) = &reply {
-                self.set_http_response_body(0, body.len().max(usize::MAX / 2), reply);
+                self.set_http_response_body(0, body_length.max(usize::MAX / 2), reply);
             }
         } else {
             // A bodyless answer has no buffer to rewrite: reply locally (headers not sent yet).
-            let reply = reply.as_deref().unwrap_or(body);
-            answer(state, u32::from(status), vec![(headers::ACTIVATION_ID, &activation_id)], reply);
+            let reply = reply.unwrap_or_default();
+            answer(state, u32::from(status), vec![(headers::ACTIVATION_ID, &activation_id)], &reply);
         }
         freed.then(|| state.prefix.clone())
     }
@@ -2519,7 +2537,7 @@ impl HttpContext for Request {
         if self.rerun_misrouted(&mut state) {
             return Action::Pause;
         }
-        let freed = self.finish(&mut state, &[], false);
+        let freed = self.finish(&mut state, Vec::new(), false);
         let context_id = state.context_id;
         drop(state);
         if let Some(prefix) = freed {
@@ -2542,7 +2560,7 @@ impl HttpContext for Request {
             return Action::Pause;
         }
         let body = self.get_http_response_body(0, body_size).unwrap_or_default();
-        let freed = self.finish(&mut state, &body, true);
+        let freed = self.finish(&mut state, body, true);
         let context_id = state.context_id;
         drop(state);
         // This worker's waiters get the container at once; other workers' on their next tick.
