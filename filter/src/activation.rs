@@ -64,11 +64,34 @@ impl<'de> serde::de::Visitor<'de> for TopLevelKeys {
 
     fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<TopLevel, A::Error> {
         let mut has_error = false;
-        while let Some(key) = map.next_key::<String>()? {
-            has_error |= key == "error";
+        while let Some(IsError(is_error)) = map.next_key()? {
+            has_error |= is_error;
             map.next_value::<serde::de::IgnoredAny>()?;
         }
         Ok(TopLevel { has_error })
+    }
+}
+
+/// A key read only for whether it is `error` (borrowed where it can be: nothing allocated).
+struct IsError(bool);
+
+impl<'de> serde::Deserialize<'de> for IsError {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_str(IsErrorVisitor)
+    }
+}
+
+struct IsErrorVisitor;
+
+impl serde::de::Visitor<'_> for IsErrorVisitor {
+    type Value = IsError;
+
+    fn expecting(&self, formatter: &mut std::fmt::Formatter) -> std::fmt::Result {
+        formatter.write_str("a key")
+    }
+
+    fn visit_str<E: serde::de::Error>(self, key: &str) -> Result<IsError, E> {
+        Ok(IsError(key == "error"))
     }
 }
 

@@ -1,8 +1,6 @@
 //! Which requests the filter handles: invokes of actions (turned into `/run` on a container),
 //! internal paths (refused at the ingress), and everything else (passed to the management API).
 
-use std::borrow::Cow;
-
 /// An action invoke, parsed from `POST /api/v1/namespaces/{ns}/actions/{pkg/}{name}`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Invocation {
@@ -54,18 +52,23 @@ pub fn classify(method: &str, path_and_query: &str) -> Route {
         return Route::PassThrough;
     }
     let Some(rest) = path.strip_prefix("/api/v1/namespaces/") else { return Route::PassThrough };
-    // Decoded only where escaped (most paths are not): no copy of each segment per invoke.
-    let decoded: Option<Vec<Cow<'_, str>>> = rest
-        .split('/')
-        .filter(|s| !s.is_empty())
-        .map(|s| if s.contains('%') { percent_decode(s).map(Cow::Owned) } else { Some(Cow::Borrowed(s)) })
-        .collect();
-    let Some(decoded) = decoded else { return Route::PassThrough };
-    // A name may arrive encoded as one segment (`pkg%2Fname`): split after decoding.
-    let segments: Vec<&str> = decoded.iter().flat_map(|s| s.split('/')).collect();
-    let (namespace, package, name) = match segments.as_slice() {
-        [namespace, "actions", name] => (*namespace, None, *name),
-        [namespace, "actions", package, name] => (*namespace, Some(*package), *name),
+    if rest.contains('%') {
+        let Some(decoded) = decoded_segments(rest) else { return Route::PassThrough };
+        return invoke(decoded.iter().map(String::as_str), query);
+    }
+    // Most paths hold no escapes: their segments are read in place, nothing is collected.
+    invoke(rest.split('/').filter(|s| !s.is_empty()), query)
+}
+
+/// The invoke of the action that `segments` (the path's after `/namespaces/`) name, or else a
+/// pass-through.
+fn invoke<'a>(mut segments: impl Iterator<Item = &'a str>, query: &str) -> Route {
+    let parts: [Option<&str>; 5] = std::array::from_fn(|_| segments.next());
+    let (namespace, package, name) = match parts {
+        [Some(namespace), Some("actions"), Some(name), None, None] => (namespace, None, name),
+        [Some(namespace), Some("actions"), Some(package), Some(name), None] => {
+            (namespace, Some(package), name)
+        }
         _ => return Route::PassThrough,
     };
     let flag = |wanted: &str| {
@@ -82,6 +85,14 @@ pub fn classify(method: &str, path_and_query: &str) -> Route {
         blocking: result_only || flag("blocking"),
         result_only,
     })
+}
+
+/// The segments after `/namespaces/`, each percent-decoded (`None` when an escape is not valid
+/// UTF-8); a name may arrive encoded as one segment (`pkg%2Fname`), so they split after decoding.
+fn decoded_segments(rest: &str) -> Option<Vec<String>> {
+    let decoded: Vec<String> =
+        rest.split('/').filter(|s| !s.is_empty()).map(percent_decode).collect::<Option<_>>()?;
+    Some(decoded.iter().flat_map(|s| s.split('/')).map(str::to_owned).collect())
 }
 
 /// Percent-encodes everything but RFC 3986's unreserved characters: a path segment or a query value.
@@ -199,6 +210,15 @@ mod tests {
         #[test]
         fn classify_never_panics(method in "[A-Z]{0,7}", path in "\\PC{0,80}") {
             let _ = classify(&method, &path);
+        }
+
+        #[test]
+        fn paths_without_escapes_read_in_place_as_the_decoding_reads_them(
+            rest in "[a-z_/]{0,6}(actions)?[a-z_/]{0,12}",
+            query in "(blocking|result)?=?(true|TRUE)?",
+        ) {
+            let decoded = decoded_segments(&rest).map(|segments| super::invoke(segments.iter().map(String::as_str), &query));
+            proptest::prop_assert_eq!(Some(super::invoke(rest.split('/').filter(|s| !s.is_empty()), &query)), decoded);
         }
     }
 }
