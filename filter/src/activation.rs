@@ -100,7 +100,8 @@ impl serde::de::Visitor<'_> for IsErrorVisitor {
 pub enum Answer {
     /// Classified already ([`classify`], or an answer the filter made up).
     Classified(ActivationResponse),
-    /// A success ([`is_success`]): the body as it came, parsed when the record is built.
+    /// A success ([`is_success`]): the body as it came, parsed when the record is built; a
+    /// `result=true` reply is this body, untouched.
     Success(Vec<u8>),
 }
 
@@ -202,12 +203,6 @@ impl Finished {
         }
         record.cause = self.cause;
         record
-    }
-
-    /// Whether a `result=true` reply can be the container's answer as it came: a success is its
-    /// result, a JSON object the container wrote, and needs no writing again.
-    pub fn result_as_sent(&self) -> bool {
-        matches!(self.answer, Answer::Success(_))
     }
 }
 
@@ -349,11 +344,11 @@ mod tests {
         let mut expected = record(&action(), "id", timed_out(1000), vec!["a line".into()], timing);
         mark_timed_out(&mut expected);
         expected.cause = Some("seq".into());
-        assert!(!finished.result_as_sent());
+        assert!(!matches!(finished.answer, Answer::Success(_)));
         assert_eq!(serde_json::to_value(finished.record()).unwrap(), serde_json::to_value(expected).unwrap());
         let body = br#"{"a":{"error":1},"b":[1]}"#;
         let success = Finished { answer: Answer::Success(body.to_vec()), ..finished_ok() };
-        assert!(success.result_as_sent());
+        assert!(matches!(success.answer, Answer::Success(_)));
         let record = success.record();
         assert_eq!(record.response.status, ActivationStatus::Success);
         assert_eq!(record.response.result, json!({"a":{"error":1},"b":[1]}));

@@ -185,9 +185,10 @@ pub(crate) fn action() -> ResolvedAction {
     }
 }
 
-/// A header map rewritten as one list, for one host call that replaces the whole map (each call
-/// into Envoy costs more than the work it does): the headers in `current` whose names neither
-/// `set` nor `remove` name, in their order, then `set`. Names are lower case, as Envoy gives them.
+/// A header map rewritten as one list, for one host call that replaces the whole map (the `/run`
+/// request's, which changes most of them; a reply, which changes two, is cheaper set by name): the
+/// headers in `current` whose names neither `set` nor `remove` name, in their order, then `set`.
+/// Names are lower case, as Envoy gives them.
 pub fn rewrite_headers<'a>(
     current: impl IntoIterator<Item = &'a (String, String)>,
     set: &[(&'a str, &'a str)],

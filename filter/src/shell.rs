@@ -2231,9 +2231,9 @@ impl Request {
     /// The container's answer is complete: record, release, reply. Returns the prefix whose waiters
     /// may now be served.
     fn finish(&self, state: &mut State, body: Vec<u8>, has_body: bool) -> Option<String> {
-        // Taken for the record and put back (no copy of the action per invoke).
         span!("finish");
-        let action = state.action.take()?;
+        // Shared with the record (no copy of the action per invoke).
+        let action = Rc::clone(state.action.as_ref()?);
         state.timing.end = now_ms();
         let container_status = state.answered.status;
         // Only an answer that came from the container proves the container is done with it;
@@ -2308,7 +2308,7 @@ impl Request {
         };
         let logs_sent = state.answered.logs.is_some();
         let finished = activation::Finished {
-            action: Rc::clone(&action),
+            action,
             activation_id: state.activation_id.clone(),
             answer: response,
             logs: state.answered.logs.take(),
@@ -2316,7 +2316,6 @@ impl Request {
             timed_out,
             cause: state.cause.clone(),
         };
-        state.action = Some(action);
         let status = finished.answer.status().http_status();
         // `None`: the container's answer is the reply as it came.
         let reply = if state.invocation.as_ref().is_some_and(|i| i.result_only) {
