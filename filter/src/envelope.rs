@@ -204,8 +204,9 @@ pub fn rewrite_headers<'a>(
 }
 
 /// The headers of a container's `/run` request: of the client's, only the request line (`:method`,
-/// `:scheme`, `:authority`), `x-forwarded-proto` (Envoy's router fails a request without it: 502,
-/// never sent) and Envoy's `x-request-id` (a trace across the hop), then `set`. A
+/// `:scheme`, `:authority`), `x-forwarded-proto` (without it every run failed in Envoy: the filter
+/// got an answer Envoy made, not the container's) and Envoy's `x-request-id` (a trace across the
+/// hop), then `set`. A
 /// container gets what OpenWhisk's invoker sends it, never the client's headers: not its key,
 /// cookies or agent, and none of the `x-envoy-*` headers Envoy's router obeys from clients it
 /// counts as internal (`x-envoy-retry-on`, `x-envoy-upstream-rq-timeout-ms`…), which would let a
